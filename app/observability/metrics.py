@@ -1,0 +1,162 @@
+"""The gateway's Prometheus metrics: one catalogue, named by Prometheus conventions.
+
+Labels are bounded: integration names come from configuration, reasons and kinds from fixed
+sets in the code. Session, conversation and organization ids never become labels.
+One uvicorn worker per container is the supported layout (scale with replicas), so the
+default single-process registry is correct.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from app import __version__
+
+NAMESPACE = "audiohook"
+
+# Latency buckets in seconds, dense below 20 ms where the gateway's own targets sit.
+FAST_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
+RTT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+BUILD_INFO = Info("build", "Gateway build information.", namespace=NAMESPACE)
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
+
+# --- sessions ---------------------------------------------------------------------------------
+SESSIONS_ACTIVE = Gauge(
+    "sessions_active", "Sessions with an open WebSocket.", ["integration"], namespace=NAMESPACE
+)
+SESSIONS_STARTED = Counter(
+    "sessions_started", "Authenticated WebSocket sessions started.", ["integration"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+SESSIONS_ENDED = Counter(
+    "sessions_ended",
+    "Sessions ended, by outcome: the client's close reason (end, error, disconnect, reconnect) "
+    "or dropped when the socket went away without close.",
+    ["integration", "outcome"],
+    namespace=NAMESPACE,
+)
+DISCONNECTS_SENT = Counter(
+    "disconnects_sent",
+    "Server disconnect messages sent, by reason (completed, unauthorized, error).",
+    ["integration", "reason"],
+    namespace=NAMESPACE,
+)
+PROBES = Counter(
+    "probes", "Connection probes (null conversationId) opened.", ["integration"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+CONNECTIONS_REJECTED = Counter(
+    "connections_rejected",
+    "Connections refused or ended before a session could run, by cause "
+    "(ip_not_allowed, auth_<outcome>, replayed_nonce, session_limit, integration_limit, "
+    "rate_limited, not_ready, draining).",
+    ["cause"],
+    namespace=NAMESPACE,
+)
+PROTOCOL_ERRORS = Counter(
+    "protocol_errors", "Protocol violations by the client, by kind.", ["kind"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+OPEN_LATENCY = Histogram(
+    "open_latency_seconds",
+    "Time from receiving `open` to sending `opened`.",
+    buckets=FAST_LATENCY_BUCKETS,
+    namespace=NAMESPACE,
+)
+CLIENT_RTT = Histogram(
+    "client_rtt_seconds",
+    "Round-trip time reported by clients in `ping.rtt`.",
+    buckets=RTT_BUCKETS,
+    namespace=NAMESPACE,
+)
+CLIENT_ERRORS = Counter(
+    "client_errors", "`error` messages reported by clients, by code.", ["code"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+
+# --- audio in ---------------------------------------------------------------------------------
+AUDIO_FRAMES_RECEIVED = Counter(
+    "audio_frames_received", "Binary audio frames accepted.", ["integration"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+AUDIO_RECEIVED_BYTES = Counter(
+    "audio_received_bytes", "Bytes of audio accepted.", ["integration"], namespace=NAMESPACE
+)
+AUDIO_RECEIVED_SECONDS = Counter(
+    "audio_received_seconds", "Seconds of audio accepted (per stream, not per channel).",
+    ["integration"], namespace=NAMESPACE,
+)  # fmt: skip
+
+# --- publishing to Redis ----------------------------------------------------------------------
+FRAMES_PUBLISHED = Counter(
+    "frames_published", "Audio frames written to Redis.", namespace=NAMESPACE
+)
+EVENTS_PUBLISHED = Counter(
+    "events_published", "Session lifecycle events written to Redis, by type.", ["type"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+PUBLISH_LATENCY = Histogram(
+    "publish_latency_seconds",
+    "Time from receiving an audio frame to Redis acknowledging its XADD.",
+    buckets=FAST_LATENCY_BUCKETS,
+    namespace=NAMESPACE,
+)
+PUBLISH_BACKLOG_FRAMES = Gauge(
+    "publish_backlog_frames", "Audio frames waiting to be written to Redis, all sessions.",
+    namespace=NAMESPACE,
+)  # fmt: skip
+PUBLISH_BACKLOG_FILL_RATIO = Gauge(
+    "publish_backlog_fill_ratio",
+    "Fullest session backlog as a fraction of its bound (1.0 = the session is about to be ended).",
+    namespace=NAMESPACE,
+)
+FRAMES_LOST = Counter(
+    "frames_lost",
+    "Accepted audio frames that could not be written to Redis (their session was ended).",
+    ["integration"],
+    namespace=NAMESPACE,
+)
+REDIS_ERRORS = Counter(
+    "redis_errors", "Failed Redis operations, by operation.", ["operation"], namespace=NAMESPACE
+)
+REDIS_RECONNECTS = Counter(
+    "redis_reconnects", "Successful Redis reconnections after a failure.", namespace=NAMESPACE
+)
+REDIS_UP = Gauge("redis_up", "1 when Redis answered the last check.", namespace=NAMESPACE)
+
+# --- commands from consumers ------------------------------------------------------------------
+CONTROL_COMMANDS = Counter(
+    "control_commands",
+    "Commands from consumers, by command and result (applied, unknown_session, "
+    "invalid_state, invalid, rate_limited).",
+    ["command", "result"],
+    namespace=NAMESPACE,
+)
+EVENT_MESSAGES_SENT = Counter(
+    "event_messages_sent", "`event` messages sent to clients.", ["integration"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+RATE_LIMITED = Counter(
+    "rate_limited", "Actions refused by a rate limit, by kind.", ["kind"], namespace=NAMESPACE
+)
+
+# --- IP allowlist -----------------------------------------------------------------------------
+IP_RANGES_AGE_SECONDS = Gauge(
+    "ip_ranges_age_seconds", "Age of the Genesys IP-range list in use.", namespace=NAMESPACE
+)
+IP_RANGES_SIZE = Gauge(
+    "ip_ranges", "CIDR ranges in the allowlist, by source (genesys, static).", ["source"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+IP_RANGES_REFRESHES = Counter(
+    "ip_ranges_refreshes", "Genesys IP-range refresh attempts, by result.", ["result"],
+    namespace=NAMESPACE,
+)  # fmt: skip
+
+# --- lifecycle --------------------------------------------------------------------------------
+DRAINING = Gauge("draining", "1 while the replica drains for shutdown.", namespace=NAMESPACE)
