@@ -1,0 +1,645 @@
+"""ServerSession: the sans-I/O AudioHook v2 server state machine.
+
+Feed it what the socket received and the current time; apply the returned outputs in order.
+It owns no socket, clock, task or logger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, Literal, TypeAlias
+
+from app.protocol.media import SAMPLE_RATE, MediaFormat, MediaPolicy
+from app.protocol.messages import (
+    NULL_UUID,
+    ClientEnvelope,
+    ClientParameters,
+    CloseParameters,
+    DiscardedParameters,
+    DisconnectReason,
+    ErrorParameters,
+    OpenParameters,
+    PausedParameters,
+    PingParameters,
+    ProtocolError,
+    ResumedParameters,
+    ServerMessageType,
+    UpdateParameters,
+    ViolationKind,
+    disconnect_parameters,
+    encode_server_message,
+    event_parameters,
+    is_uuid,
+    opened_parameters,
+    parse_envelope,
+    parse_parameters,
+    reconnect_parameters,
+)
+
+
+class SessionState(StrEnum):
+    PREPARING = "PREPARING"  # socket up, waiting for `open`
+    OPENING = "OPENING"  # `open` received, `opened` not yet sent (authentication pending)
+    ACTIVE = "ACTIVE"
+    PAUSED = "PAUSED"
+    CLOSING = "CLOSING"  # transient: `close` received, `closed` being sent
+    CLOSED = "CLOSED"  # `closed` sent; waiting for the client to drop the socket
+    SIGNALED_ERROR = "SIGNALED_ERROR"  # server sent `disconnect` error
+    UNAUTHORIZED = "UNAUTHORIZED"  # server sent `disconnect` unauthorized
+    DISCONNECTING = "DISCONNECTING"  # server sent `disconnect` completed; audio still drains
+    FINALIZING = "FINALIZING"  # socket gone while authentication is still pending
+    DISCONNECTED = "DISCONNECTED"  # socket gone; final
+
+
+class InvalidStateError(Exception):
+    """A server-initiated action is not allowed in the session's current state."""
+
+
+# WebSocket close codes used when the server has to drop the socket itself.
+CLOSE_NORMAL: Final = 1000
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_SERVER_ERROR: Final = 1011
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    """Send `text` as a WebSocket text frame (in list order)."""
+
+    text: str
+    message_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """Close the WebSocket."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    session_id: str
+    organization_id: str
+    conversation_id: str
+    participant: dict[str, Any]
+    language: str | None
+    offered_media: list[dict[str, Any]]
+    media: MediaFormat | None
+    selected_offer: dict[str, Any] | None
+    is_probe: bool
+    start_paused: bool
+    custom_config: dict[str, Any] | None
+    continued_sessions: list[dict[str, Any]]
+    open_received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """A received audio frame; `sample_offset` is the stream position (samples) at its start."""
+
+    data: bytes = field(repr=False)  # never printed: audio must not reach logs
+    sample_offset: int
+    sample_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    position_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    start_samples: int
+    discarded_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    start_samples: int
+    discarded_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageUpdated:
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientError:
+    code: int
+    message: str
+    retry_after_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PingReceived:
+    rtt_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    kind: ViolationKind
+    info: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisconnectSent:
+    reason: DisconnectReason
+    info: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    """The session ended; `reason` is the client's close reason, None if the socket just went."""
+
+    reason: str | None
+    frames: int
+    bytes: int
+    samples: int
+
+
+Output: TypeAlias = (
+    SendText
+    | CloseConnection
+    | SessionOpened
+    | AudioFrame
+    | Paused
+    | Resumed
+    | Discarded
+    | LanguageUpdated
+    | ClientError
+    | PingReceived
+    | ProtocolViolation
+    | DisconnectSent
+    | SessionClosed
+)
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    media_policy: MediaPolicy = field(default_factory=MediaPolicy)
+    start_paused: bool = False
+    supported_languages: tuple[str, ...] = ()
+    open_timeout: float = 10.0  # seconds from connect to `open`
+    idle_timeout: float = 30.0  # no text or binary frame for this long -> disconnect error
+    close_timeout: float = 10.0  # after `closed` or a server `disconnect`, then CloseConnection
+    max_frame_bytes: int = 65536
+    allowed_organizations: frozenset[str] | None = None  # None = any org
+
+    def __post_init__(self) -> None:
+        for name in ("open_timeout", "idle_timeout", "close_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.max_frame_bytes <= 0:
+            raise ValueError("max_frame_bytes must be > 0")
+        if self.allowed_organizations is not None:
+            # UUIDs compare case-insensitively.
+            lowered = frozenset(org.lower() for org in self.allowed_organizations)
+            object.__setattr__(self, "allowed_organizations", lowered)
+
+
+# --- session -----------------------------------------------------------------------------
+
+_S = SessionState
+# States in which a violation is answered with `disconnect`; elsewhere it is only reported.
+_CAN_DISCONNECT: Final = frozenset({_S.PREPARING, _S.OPENING, _S.ACTIVE, _S.PAUSED})
+_STREAMING: Final = frozenset({_S.ACTIVE, _S.PAUSED})
+_EVENT_STATES: Final = frozenset({_S.ACTIVE, _S.PAUSED, _S.CLOSING})
+_GONE: Final = frozenset({_S.FINALIZING, _S.DISCONNECTED})
+_DISCONNECT_STATE: Final[dict[str, SessionState]] = {
+    "completed": _S.DISCONNECTING,
+    "unauthorized": _S.UNAUTHORIZED,
+    "error": _S.SIGNALED_ERROR,
+}
+_DISCONNECT_CLOSE_CODE: Final[dict[str, int]] = {
+    "completed": CLOSE_NORMAL,
+    "unauthorized": CLOSE_POLICY_VIOLATION,
+    "error": CLOSE_SERVER_ERROR,
+}
+
+
+class ServerSession:
+    """One AudioHook session on one WebSocket, seen from the server."""
+
+    def __init__(
+        self,
+        session_id: str,
+        config: SessionConfig,
+        now: float,
+        *,
+        organization_header: str | None,
+        authenticated: bool | None = True,
+    ) -> None:
+        if not is_uuid(session_id):
+            raise ValueError("session_id must be a UUID")
+        if authenticated is False:
+            raise ValueError("authenticated=False is not supported; use complete_authentication")
+        self._session_id = session_id
+        self._config = config
+        self._policy = config.media_policy
+        self._max_frame_bytes = config.max_frame_bytes
+        self._org_header = organization_header
+        self._authenticated: bool | None = authenticated
+        self._state = SessionState.PREPARING
+        self._connected_at = now
+        self._last_received_at = now
+        self._close_deadline: float | None = None
+        self._close_code = CLOSE_NORMAL
+        self._socket_closing = False  # CloseConnection emitted
+        self._session_closed_emitted = False
+        self._server_seq = 0
+        self._client_seq = 0
+        self._start_paused = config.start_paused
+        self._pending_open: tuple[OpenParameters, float] | None = None
+        self._is_probe = False
+        self._language: str | None = None
+        self._reconnect_requested = False
+        self._media: MediaFormat | None = None
+        self._group_bytes = 0  # bytes per sample group of the selected media
+        self._audio_ok = False  # fast-path flag for receive_bytes
+        self._position = 0  # samples: received + discarded spans
+        self._client_position = 0  # last `position` the client reported, in samples
+        self._frames = 0
+        self._bytes = 0
+
+    # --- read-only properties ------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def selected_media(self) -> MediaFormat | None:
+        return self._media
+
+    @property
+    def is_probe(self) -> bool:
+        return self._is_probe
+
+    @property
+    def language(self) -> str | None:
+        return self._language
+
+    @property
+    def position_samples(self) -> int:
+        return self._position
+
+    @property
+    def client_position_samples(self) -> int:
+        return self._client_position
+
+    @property
+    def frames_received(self) -> int:
+        return self._frames
+
+    @property
+    def bytes_received(self) -> int:
+        return self._bytes
+
+    @property
+    def server_seq(self) -> int:
+        return self._server_seq
+
+    @property
+    def client_seq(self) -> int:
+        return self._client_seq
+
+    @property
+    def reconnect_requested(self) -> bool:
+        return self._reconnect_requested
+
+    @property
+    def is_finished(self) -> bool:
+        """True once nothing more can be sent or received."""
+        return self._socket_closing or self._state in _GONE
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest `now` at which tick() would do something."""
+        if self.is_finished:
+            return None
+        if self._close_deadline is not None:
+            return self._close_deadline
+        if self._state in (_S.PREPARING, _S.OPENING):
+            return self._connected_at + self._config.open_timeout
+        if self._state in _STREAMING:
+            return self._last_received_at + self._config.idle_timeout
+        return None
+
+    # --- inputs from the socket ----------------------------------------------------------
+
+    def receive_bytes(self, data: bytes, now: float) -> list[Output]:
+        self._last_received_at = now
+        if self._audio_ok:
+            size = len(data)
+            if size <= self._max_frame_bytes and size % self._group_bytes == 0:
+                count = size // self._group_bytes
+                offset = self._position
+                self._position = offset + count
+                self._frames += 1
+                self._bytes += size
+                return [AudioFrame(data, offset, count)]
+        return self._reject_audio(len(data), now)
+
+    def _reject_audio(self, size: int, now: float) -> list[Output]:
+        if self.is_finished:
+            return []
+        if not self._audio_ok:
+            if self._media is None and self._state is _S.ACTIVE:
+                info = "Client Error: Received audio but no media was selected"
+            else:
+                info = f"Client Error: Received audio in state {self._state}"
+            return self._violation("audio_not_allowed", info, now)
+        if size > self._max_frame_bytes:
+            return self._violation("frame_too_large", "Client Error: Audio frame too large", now)
+        return self._violation(
+            "bad_frame_size", "Client Error: Audio frame is not a whole number of samples", now
+        )
+
+    def receive_text(self, text: str, now: float) -> list[Output]:
+        if self.is_finished:
+            return []
+        self._last_received_at = now
+        try:
+            envelope = parse_envelope(text)
+        except ProtocolError as exc:
+            return self._violation(exc.kind, exc.info, now)
+
+        failure = self._check_sequence_and_id(envelope)
+        out: list[Output] = []
+        if failure is not None:
+            out += self._violation(failure.kind, failure.info, now)
+        try:
+            parameters = parse_parameters(envelope.type, envelope.parameters)
+        except ProtocolError as exc:
+            if failure is None:
+                out += self._violation(exc.kind, exc.info, now)
+            return out
+        # After a seq/serverseq/id failure the error is already signalled; of that message only
+        # a `close` is still acted on, so that the client gets its `closed`.
+        if failure is None or isinstance(parameters, CloseParameters):
+            out += self._dispatch(parameters, now)
+        return out
+
+    def _check_sequence_and_id(self, envelope: ClientEnvelope) -> ProtocolError | None:
+        failure: ProtocolError | None = None
+        if envelope.seq != self._client_seq + 1:
+            failure = ProtocolError("bad_seq", "Client Error: Invalid seq")
+        # Resynchronised even on a bad seq (the reference does not), so later messages work.
+        self._client_seq = envelope.seq
+        self._client_position = envelope.position
+        if failure is None and envelope.serverseq > self._server_seq:
+            failure = ProtocolError("bad_serverseq", "Client Error: Invalid serverseq")
+        if envelope.id != self._session_id:
+            if self._session_id == NULL_UUID:
+                self._session_id = envelope.id  # a null session id adopts the client's id
+            elif failure is None:
+                failure = ProtocolError("id_mismatch", "Client Error: Session identifier mismatch")
+        return failure
+
+    def _dispatch(self, parameters: ClientParameters, now: float) -> list[Output]:
+        state = self._state
+        if state is _S.CLOSED:
+            return []  # nothing is ever sent after `closed`
+        match parameters:
+            case OpenParameters():
+                return self._on_open(parameters, now) if state is _S.PREPARING else []
+            case CloseParameters():
+                return self._on_close(parameters.reason, now)
+            case PingParameters():
+                rtt = parameters.rtt_samples
+                return [
+                    self._send("pong", {}),
+                    PingReceived(None if rtt is None else rtt / SAMPLE_RATE),
+                ]
+            case PausedParameters():
+                if state is not _S.ACTIVE:
+                    return []
+                self._set_state(_S.PAUSED)
+                return [Paused(self._position)]
+            case ResumedParameters():
+                if state is not _S.PAUSED:
+                    return []
+                self._position += parameters.discarded_samples
+                self._set_state(_S.ACTIVE)
+                return [Resumed(parameters.start_samples, parameters.discarded_samples)]
+            case UpdateParameters():
+                if state not in _STREAMING:
+                    return []
+                self._language = parameters.language
+                return [self._send("updated", {}), LanguageUpdated(parameters.language)]
+            case DiscardedParameters():
+                self._position += parameters.discarded_samples
+                return [Discarded(parameters.start_samples, parameters.discarded_samples)]
+            case ErrorParameters():
+                retry = parameters.retry_after_samples
+                return [
+                    ClientError(
+                        parameters.code,
+                        parameters.message,
+                        None if retry is None else retry / SAMPLE_RATE,
+                    )
+                ]
+        raise AssertionError(f"unhandled parameters {parameters!r}")  # pragma: no cover
+
+    def _on_open(self, parameters: OpenParameters, now: float) -> list[Output]:
+        self._set_state(_S.OPENING)
+        self._is_probe = parameters.conversation_id == NULL_UUID
+        self._language = parameters.language
+        header = self._org_header
+        organization = parameters.organization_id.lower()
+        if not header or header.strip().lower() != organization:
+            return self._disconnect("unauthorized", "Unauthorized: organization mismatch", now)
+        allowed = self._config.allowed_organizations
+        if allowed is not None and organization not in allowed:
+            return self._disconnect("unauthorized", "Unauthorized: organization not allowed", now)
+        if self._authenticated is None:
+            self._pending_open = (parameters, now)  # `opened` waits for complete_authentication
+            return []
+        return self._finish_open(parameters, now, now)
+
+    def _finish_open(
+        self, parameters: OpenParameters, received_at: float, now: float
+    ) -> list[Output]:
+        selected_offer: dict[str, Any] | None = None
+        if parameters.media:
+            selection = self._policy.select(parameters.media)
+            if selection is None:
+                return self._disconnect("error", "no supported media", now)
+            selected_offer, self._media = selection
+            self._group_bytes = self._media.bytes_per_sample_group
+        languages = (
+            list(self._config.supported_languages) if parameters.supported_languages else None
+        )
+        opened = self._send(
+            "opened", opened_parameters(selected_offer, self._start_paused, languages)
+        )
+        self._set_state(_S.ACTIVE)
+        return [
+            opened,
+            SessionOpened(
+                session_id=self._session_id,
+                organization_id=parameters.organization_id,
+                conversation_id=parameters.conversation_id,
+                participant=parameters.participant,
+                language=parameters.language,
+                offered_media=parameters.media,
+                media=self._media,
+                selected_offer=selected_offer,
+                is_probe=self._is_probe,
+                start_paused=self._start_paused,
+                custom_config=parameters.custom_config,
+                continued_sessions=parameters.continued_sessions,
+                open_received_at=received_at,
+            ),
+        ]
+
+    def _on_close(self, reason: str, now: float) -> list[Output]:
+        if self._state is _S.CLOSING:
+            return []
+        self._set_state(_S.CLOSING)
+        self._pending_open = None  # no `opened` after a `close`
+        closed = self._send("closed", {})
+        self._set_state(_S.CLOSED)
+        self._close_deadline = now + self._config.close_timeout
+        self._close_code = CLOSE_NORMAL
+        out: list[Output] = [closed]
+        out += self._session_closed(reason)
+        return out
+
+    # --- time and connection -------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Output]:
+        deadline = self.next_deadline
+        if deadline is None or now < deadline:
+            return []
+        if self._close_deadline is not None:
+            self._socket_closing = True
+            self._audio_ok = False
+            reason = "session closed" if self._state is _S.CLOSED else "close timeout"
+            out: list[Output] = [CloseConnection(self._close_code, reason)]
+            out += self._session_closed(None)
+            return out
+        if self._state in _STREAMING:
+            return self._disconnect("error", "idle timeout", now)
+        return self._disconnect("error", "open timeout", now)
+
+    def connection_lost(self, now: float) -> list[Output]:
+        if self._state in _GONE:
+            return []
+        self._pending_open = None
+        self._close_deadline = None
+        # The open transaction settles when authentication completes (then DISCONNECTED).
+        self._set_state(_S.FINALIZING if self._authenticated is None else _S.DISCONNECTED)
+        return list(self._session_closed(None))
+
+    def complete_authentication(
+        self, ok: bool, now: float, info: str = "Unauthorized"
+    ) -> list[Output]:
+        if self._authenticated is not None:
+            return []  # already decided
+        self._authenticated = ok
+        if self._state is _S.FINALIZING:
+            self._set_state(_S.DISCONNECTED)
+            return []
+        if self.is_finished:
+            return []
+        pending, self._pending_open = self._pending_open, None
+        if not ok:
+            if self._state in (_S.PREPARING, _S.OPENING):
+                return self._disconnect("unauthorized", info, now)
+            return []
+        if pending is not None and self._state is _S.OPENING:
+            return self._finish_open(pending[0], pending[1], now)
+        return []
+
+    # --- server-initiated actions --------------------------------------------------------
+
+    def pause(self, now: float) -> list[Output]:
+        return self._pause_or_resume("pause", now)
+
+    def resume(self, now: float) -> list[Output]:
+        return self._pause_or_resume("resume", now)
+
+    def _pause_or_resume(self, msg_type: Literal["pause", "resume"], now: float) -> list[Output]:
+        if self._state in (_S.PREPARING, _S.OPENING):
+            self._start_paused = msg_type == "pause"  # applied when `opened` is sent
+            return []
+        self._require(_STREAMING, msg_type)
+        return [self._send(msg_type, {})]
+
+    def disconnect(
+        self,
+        reason: Literal["completed", "unauthorized", "error"],
+        info: str | None,
+        now: float,
+    ) -> list[Output]:
+        self._require(_CAN_DISCONNECT, "disconnect")
+        return self._disconnect(reason, info, now)
+
+    def reconnect(self, info: str | None, now: float) -> list[Output]:
+        # The session keeps streaming until the client closes; audio in flight is kept.
+        self._require(_STREAMING, "reconnect")
+        self._reconnect_requested = True
+        return [self._send("reconnect", reconnect_parameters(info))]
+
+    def send_event(self, entities: list[dict[str, Any]], now: float) -> list[Output]:
+        self._require(_EVENT_STATES, "event")
+        return [self._send("event", event_parameters(entities))]
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _require(self, states: frozenset[SessionState], action: str) -> None:
+        if self._state not in states or self.is_finished:
+            raise InvalidStateError(f"cannot send {action} in state {self._state}")
+
+    def _set_state(self, state: SessionState) -> None:
+        self._state = state
+        self._audio_ok = (
+            not self._socket_closing
+            and self._media is not None
+            and (state is _S.ACTIVE or state is _S.DISCONNECTING)
+        )
+
+    def _send(self, msg_type: ServerMessageType, parameters: dict[str, Any]) -> SendText:
+        # Serialise before taking the seq, so a failure leaves no gap.
+        text = encode_server_message(
+            msg_type, self._session_id, self._server_seq + 1, self._client_seq, parameters
+        )
+        self._server_seq += 1
+        return SendText(text, msg_type)
+
+    def _disconnect(self, reason: DisconnectReason, info: str | None, now: float) -> list[Output]:
+        message = self._send("disconnect", disconnect_parameters(reason, info))
+        self._pending_open = None
+        self._set_state(_DISCONNECT_STATE[reason])
+        self._close_deadline = now + self._config.close_timeout
+        self._close_code = _DISCONNECT_CLOSE_CODE[reason]
+        return [message, DisconnectSent(reason, info)]
+
+    def _violation(self, kind: ViolationKind, info: str, now: float) -> list[Output]:
+        report = ProtocolViolation(kind, info)
+        if self._state not in _CAN_DISCONNECT:
+            return [report]  # already disconnected or closed: only reported
+        out: list[Output] = [report, *self._disconnect("error", info, now)]
+        self._close_code = CLOSE_PROTOCOL_ERROR
+        return out
+
+    def _session_closed(self, reason: str | None) -> list[Output]:
+        if self._session_closed_emitted:
+            return []
+        self._session_closed_emitted = True
+        return [SessionClosed(reason, self._frames, self._bytes, self._position)]
