@@ -1,0 +1,1 @@
+"""Benchmark scripts (`python -m app.bench.<name>`); they print figures and assert nothing."""

@@ -1,0 +1,136 @@
+"""One decision per upgrade request: signature, integration and nonce together.
+
+The transport calls `authenticate` with the raw request parts and answers a failure no sooner
+than `auth_min_failure_delay_seconds` after it started (see `wait_min_failure_delay`), so the
+time to an answer reveals nothing about which check failed. The reason is for logs and
+metrics only; clients get a generic answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.security.integrations import Integration, IntegrationRegistry
+from app.security.nonces import NonceCache, NonceStoreUnavailable
+from app.security.signature import (
+    Outcome,
+    SignatureVerifier,
+    SignedRequest,
+    canonical_authority,
+    collect_headers,
+    request_target,
+)
+from app.streams.redis_client import RedisClient
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+__all__ = ["AuthDecision", "Authenticator", "NonceStoreUnavailable", "wait_min_failure_delay"]
+
+HeaderPairs = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+
+REPLAYED_NONCE = "replayed_nonce"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthDecision:
+    ok: bool
+    integration: Integration | None
+    outcome: Outcome
+    reason: str  # for logs; never contains a secret or a signature value
+    # `connections_rejected{cause=...}` for failures ("auth_<outcome>", "replayed_nonce");
+    # "verified" or "unsigned" for accepted requests.
+    metric_label: str
+
+
+class Authenticator:
+    def __init__(
+        self,
+        verifier: SignatureVerifier,
+        nonces: NonceCache,
+        *,
+        public_authority: str | None = None,
+    ) -> None:
+        self._verifier = verifier
+        self._nonces = nonces
+        self._public_authority = canonical_authority(public_authority)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, registry: IntegrationRegistry, redis_client: RedisClient
+    ) -> Authenticator:
+        verifier = SignatureVerifier(
+            registry.get,
+            max_age_seconds=settings.signature_max_age_seconds,
+            clock_skew_seconds=settings.signature_clock_skew_seconds,
+            min_nonce_length=settings.signature_min_nonce_length,
+        )
+        nonces = NonceCache(redis_client, margin_seconds=settings.signature_clock_skew_seconds)
+        return cls(verifier, nonces, public_authority=settings.public_authority)
+
+    async def authenticate(
+        self,
+        headers: HeaderPairs,
+        raw_path: str | bytes,
+        query_string: str | bytes,
+        host: str | None,
+        now: float,
+    ) -> AuthDecision:
+        """Decide on one upgrade request; `now` is wall-clock Unix seconds.
+
+        Raises NonceStoreUnavailable when Redis cannot record the nonce (answer HTTP 503)."""
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        collected = collect_headers(pairs)
+        if host is None and collected.get("host"):
+            host = collected["host"][0]
+        request = SignedRequest(
+            request_target=request_target(raw_path, query_string),
+            authority=self._public_authority or canonical_authority(host),
+            headers=collected,
+        )
+        result = self._verifier.verify(request, now)
+        if not result.accepted:
+            return AuthDecision(
+                ok=False,
+                integration=None,
+                outcome=result.outcome,
+                reason=result.reason,
+                metric_label=f"auth_{result.outcome.value.lower()}",
+            )
+        nonce, nonce_expires_at = result.nonce, result.nonce_expires_at
+        if (
+            nonce is not None
+            and nonce_expires_at is not None
+            and not await self._nonces.claim(nonce, nonce_expires_at, now)
+        ):
+            return AuthDecision(
+                ok=False,
+                integration=None,
+                outcome=Outcome.FAILED,
+                reason="replayed nonce",
+                metric_label=REPLAYED_NONCE,
+            )
+        return AuthDecision(
+            ok=True,
+            integration=result.integration,
+            outcome=result.outcome,
+            reason=result.reason,
+            metric_label=result.outcome.value.lower(),
+        )
+
+
+def min_failure_delay_remaining(started: float, now: float, min_delay: float) -> float:
+    """Seconds still to wait so a failure is answered `min_delay` after `started`."""
+    return max(0.0, started + min_delay - now)
+
+
+async def wait_min_failure_delay(started: float, min_delay: float) -> None:
+    """Sleep until `min_delay` seconds after `started` (a `time.monotonic()` reading)."""
+    # A loop: the event loop may wake a timer up to its clock resolution early.
+    deadline = started + min_delay
+    while time.monotonic() < deadline:  # noqa: ASYNC110 - sleeping to a deadline
+        await asyncio.sleep(deadline - time.monotonic())
