@@ -1,0 +1,467 @@
+"""`audiohook-gateway consume`: record every session from Redis into WAV files.
+
+Also the reference for consumer authors. The pattern:
+
+1. Join a consumer group on `audiohook:events`; each `opened` event (one consumer of the
+   group gets it) names the session stream in `data.stream`.
+2. Read that session stream from the start (XREAD BLOCK). It holds the session's audio
+   entries and, inline and in order, its lifecycle events; `closed` is the last entry.
+3. When done, XACK the `opened` event. Events other than `opened` are acknowledged at once:
+   the session stream has them too. A consumer that restarts under the same name re-reads its
+   unacknowledged `opened` events and records those sessions again from the start.
+
+Output per session: `<sessionId>.wav` (PCMU as µ-law WAV, L16 as 16-bit PCM, channels in the
+selected order) and `<sessionId>.json` (session ids, media, events, audio statistics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from redis.exceptions import RedisError, ResponseError
+
+from app.protocol.media import MediaFormat
+from app.streams import keys as redis_keys
+from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
+from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
+from app.streams.redis_client import RedisClient
+from app.streams.wav import WavWriter
+
+log = logging.getLogger("app.streams.consumer")
+
+DEFAULT_GROUP = "audiohook-consume"
+
+StreamEntry = tuple[bytes, Mapping[bytes, bytes]]
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+
+def is_event_entry(fields: Mapping[bytes, bytes]) -> bool:
+    return b"type" in fields
+
+
+def decode_event(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
+    """An event entry (events stream or session stream) as a dict with `data` parsed."""
+    event: dict[str, Any] = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+    event["data"] = orjson.loads(fields.get(b"data", b"{}"))
+    event["probe"] = fields.get(b"probe") == b"1"
+    return event
+
+
+def media_from_event(data: Mapping[str, Any]) -> MediaFormat | None:
+    media = data.get("media")
+    if not isinstance(media, Mapping):
+        return None
+    return MediaFormat(
+        format=media["format"], channels=tuple(media["channels"]), rate=int(media["rate"])
+    )
+
+
+def entry_audio(
+    fields: Mapping[bytes, bytes], session_id: str, keys: Mapping[str, bytes]
+) -> tuple[int, int, bytes]:
+    """(sample offset, sample count, plaintext audio) of an audio entry; DecryptionError."""
+    offset = int(fields[F_OFFSET])
+    samples = int(fields[F_SAMPLES])
+    audio = fields[F_AUDIO]
+    if F_KID in fields:
+        audio = decrypt(keys, fields[F_KID].decode(), fields[F_NONCE], audio, session_id, offset)
+    return offset, samples, audio
+
+
+def silence(media: MediaFormat, samples: int) -> bytes:
+    fill = b"\xff" if media.format == "PCMU" else b"\x00"  # µ-law 0xFF is zero amplitude
+    return fill * (samples * media.bytes_per_sample_group)
+
+
+@dataclass
+class AudioStats:
+    entries: int = 0
+    samples: int = 0
+    bytes: int = 0
+    missing_entries: int = 0  # ids skipped: entries trimmed before they were read
+    undecryptable: int = 0
+    gaps: list[tuple[int, int]] = field(default_factory=list)  # (expected offset, actual)
+    next_offset: int | None = None
+    next_index: int = 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "samples": self.samples,
+            "bytes": self.bytes,
+            "missing_entries": self.missing_entries,
+            "undecryptable": self.undecryptable,
+            "gaps": [list(gap) for gap in self.gaps],
+        }
+
+
+class AudioAssembler:
+    """Turns audio entries, in stream order, into the bytes of the recording."""
+
+    def __init__(
+        self,
+        media: MediaFormat,
+        session_id: str,
+        keys: Mapping[str, bytes],
+        *,
+        fill_gaps: bool = False,
+    ) -> None:
+        self.media = media
+        self.session_id = session_id
+        self.keys = keys
+        self.fill_gaps = fill_gaps
+        self.stats = AudioStats()
+
+    def add(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> bytes:
+        """The bytes to append for this stream entry (b"" for event entries)."""
+        index = int(entry_id.split(b"-", 1)[0])
+        stats = self.stats
+        if index > stats.next_index:
+            stats.missing_entries += index - stats.next_index
+        stats.next_index = index + 1
+        if is_event_entry(fields):
+            return b""
+        try:
+            offset, samples, audio = entry_audio(fields, self.session_id, self.keys)
+        except (DecryptionError, KeyError, ValueError):
+            stats.undecryptable += 1
+            return b""
+        out = audio
+        if stats.next_offset is not None and offset != stats.next_offset:
+            stats.gaps.append((stats.next_offset, offset))
+            if self.fill_gaps and offset > stats.next_offset:
+                out = silence(self.media, offset - stats.next_offset) + audio
+        stats.next_offset = offset + samples
+        stats.entries += 1
+        stats.samples += samples
+        stats.bytes += len(audio)
+        return out
+
+
+def reassemble(
+    entries: Iterable[StreamEntry],
+    media: MediaFormat,
+    *,
+    session_id: str,
+    keys: Mapping[str, bytes] | None = None,
+    fill_gaps: bool = False,
+) -> bytes:
+    """The session's audio from its stream entries (XRANGE order); event entries skipped,
+    encrypted entries decrypted. With fill_gaps, silence stands in for timeline gaps."""
+    assembler = AudioAssembler(media, session_id, keys or {}, fill_gaps=fill_gaps)
+    return b"".join(assembler.add(entry_id, fields) for entry_id, fields in entries)
+
+
+# --- recording one session --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecording:
+    session_id: str
+    wav_path: Path | None
+    sidecar_path: Path
+    complete: bool  # the `closed` event was seen (else: idle timeout or stop)
+    audio: AudioStats
+
+
+class _Recorder:
+    def __init__(
+        self,
+        redis: RedisClient,
+        opened: dict[str, Any],
+        output_dir: Path,
+        keys: Mapping[str, bytes],
+        *,
+        fill_gaps: bool,
+        idle_timeout: float,
+        block_ms: int,
+    ) -> None:
+        self._redis = redis
+        self._opened = opened
+        self.session_id: str = opened["session_id"]
+        self._stream = opened["data"].get("stream") or redis_keys.audio_stream(self.session_id)
+        self._media = media_from_event(opened["data"])
+        self._output_dir = output_dir
+        self._keys = keys
+        self._fill_gaps = fill_gaps
+        self._idle_timeout = idle_timeout
+        self._block_ms = block_ms
+
+    async def run(self) -> SessionRecording:
+        wav: WavWriter | None = None
+        assembler: AudioAssembler | None = None
+        if self._media is not None:
+            path = self._output_dir / f"{self.session_id}.wav"
+            wav = WavWriter(path, self._media.format, self._media.channel_count, self._media.rate)
+            assembler = AudioAssembler(
+                self._media, self.session_id, self._keys, fill_gaps=self._fill_gaps
+            )
+        events: list[dict[str, Any]] = []
+        complete = False
+        try:
+            complete = await self._follow(wav, assembler, events)
+        finally:
+            if wav is not None:
+                wav.close()
+        stats = assembler.stats if assembler else AudioStats()
+        sidecar = self._output_dir / f"{self.session_id}.json"
+        sidecar.write_bytes(
+            orjson.dumps(self._sidecar(wav, events, stats, complete), option=orjson.OPT_INDENT_2)
+        )
+        return SessionRecording(
+            self.session_id, wav.path if wav else None, sidecar, complete, stats
+        )
+
+    async def _follow(
+        self,
+        wav: WavWriter | None,
+        assembler: AudioAssembler | None,
+        events: list[dict[str, Any]],
+    ) -> bool:
+        last_id: bytes | str = "0-0"
+        last_activity = time.monotonic()
+        while True:
+            try:
+                response: Any = await self._redis.xread(
+                    {self._stream: last_id}, count=500, block=self._block_ms
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("session stream read failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)
+                continue
+            if not response:
+                if time.monotonic() - last_activity > self._idle_timeout:
+                    log.warning("session stream idle; recording ends without `closed`",
+                                extra={"session_id": self.session_id})  # fmt: skip
+                    return False
+                continue
+            last_activity = time.monotonic()
+            for _stream, entries in response:
+                for entry_id, fields in entries:
+                    last_id = entry_id
+                    if assembler is not None and wav is not None:
+                        wav.write(assembler.add(entry_id, fields))
+                    if is_event_entry(fields):
+                        event = decode_event(fields)
+                        events.append(event)
+                        if event["type"] == "closed":
+                            return True
+
+    def _sidecar(
+        self,
+        wav: WavWriter | None,
+        events: list[dict[str, Any]],
+        stats: AudioStats,
+        complete: bool,
+    ) -> dict[str, Any]:
+        opened = self._opened
+        return {
+            "session_id": self.session_id,
+            "correlation_id": opened.get("correlation_id"),
+            "conversation_id": opened.get("conversation_id"),
+            "organization_id": opened.get("organization_id"),
+            "integration": opened.get("integration"),
+            "stream": self._stream,
+            "media": opened["data"].get("media"),
+            "wav": wav.path.name if wav else None,
+            "complete": complete,
+            "audio": stats.as_dict(),
+            "events": [_sidecar_event(e) for e in events],
+        }
+
+
+def _sidecar_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": event["type"],
+        "seq": int(event.get("seq", 0)),
+        "time": event.get("time"),
+        "data": event["data"],
+    }
+
+
+# --- the consumer loop ------------------------------------------------------------------------
+
+
+async def ensure_group(redis: RedisClient, group: str, start_id: str = "0") -> None:
+    """Create the consumer group on the events stream (and the stream) unless it exists."""
+    try:
+        await redis.xgroup_create(redis_keys.EVENTS_STREAM, group, id=start_id, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def run_consumer(
+    redis: RedisClient,
+    output_dir: Path,
+    *,
+    group: str,
+    consumer: str,
+    keys: Mapping[str, bytes],
+    stop: asyncio.Event | None = None,
+    sessions_limit: int | None = None,
+    start_id: str = "0",
+    fill_gaps: bool = False,
+    idle_timeout: float = 300.0,
+    block_seconds: float = 1.0,
+) -> list[SessionRecording]:
+    """Record sessions until `stop` is set or `sessions_limit` sessions are recorded.
+
+    `start_id` applies when the group is created: "0" records sessions still in the events
+    stream, "$" only sessions opened from now on. Returns the finished recordings.
+    """
+    await asyncio.to_thread(output_dir.mkdir, parents=True, exist_ok=True)
+    stop = stop or asyncio.Event()
+    block_ms = max(1, int(block_seconds * 1000))
+    await ensure_group(redis, group, start_id)
+    recordings: list[SessionRecording] = []
+    running: dict[asyncio.Task[SessionRecording], bytes] = {}  # task -> `opened` entry id
+    started: set[str] = set()
+    read_id = "0"  # first our own unacknowledged entries (after a restart), then new ones
+    try:
+        while not stop.is_set():
+            if sessions_limit is not None and len(recordings) >= sessions_limit:
+                break
+            try:
+                response: Any = await redis.xreadgroup(
+                    group, consumer, {redis_keys.EVENTS_STREAM: read_id}, count=100,
+                    block=None if read_id == "0" else block_ms,
+                )  # fmt: skip
+            except (RedisError, OSError) as exc:
+                log.warning("events read failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(0.5)
+                continue
+            entries = response[0][1] if response else []
+            if read_id == "0" and not entries:
+                read_id = ">"
+            to_ack: list[bytes] = []
+            for entry_id, fields in entries:
+                if not fields:  # pending entry trimmed from the stream meanwhile
+                    to_ack.append(entry_id)
+                    continue
+                event = decode_event(fields)
+                session_id = event.get("session_id", "")
+                if event["type"] != "opened" or event["probe"] or session_id in started:
+                    to_ack.append(entry_id)
+                    continue
+                started.add(session_id)
+                recorder = _Recorder(redis, event, output_dir, keys, fill_gaps=fill_gaps,
+                                     idle_timeout=idle_timeout, block_ms=block_ms)  # fmt: skip
+                running[asyncio.create_task(recorder.run())] = entry_id
+            for task in [t for t in running if t.done()]:
+                entry_id = running.pop(task)
+                recording = task.result()
+                recordings.append(recording)
+                to_ack.append(entry_id)
+                log.info("session recorded", extra={"session_id": recording.session_id,
+                         "complete": recording.complete})  # fmt: skip
+            if to_ack:
+                await redis.xack(redis_keys.EVENTS_STREAM, group, *to_ack)
+    finally:
+        for task in running:  # unfinished: their `opened` stays pending for a restart
+            task.cancel()
+        for task in running:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    return recordings
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-url", default=None, help="Redis URL (default: AUDIOHOOK_REDIS_URL)."
+    )
+    parser.add_argument(
+        "--cluster", action="store_true", default=None,
+        help="Use the Redis Cluster client (default: AUDIOHOOK_REDIS_CLUSTER).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-dir", type=Path, default=Path("recordings"), help="Where files are written."
+    )
+    parser.add_argument("--group", default=DEFAULT_GROUP, help="Consumer group name.")
+    parser.add_argument(
+        "--consumer", default=None, help="Consumer name in the group (default: host-pid)."
+    )
+    parser.add_argument(
+        "--sessions", type=int, default=None, help="Exit after recording this many sessions."
+    )
+    parser.add_argument(
+        "--new-only", action="store_true",
+        help="When creating the group, skip sessions already in the events stream.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fill-gaps", action="store_true",
+        help="Insert silence where the audio timeline has gaps (pauses, discarded audio).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-timeout", type=float, default=300.0,
+        help="Finish a recording whose stream has been silent this long without `closed`.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keys-file", type=Path, default=None,
+        help="JSON map key id -> base64 key for decryption (default: "
+        "AUDIOHOOK_PAYLOAD_ENCRYPTION_KEYS).",
+    )  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    from app.config import load_settings
+    from app.streams.redis_client import create_redis
+
+    settings = load_settings()
+    url = args.redis_url or settings.redis_url
+    if not url:
+        print("consume: no Redis URL (use --redis-url or AUDIOHOOK_REDIS_URL)")
+        return 2
+    if args.cluster is not None:
+        settings = settings.model_copy(update={"redis_cluster": args.cluster})
+    raw_keys = (
+        args.keys_file.read_text()
+        if args.keys_file
+        else settings.payload_encryption_keys.get_secret_value()
+    )
+    keys = parse_keys(raw_keys)
+    consumer = args.consumer or f"{socket.gethostname()}-{os.getpid()}"
+
+    async def consume() -> list[SessionRecording]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        redis = create_redis(settings, url)
+        try:
+            return await run_consumer(
+                redis, args.output_dir, group=args.group, consumer=consumer, keys=keys,
+                stop=stop, sessions_limit=args.sessions,
+                start_id="$" if args.new_only else "0",
+                fill_gaps=args.fill_gaps, idle_timeout=args.idle_timeout,
+            )  # fmt: skip
+        finally:
+            await redis.aclose()
+
+    for recording in asyncio.run(consume()):
+        print(orjson.dumps({
+            "session_id": recording.session_id,
+            "wav": str(recording.wav_path) if recording.wav_path else None,
+            "sidecar": str(recording.sidecar_path),
+            "complete": recording.complete,
+            "samples": recording.audio.samples,
+        }).decode())  # fmt: skip
+    return 0

@@ -1,0 +1,81 @@
+"""Redis clients from settings: standalone by URL, or Redis Cluster when `redis_cluster` is set.
+
+With no `redis_url` the gateway runs an embedded redis-server on loopback (see
+`start_embedded`); production deployments point `redis_url` at their own Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, TypeAlias
+
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from app.streams.embedded_redis import EmbeddedRedis
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+log = logging.getLogger("app.streams.redis_client")
+
+RedisClient: TypeAlias = "redis.asyncio.Redis | RedisCluster"
+
+
+def _retry() -> Retry:
+    # One quick retry covers a pooled connection that died with a restarted server; longer
+    # outages are the callers' business (the publisher keeps a backlog, control loops back off).
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1)
+
+
+def create_redis(settings: Settings, url: str | None = None) -> RedisClient:
+    """A client for `url` (default settings.redis_url), cluster-aware when configured."""
+    url = url or settings.redis_url
+    if not url:
+        raise ValueError("no Redis URL: set redis_url or start the embedded server first")
+    timeout = settings.redis_timeout_seconds
+    if settings.redis_cluster:
+        return RedisCluster.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=_retry(),
+        )
+    return redis.asyncio.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=_retry(),
+        health_check_interval=30,
+    )
+
+
+def start_embedded(settings: Settings) -> EmbeddedRedis | None:
+    """Start the embedded redis-server when no redis_url is configured (blocking, ~100 ms).
+
+    Returns the server (stop it at shutdown) or None when an external Redis is configured;
+    connect with `create_redis(settings, server.url)`.
+    """
+    if settings.redis_url:
+        return None
+    server = EmbeddedRedis(data_dir=settings.redis_embedded_dir)
+    server.start()
+    log.info("no redis_url configured: using an embedded redis-server on loopback")
+    return server
+
+
+async def ping(client: RedisClient, timeout_seconds: float = 1.0) -> bool:
+    """True when Redis answers PING within `timeout_seconds` (never raises)."""
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            return bool(await client.ping())
+    except (RedisError, OSError, TimeoutError):
+        return False
+
+
+async def close_redis(client: RedisClient) -> None:
+    await client.aclose()

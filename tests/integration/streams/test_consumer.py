@@ -1,0 +1,165 @@
+"""The consume tool against a real Redis: WAV files and sidecars from published sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import redis.asyncio
+
+from app.protocol.media import MediaFormat
+from app.streams.consumer import run_consumer
+from app.streams.publisher import Publisher, SessionInfo
+from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
+from tests.support.streams import (
+    MONO,
+    STEREO,
+    TEST_KEYS,
+    audio_frames,
+    session_info,
+    streams_settings,
+)
+
+Redis = redis.asyncio.Redis
+
+
+async def _publish(
+    publisher: Publisher, info: SessionInfo, frames: list[bytes], samples: int
+) -> None:
+    session = publisher.open_session(info, lambda: None)
+    session.event("opened", {"language": "en-US"})
+    for n, frame in enumerate(frames):
+        session.audio(frame, n * samples, samples, time.monotonic())
+        if n == 3:
+            session.event("paused", {})
+            session.event("resumed", {})
+    session.close("end", {"frames": len(frames)})
+
+
+async def test_consume_writes_wav_and_sidecar_per_session(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings(publish_probe_events=True))
+    await publisher.start()
+    pcmu = MediaFormat("PCMU", ("internal", "external"))
+    l16 = MediaFormat("L16", MONO)
+    pcmu_info = session_info(pcmu, encrypted=True)
+    l16_info = session_info(l16)
+    pcmu_frames = audio_frames(pcmu, 25, 160, seed=3)
+    l16_frames = audio_frames(l16, 25, 160, seed=4)
+    await _publish(publisher, pcmu_info, pcmu_frames, 160)
+    probe = publisher.open_session(session_info(pcmu, probe=True), lambda: None)
+    probe.event("opened", {})
+    probe.close("end", {})
+    await _publish(publisher, l16_info, l16_frames, 160)
+    await publisher.stop(flush_timeout=10)
+
+    recordings = await asyncio.wait_for(
+        run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys=TEST_KEYS,
+                     sessions_limit=2, block_seconds=0.1),
+        timeout=20,
+    )  # fmt: skip
+    assert sorted(r.session_id for r in recordings) == sorted(
+        [pcmu_info.session_id, l16_info.session_id]
+    )
+    assert all(r.complete for r in recordings)
+
+    pcmu_wav = read_wav(tmp_path / f"{pcmu_info.session_id}.wav")
+    assert (pcmu_wav.format_tag, pcmu_wav.channels, pcmu_wav.rate, pcmu_wav.bits_per_sample) == (
+        WAVE_FORMAT_MULAW, 2, 8000, 8,
+    )  # fmt: skip
+    assert pcmu_wav.data == b"".join(pcmu_frames)
+    l16_wav = read_wav(tmp_path / f"{l16_info.session_id}.wav")
+    assert (l16_wav.format_tag, l16_wav.channels, l16_wav.bits_per_sample) == (
+        WAVE_FORMAT_PCM, 1, 16,
+    )  # fmt: skip
+    assert l16_wav.data == b"".join(l16_frames)
+
+    sidecar = json.loads((tmp_path / f"{pcmu_info.session_id}.json").read_text())
+    assert sidecar["session_id"] == pcmu_info.session_id
+    assert sidecar["conversation_id"] == pcmu_info.conversation_id
+    assert sidecar["media"] == {
+        "format": "PCMU",
+        "rate": 8000,
+        "channels": ["internal", "external"],
+    }
+    assert sidecar["complete"] is True
+    assert [e["type"] for e in sidecar["events"]] == ["opened", "paused", "resumed", "closed"]
+    assert sidecar["events"][0]["data"]["language"] == "en-US"
+    assert sidecar["audio"]["entries"] == 25
+    assert sidecar["audio"]["samples"] == 25 * 160
+    assert sidecar["audio"]["undecryptable"] == 0
+    assert sidecar["audio"]["missing_entries"] == 0
+    assert sidecar["wav"] == f"{pcmu_info.session_id}.wav"
+    # Everything was acknowledged: nothing pending for the group.
+    assert (await redis_client.xpending("audiohook:events", "g"))["pending"] == 0
+
+
+async def test_consumer_follows_a_live_session_and_stops_on_request(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    media = MediaFormat("PCMU", STEREO)
+    info = session_info(media)
+    frames = audio_frames(media, 30, 160)
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(
+        run_consumer(redis_client, tmp_path, group="live", consumer="c1", keys={},
+                     stop=stop, block_seconds=0.1)
+    )  # fmt: skip
+    session = publisher.open_session(info, lambda: None)
+    session.event("opened", {})
+    for n, frame in enumerate(frames):  # the consumer is reading while audio arrives
+        session.audio(frame, n * 160, 160, time.monotonic())
+        await asyncio.sleep(0.005)
+    session.close("end", {})
+    await publisher.stop(flush_timeout=10)
+    wav_path = tmp_path / f"{info.session_id}.json"
+    deadline = time.monotonic() + 10
+    while not wav_path.exists():
+        assert time.monotonic() < deadline, "recording not finished"
+        await asyncio.sleep(0.05)
+    stop.set()
+    recordings = await asyncio.wait_for(consumer, timeout=10)
+    assert [r.session_id for r in recordings] == [info.session_id]
+    assert read_wav(tmp_path / f"{info.session_id}.wav").data == b"".join(frames)
+
+
+async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    media = MediaFormat("PCMU", MONO)
+    info = session_info(media)
+    frames = audio_frames(media, 10, 160)
+    session = publisher.open_session(info, lambda: None)
+    session.event("opened", {})
+    for n, frame in enumerate(frames[:5]):
+        session.audio(frame, n * 160, 160, time.monotonic())
+    assert await publisher.flush(10)
+
+    stop = asyncio.Event()
+    first = asyncio.create_task(
+        run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={}, stop=stop,
+                     block_seconds=0.1)
+    )  # fmt: skip
+    await asyncio.sleep(0.5)
+    stop.set()  # the session is still live: its `opened` stays pending
+    assert await asyncio.wait_for(first, timeout=10) == []
+    assert (await redis_client.xpending("audiohook:events", "g"))["pending"] == 1
+
+    for n, frame in enumerate(frames[5:], start=5):
+        session.audio(frame, n * 160, 160, time.monotonic())
+    session.close("end", {})
+    await publisher.stop(flush_timeout=10)
+    recordings = await asyncio.wait_for(
+        run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={},
+                     sessions_limit=1, block_seconds=0.1),
+        timeout=10,
+    )  # fmt: skip
+    assert [r.session_id for r in recordings] == [info.session_id]
+    assert read_wav(tmp_path / f"{info.session_id}.wav").data == b"".join(frames)
