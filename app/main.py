@@ -1,0 +1,40 @@
+"""Application factory: ``create_app(settings)`` wires the gateway's services into FastAPI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.config import Settings
+from app.runtime import Gateway
+from app.transport.http import operational_routes
+from app.transport.websocket import audiohook_endpoint
+
+
+def create_app(settings: Settings) -> FastAPI:
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(
+        title="AudioHook Gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.gateway = gateway
+    app.add_api_websocket_route(settings.ws_path, audiohook_endpoint)
+    if settings.metrics_port == 0:
+        app.router.routes.extend(operational_routes(gateway))
+    return app

@@ -1,0 +1,159 @@
+"""The gateway's long-lived services, started and stopped together by the app's lifespan.
+
+``Gateway`` holds what every connection needs: settings, the Redis client, the publisher,
+the control plane, the integration registry, the authenticator, the IP allowlist, the live
+connections, and the drain state. One per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from app.config import Settings
+from app.observability import metrics
+from app.protocol.media import MediaPolicy
+from app.protocol.session import SessionConfig
+from app.security.authenticator import Authenticator
+from app.security.integrations import Integration, IntegrationRegistry
+from app.security.ipallow import IpAllowlist
+from app.streams.control import ControlPlane
+from app.streams.publisher import Publisher
+from app.streams.redis_client import close_redis, create_redis
+from app.transport.source_limiter import SourceRateLimiter
+
+if TYPE_CHECKING:
+    from app.transport.websocket import Connection
+
+log = logging.getLogger("app.runtime")
+
+TICK_INTERVAL_SECONDS = 0.25
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis = create_redis(settings)
+        self.publisher = Publisher(self.redis, settings)
+        self.control = ControlPlane.from_settings(self.redis, settings)
+        self.replica_id = self.control.replica_id
+        self.integrations = IntegrationRegistry.from_settings(settings)
+        self.authenticator = Authenticator.from_settings(settings, self.integrations, self.redis)
+        self.allowlist = IpAllowlist.from_settings(settings, self.redis)
+        self.upgrade_limiter = SourceRateLimiter(
+            settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
+        )
+        self.connections: set[Connection] = set()
+        self.live_sessions_by_integration: Counter[str] = Counter()
+        self.draining = False
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session_configs: dict[str | None, SessionConfig] = {}
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.publisher.start()
+        await self.control.start()
+        await self.allowlist.load_cached()
+        self._spawn(self.allowlist.run(), "ip-ranges-refresh")
+        self._spawn(self._tick_sessions(), "session-ticker")
+        self._spawn(
+            self.integrations.run_reload_loop(self.settings.integrations_reload_seconds),
+            "integrations-reload",
+        )
+        log.info("gateway started", extra={"replica_id": self.replica_id})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.control.stop()
+        await self.publisher.stop(flush_timeout=self.settings.drain_close_wait_seconds)
+        await close_redis(self.redis)
+        log.info("gateway stopped", extra={"replica_id": self.replica_id})
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coroutine, name=name))
+
+    async def _tick_sessions(self) -> None:
+        """Drive every session's timeouts from one task rather than one timer per session."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL_SECONDS)
+            now = time.monotonic()
+            for connection in list(self.connections):
+                connection.tick(now)
+
+    def connection_started(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self._no_connections.clear()
+
+    def connection_finished(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._no_connections.set()
+
+    async def _wait_for_no_connections(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_connections.wait(), seconds)
+
+    # --- drain --------------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop taking sessions, let live ones finish, then ask the rest to go."""
+        self.draining = True
+        metrics.DRAINING.set(1)
+        log.info("draining", extra={"sessions": len(self.connections)})
+        await self._wait_for_no_connections(self.settings.drain_grace_seconds)
+        if self.connections:
+            log.info(
+                "drain grace period over",
+                extra={"sessions": len(self.connections), "action": self.settings.drain_action},
+            )
+            for connection in list(self.connections):
+                connection.drain(self.settings.drain_action)
+            await self._wait_for_no_connections(self.settings.drain_close_wait_seconds)
+        log.info("drain finished", extra={"sessions_left": len(self.connections)})
+
+    # --- queries used by admission and connections ----------------------------------------------
+    def ready_for_sessions(self) -> bool:
+        return self.publisher.ready and self.allowlist.ready
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "redis": self.publisher.ready,
+            "ip_allowlist": self.allowlist.ready,
+            "not_draining": not self.draining,
+        }
+
+    def sessions_of(self, integration: str) -> int:
+        return self.live_sessions_by_integration[integration]
+
+    def session_config_for(self, integration: Integration | None) -> SessionConfig:
+        settings = self.settings
+        formats = tuple(settings.media_formats)
+        prefer = settings.media_prefer
+        start_paused = False
+        allowed_orgs: frozenset[str] | None = None
+        if integration is not None:
+            formats = tuple(integration.media_formats or formats)
+            prefer = integration.media_prefer or prefer
+            start_paused = integration.start_paused
+            if integration.allowed_organizations is not None:
+                allowed_orgs = frozenset(integration.allowed_organizations)
+        return SessionConfig(
+            media_policy=MediaPolicy(formats=formats, prefer=prefer),
+            start_paused=start_paused,
+            supported_languages=tuple(settings.supported_languages),
+            open_timeout=settings.open_timeout_seconds,
+            idle_timeout=settings.idle_timeout_seconds,
+            close_timeout=settings.close_timeout_seconds,
+            max_frame_bytes=settings.max_frame_bytes,
+            allowed_organizations=allowed_orgs,
+        )

@@ -1,0 +1,234 @@
+"""What a live session's domain events mean for the rest of the gateway.
+
+The protocol core reports facts (opened, audio frame, paused, client error, closed ...); this
+module turns each into its Redis event, metrics and log line, and applies consumers'
+commands to the session. It owns no socket: the connection hands it outputs in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from app.observability import metrics
+from app.protocol.messages import format_duration
+from app.protocol.session import (
+    AudioFrame,
+    ClientError,
+    Discarded,
+    DisconnectSent,
+    InvalidStateError,
+    LanguageUpdated,
+    Output,
+    Paused,
+    PingReceived,
+    ProtocolViolation,
+    Resumed,
+    SessionClosed,
+    SessionOpened,
+)
+from app.streams.publisher import SessionInfo, SessionPublisher
+
+if TYPE_CHECKING:
+    from app.runtime import Gateway
+    from app.streams.control import ControlCommand
+    from app.transport.admission import Admission
+    from app.transport.websocket import Connection
+
+log = logging.getLogger("app.session")
+
+UNKNOWN_INTEGRATION = "unknown"
+SAMPLE_RATE = 8000
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+
+
+class SessionObserver:
+    def __init__(self, gateway: Gateway, admission: Admission, connection: Connection) -> None:
+        self.gateway = gateway
+        self.admission = admission
+        self.connection = connection
+        self.integration = (
+            admission.integration.name if admission.integration else UNKNOWN_INTEGRATION
+        )
+        self.log_fields: dict[str, Any] = {
+            "session_id": admission.session_id,
+            "correlation_id": admission.correlation_id,
+            "integration": self.integration,
+            "client_address": admission.client_address,
+        }
+        self.publisher: SessionPublisher | None = None
+        self._registered = False
+        self._frames = metrics.AUDIO_FRAMES_RECEIVED.labels(self.integration)
+        self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(self.integration)
+        self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
+        self._bytes_per_second = 0
+        metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
+        gateway.live_sessions_by_integration[self.integration] += 1
+        if admission.authenticated:
+            metrics.SESSIONS_STARTED.labels(self.integration).inc()
+        log.info("session connected", extra=self.log_fields)
+
+    # --- the hot path -------------------------------------------------------------------------
+    def audio(self, frame: AudioFrame) -> None:
+        size = len(frame.data)
+        self._frames.inc()
+        self._bytes.inc(size)
+        self._seconds.inc(frame.sample_count / SAMPLE_RATE)
+        if self.publisher is not None:
+            self.publisher.audio(
+                frame.data, frame.sample_offset, frame.sample_count, time.monotonic()
+            )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def opened(self, event: SessionOpened, now: float) -> None:
+        metrics.OPEN_LATENCY.observe(max(0.0, now - event.open_received_at))
+        self.log_fields["conversation_id"] = event.conversation_id
+        self.log_fields["organization_id"] = event.organization_id
+        if event.is_probe:
+            metrics.PROBES.labels(self.integration).inc()
+        integration = self.admission.integration
+        self.publisher = self.gateway.publisher.open_session(
+            SessionInfo(
+                session_id=event.session_id,
+                correlation_id=self.admission.correlation_id,
+                integration=self.integration,
+                organization_id=event.organization_id,
+                conversation_id=event.conversation_id,
+                is_probe=event.is_probe,
+                media=event.media,
+                encryption_key_id=integration.encryption_key_id if integration else None,
+            ),
+            on_overflow=self._backlog_overflowed,
+        )
+        self.publisher.event(
+            "opened",
+            {
+                "participant": event.participant,
+                "language": event.language,
+                "media": event.selected_offer,
+                "offered_media": event.offered_media,
+                "custom_config": event.custom_config,
+                "continued_sessions": event.continued_sessions,
+                "start_paused": event.start_paused,
+            },
+        )
+        self.gateway.control.register(event.session_id, self.connection)
+        self._registered = True
+        log.info(
+            "session opened",
+            extra={
+                **self.log_fields,
+                "probe": event.is_probe,
+                "media": event.selected_offer,
+                "language": event.language,
+            },
+        )
+
+    def closed(self, event: SessionClosed) -> None:
+        outcome = event.reason or "dropped"
+        metrics.SESSIONS_ENDED.labels(self.integration, outcome).inc()
+        counts = {"frames": event.frames, "bytes": event.bytes, "samples": event.samples}
+        if self.publisher is not None:
+            self.publisher.close(event.reason, counts)
+        log.info("session closed", extra={**self.log_fields, "reason": outcome, **counts})
+
+    async def finished(self) -> None:
+        if self._registered:
+            self.gateway.control.unregister(self.admission.session_id)
+        metrics.SESSIONS_ACTIVE.labels(self.integration).dec()
+        self.gateway.live_sessions_by_integration[self.integration] -= 1
+
+    def event(self, output: Output) -> None:
+        """Every domain event other than audio, open and close."""
+        if isinstance(output, Paused):
+            self._publish("paused", {"position": format_duration(output.position_samples)})
+        elif isinstance(output, Resumed):
+            self._publish(
+                "resumed",
+                {
+                    "start": format_duration(output.start_samples),
+                    "discarded": format_duration(output.discarded_samples),
+                },
+            )
+        elif isinstance(output, Discarded):
+            self._publish(
+                "discarded",
+                {
+                    "start": format_duration(output.start_samples),
+                    "discarded": format_duration(output.discarded_samples),
+                },
+            )
+        elif isinstance(output, LanguageUpdated):
+            self._publish("language_updated", {"language": output.language})
+        elif isinstance(output, ClientError):
+            metrics.CLIENT_ERRORS.labels(str(output.code)).inc()
+            self._publish(
+                "client_error",
+                {
+                    "code": output.code,
+                    "message": output.message,
+                    "retry_after": output.retry_after_seconds,
+                },
+            )
+            log.warning(
+                "client reported an error",
+                extra={**self.log_fields, "code": output.code, "error_message": output.message},
+            )
+        elif isinstance(output, PingReceived):
+            if output.rtt_seconds is not None:
+                metrics.CLIENT_RTT.observe(output.rtt_seconds)
+        elif isinstance(output, ProtocolViolation):
+            metrics.PROTOCOL_ERRORS.labels(output.kind).inc()
+            log.warning(
+                "protocol violation",
+                extra={**self.log_fields, "kind": output.kind, "info": output.info},
+            )
+        elif isinstance(output, DisconnectSent):
+            metrics.DISCONNECTS_SENT.labels(self.integration, output.reason).inc()
+            log.info(
+                "disconnect sent",
+                extra={**self.log_fields, "reason": output.reason, "info": output.info},
+            )
+
+    def _publish(self, event_type: str, fields: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher.event(event_type, fields)
+
+    # --- trouble ------------------------------------------------------------------------------
+    def _backlog_overflowed(self) -> None:
+        log.error("publish backlog overflowed; ending session", extra=self.log_fields)
+        self.connection.end_with_error("Server Error: audio backlog overflow")
+
+    def outgoing_overflow(self) -> None:
+        metrics.CONNECTIONS_REJECTED.labels("client_not_reading").inc()
+        log.warning("client stopped reading; closing socket", extra=self.log_fields)
+
+    def client_rate_limit(self, retry_after: float | None) -> None:
+        """The client answered `error` 429: hold consumers' `event` commands as it asked."""
+        seconds = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_SECONDS
+        self.gateway.control.client_retry_after(self.admission.session_id, seconds)
+
+    # --- consumer commands --------------------------------------------------------------------
+    def apply_command(
+        self, command: ControlCommand, dispatch: Callable[[list[Output]], None]
+    ) -> str:
+        session = self.connection.session
+        now = time.monotonic()
+        name = command.command
+        try:
+            if name == "pause":
+                dispatch(session.pause(now))
+            elif name == "resume":
+                dispatch(session.resume(now))
+            elif name == "disconnect":
+                dispatch(session.disconnect(command.reason, command.info, now))  # type: ignore[arg-type]
+            elif name == "event":
+                dispatch(session.send_event(command.entities, now))
+                metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()
+            else:
+                return "invalid"
+        except InvalidStateError:
+            return "invalid_state"
+        return "applied"

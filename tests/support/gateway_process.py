@@ -1,0 +1,127 @@
+"""Run the real gateway (``audiohook-gateway serve``) as a child process on loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from app.streams.embedded_redis import free_port
+
+# A demo integration for tests: the API key and secret of PROTOCOL.md's test vector.
+TEST_API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
+TEST_CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
+TEST_ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
+
+DEFAULT_INTEGRATIONS = [
+    {"name": "test", "api_key": TEST_API_KEY, "client_secrets": [TEST_CLIENT_SECRET]},
+]
+
+
+class GatewayProcess:
+    """A gateway child process; ``env`` entries are AUDIOHOOK_* settings without the prefix."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        log_path: Path,
+        settings: Mapping[str, str] | None = None,
+        integrations: list[dict[str, object]] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = log_path
+        env = {
+            "REDIS_URL": redis_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": str(self.metrics_port),
+            "INTEGRATIONS": json.dumps(integrations or DEFAULT_INTEGRATIONS),
+            "IP_ALLOWLIST_ENABLED": "false",
+            "AUTH_MIN_FAILURE_DELAY_SECONDS": "0.2",
+            "LOG_LEVEL": "INFO",
+        }
+        env.update(settings or {})
+        self.env = {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/api/v1/audiohook/ws"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        log_file = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.metrics_url}/readyz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_tail()}")
+
+    def terminate(self) -> None:
+        """Send SIGTERM (a graceful drain) without waiting."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_records(self) -> list[dict[str, object]]:
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def metrics_text(self) -> str:
+        return httpx.get(f"{self.metrics_url}/metrics", timeout=5).text
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
