@@ -7,6 +7,7 @@ by a test, so a new setting cannot be added without documenting it.
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -291,3 +292,32 @@ def load_settings(env_file: Path | None = None) -> Settings:
     if env_file is None:
         return Settings()
     return Settings(_env_file=env_file)
+
+
+def _default_text(name: str) -> str:
+    field = Settings.model_fields[name]
+    factory = field.default_factory
+    value = factory() if factory is not None else field.default  # type: ignore[call-arg]
+    if value is None:
+        return "(unset)"
+    if hasattr(value, "get_secret_value"):
+        value = value.get_secret_value()
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if value != "" else '""'
+
+
+def reference_markdown() -> str:
+    """The README's configuration table, generated from the fields above."""
+    lines = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        description = (field.description or "").replace("|", "\\|")
+        default = _default_text(name).replace("|", "\\|")
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | `{default}` | {description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -275,9 +275,19 @@ class ClientSession:
     # --- entry point ---------------------------------------------------------------------------
 
     async def run(self) -> SessionResult:
+        """Run the call to its end; failures are recorded in the result, never raised."""
         try:
             if await self._connect():
                 await self._session()
+        except Exception as exc:  # one broken call must not take a whole simulation down
+            self._finding(
+                Finding(
+                    "client-failure",
+                    "client",
+                    f"the client failed: {type(exc).__name__}: {exc}",
+                    "this is a problem of the client, not of the server",
+                )
+            )
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -619,7 +629,8 @@ class ClientSession:
         with self.pacer.use():
             start_tick = self.pacer.tick
             while index < len(frames) and self.checker.phase == "open":
-                # Frame k leaves at the (k+1)-th tick after the start: never ahead of real time.
+                # Frame k leaves at the (k+1)-th tick after the start: never ahead of real time
+                # (so frames skipped for discardTo still take their time to "happen").
                 owed = 1 + max(0, self.pacer.tick - start_tick - 1) if realtime else len(frames)
                 while index < min(owed, len(frames)) and self.checker.phase == "open":
                     frame = frames[index]

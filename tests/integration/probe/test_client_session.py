@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import itertools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +76,11 @@ async def test_frames_reach_the_server_as_recorded(
     assert [len(f) for f in conn.frames] == [frame_size, frame_size, frame_size // 2]
     assert conn.frames == [frame.data for frame in result.frames]
     assert [frame.offset for frame in result.frames] == [0, 1600, 3200]
-    assert result.frames_sent == 3 and result.samples_sent == 4000
+    assert result.frames_sent == 3
+    assert result.samples_sent == 4000
     close = conn.messages[-1]
-    assert close["type"] == "close" and close["parameters"] == {"reason": "end"}
+    assert close["type"] == "close"
+    assert close["parameters"] == {"reason": "end"}
     assert close["position"] == "PT0.5S"
     assert_envelopes(conn, result)
 
@@ -100,7 +104,8 @@ async def test_open_parameters(start_server: StartServer) -> None:
     assert not result.ok  # this server never lists supportedLanguages although asked
     assert [f.field for f in result.errors] == ["opened.parameters.supportedLanguages"]
     params = server.connections[0].messages[0]["parameters"]
-    assert params["language"] == "de-DE" and params["supportedLanguages"] is True
+    assert params["language"] == "de-DE"
+    assert params["supportedLanguages"] is True
     assert params["customConfig"] == {"tenant": "a"}
     assert params["organizationId"] == cfg.organization_id
     assert params["participant"]["ani"] == "+1-555-555-1234"
@@ -126,11 +131,12 @@ async def test_pause_and_resume(start_server: StartServer) -> None:
     assert types == ["open", "paused", "resumed", "close"]
     resumed = conn.messages[2]["parameters"]
     start, discarded = parse_duration(resumed["start"]), parse_duration(resumed["discarded"])
-    assert discarded > 0 and discarded % 1600 == 0
+    assert discarded > 0
+    assert discarded % 1600 == 0
     assert discarded == result.samples_discarded
     # The frames skip exactly the discarded span, and the server got every frame that was sent.
     offsets = [frame.offset for frame in result.frames]
-    gap = next(b - a for a, b in zip(offsets, offsets[1:], strict=False) if b - a != 1600)
+    gap = next(b - a for a, b in itertools.pairwise(offsets) if b - a != 1600)
     assert gap == 1600 + discarded
     assert offsets[offsets.index(start - 1600) + 1] == start + discarded
     assert len(conn.frames) == len(result.frames)
@@ -142,12 +148,14 @@ async def test_start_paused_and_resume(start_server: StartServer) -> None:
     faults = Faults(opened_extra={"startPaused": True}, after_opened=[(0.5, "resume", {})])
     server = await start_server(faults)
     result = await run_session(config(server, source=tone_source(1.0), realtime=False))
-    assert result.ok and result.start_paused
+    assert result.ok
+    assert result.start_paused
     (conn,) = server.connections
     assert [m["type"] for m in conn.messages] == ["open", "paused", "resumed", "close"]
     assert conn.messages[1]["seq"] == 2  # paused right after opened, before any audio
     resumed = conn.messages[2]["parameters"]
-    assert resumed["start"] == "PT0S" and parse_duration(resumed["discarded"]) >= 1600
+    assert resumed["start"] == "PT0S"
+    assert parse_duration(resumed["discarded"]) >= 1600
     assert result.frames[0].offset == parse_duration(resumed["discarded"])
 
 
@@ -160,7 +168,8 @@ async def test_discard_to(start_server: StartServer) -> None:
     assert discarded["type"] == "discarded"
     # Rounded down to whole 200 ms frames.
     assert discarded["parameters"] == {"start": "PT0S", "discarded": "PT0.4S"}
-    assert result.frames[0].offset == 3200 and len(conn.frames) == 3
+    assert result.frames[0].offset == 3200
+    assert len(conn.frames) == 3
 
 
 async def test_server_disconnect_is_answered_with_close(start_server: StartServer) -> None:
@@ -169,7 +178,8 @@ async def test_server_disconnect_is_answered_with_close(start_server: StartServe
     result = await run_session(config(server, source=tone_source(5.0)))
     assert result.ok  # completed is a normal end
     assert result.disconnect == {"reason": "completed", "info": "done"}
-    assert result.close_reason == "disconnect" and result.closed
+    assert result.close_reason == "disconnect"
+    assert result.closed
     assert server.connections[0].messages[-1]["parameters"] == {"reason": "disconnect"}
     assert [f.severity for f in result.findings] == ["warning"]
 
@@ -178,12 +188,15 @@ async def test_disconnect_error_fails_the_session(start_server: StartServer) -> 
     faults = Faults(after_opened=[(0.1, "disconnect", {"reason": "error", "info": "bad"})])
     server = await start_server(faults)
     result = await run_session(config(server, source=tone_source(5.0)))
-    assert not result.ok and result.closed
-    assert result.errors[0].rule == "disconnect" and "(bad)" in result.errors[0].message
+    assert not result.ok
+    assert result.closed
+    assert result.errors[0].rule == "disconnect"
+    assert "(bad)" in result.errors[0].message
 
 
 async def test_events_and_reconnect_are_recorded(start_server: StartServer) -> None:
-    entity = {"type": "transcript", "data": {"id": "x", "channelId": 0, "isFinal": False}}
+    utterance = "e160e428-53e2-487c-977d-96989bf5c99d"
+    entity = {"type": "transcript", "data": {"id": utterance, "channelId": 0, "isFinal": False}}
     faults = Faults(
         after_opened=[
             (0.1, "event", {"entities": [entity]}),
@@ -207,18 +220,22 @@ async def test_ping_cadence_and_rtt(start_server: StartServer) -> None:
     result = await run_session(cfg)
     assert result.ok, result.findings
     pings = server.connections[0].of_type("ping")
-    assert len(pings) >= 3 and result.pongs == result.pings == len(pings)
+    assert len(pings) >= 3
+    assert result.pongs == result.pings == len(pings)
     # The second ping follows the first pong at once: it already reports the measured rtt.
     assert "rtt" not in pings[0]["parameters"]
     assert parse_duration(pings[1]["parameters"]["rtt"]) >= 0
-    assert pings[0]["serverseq"] == 1 and pings[1]["serverseq"] == 2
+    assert pings[0]["serverseq"] == 1
+    assert pings[1]["serverseq"] == 2
     assert_envelopes(server.connections[0], result)
 
 
 async def test_opened_timeout_sends_error_408_then_close(start_server: StartServer) -> None:
     server = await start_server(Faults(opened_delay=0.6))
     result = await run_session(config(server, open_timeout=0.2, source=tone_source(1.0)))
-    assert not result.opened and result.closed and result.close_reason == "error"
+    assert not result.opened
+    assert result.closed
+    assert result.close_reason == "error"
     messages = server.connections[0].messages
     assert [m["type"] for m in messages] == ["open", "error", "close"]
     assert messages[1]["parameters"]["code"] == 408
@@ -248,8 +265,6 @@ async def test_pacer_catches_up_after_a_stall() -> None:
     pacer = Pacer(0.01)
     with pacer.use():
         first = await pacer.wait()
-        import time
-
         time.sleep(0.05)  # block the loop for five intervals
         await pacer.wait()
         after = await pacer.wait()
@@ -270,7 +285,8 @@ async def test_simulate_cli_runs_concurrent_calls(start_server: StartServer) -> 
     args = _args(
         "--uri", server.url, "--api-key", API_KEY, "--client-secret", SECRET,
         "--org-id", "d7934305-0972-4844-938e-9060eef73d05",
-        "--sessions", "3", "--fast", "--seconds", "0.4", "--format", "L16", "--channels", "inverted",
+        "--sessions", "3", "--fast", "--seconds", "0.4",
+        "--format", "L16", "--channels", "inverted",
     )  # fmt: skip
     out = io.StringIO()
     assert await run(args, out) == 0
@@ -291,7 +307,9 @@ async def test_simulate_cli_runs_concurrent_calls(start_server: StartServer) -> 
 async def test_simulate_cli_probe_and_json(start_server: StartServer) -> None:
     server = await start_server()
     out = io.StringIO()
-    args = _args("--uri", server.url, "--api-key", API_KEY, "--client-secret", SECRET, "--probe", "--json")
+    args = _args(
+        "--uri", server.url, "--api-key", API_KEY, "--client-secret", SECRET, "--probe", "--json"
+    )
     assert await run(args, out) == 0
     (line,) = out.getvalue().splitlines()
     assert json.loads(line)["ok"] is True
@@ -301,7 +319,17 @@ async def test_simulate_cli_probe_and_json(start_server: StartServer) -> None:
 async def test_simulate_cli_fails_on_a_broken_server(start_server: StartServer) -> None:
     server = await start_server(Faults(closed_clientseq_offset=5))
     out = io.StringIO()
-    args = _args("--uri", server.url, "--api-key", API_KEY, "--client-secret", SECRET, "--fast", "--seconds", "0.2")
+    args = _args(
+        "--uri",
+        server.url,
+        "--api-key",
+        API_KEY,
+        "--client-secret",
+        SECRET,
+        "--fast",
+        "--seconds",
+        "0.2",
+    )
     assert await run(args, out) == 1
     assert "x closed.clientseq is" in out.getvalue()
 

@@ -81,11 +81,17 @@ async def test_the_probe_sends_what_genesys_sends(start_server: StartServer) -> 
     params = open_message["parameters"]
     assert params["conversationId"] == NULL_UUID
     assert params["participant"] == {"id": NULL_UUID, "ani": "", "aniName": "", "dnis": ""}
-    assert params["language"] is None and params["customConfig"] == {}
-    assert [m["channels"] for m in params["media"]] == [["external", "internal"], ["external"], ["internal"]]
+    assert params["language"] is None
+    assert params["customConfig"] == {}
+    assert [m["channels"] for m in params["media"]] == [
+        ["external", "internal"],
+        ["external"],
+        ["internal"],
+    ]
     assert {m["format"] for m in params["media"]} == {"PCMU"}
     assert conn.frames == [b""]  # one zero-length frame, because media was selected
-    assert close_message["type"] == "close" and close_message["parameters"] == {"reason": "end"}
+    assert close_message["type"] == "close"
+    assert close_message["parameters"] == {"reason": "end"}
     assert (close_message["seq"], close_message["serverseq"]) == (2, 1)
 
 
@@ -95,8 +101,10 @@ async def test_the_real_session_streams_pings_and_closes(start_server: StartServ
     assert report.ok, report.render()
     session = server.connections[1]
     params = session.messages[0]["parameters"]
-    assert params["conversationId"] != NULL_UUID and params["language"] == "en-US"
-    assert len(session.of_type("ping")) >= 2 and session.frames
+    assert params["conversationId"] != NULL_UUID
+    assert params["language"] == "en-US"
+    assert len(session.of_type("ping")) >= 2
+    assert session.frames
     assert {len(frame) for frame in session.frames} == {3200}
     assert session.messages[-1]["parameters"] == {"reason": "end"}
 
@@ -119,13 +127,15 @@ async def test_wrong_closed_clientseq(start_server: StartServer) -> None:
         "closed.clientseq is 1, expected 2: your server must echo the seq of the close it answers"
         in text
     )
-    assert "[FAIL] connection probe" in text and "Result: FAIL (1 problem)" in text
+    assert "[FAIL] connection probe" in text
+    assert "Result: FAIL (1 problem)" in text
 
 
 async def test_binary_framed_json(start_server: StartServer) -> None:
     server = await start_server(Faults(binary_json=True))
     code, data = await probe_json(server.url, "--probe-only")
-    assert code == 1 and data["ok"] is False
+    assert code == 1
+    assert data["ok"] is False
     first = step_findings(data, "probe")[0]
     assert (first["rule"], first["field"], first["error_code"]) == ("binary-frame", "frame", 415)
     assert "holding a JSON 'opened' message" in first["message"]
@@ -133,7 +143,8 @@ async def test_binary_framed_json(start_server: StartServer) -> None:
     # Like Genesys, the client reported the problem and closed with reason error.
     sent = server.connections[0].messages
     assert [m["type"] for m in sent[:3]] == ["open", "error", "close"]
-    assert sent[1]["parameters"]["code"] == 415 and sent[2]["parameters"] == {"reason": "error"}
+    assert sent[1]["parameters"]["code"] == 415
+    assert sent[2]["parameters"] == {"reason": "error"}
 
 
 async def test_missing_parameters(start_server: StartServer) -> None:
@@ -158,7 +169,8 @@ async def test_opened_with_media_not_offered(start_server: StartServer) -> None:
     assert code == 1
     (finding,) = step_findings(data, "probe")
     assert finding["field"] == "opened.parameters.media[0]"
-    assert finding["actual"]["format"] == "L16" and finding["error_code"] == 400
+    assert finding["actual"]["format"] == "L16"
+    assert finding["error_code"] == 400
     assert "PCMU[external,internal]@8000" in finding["expected"]
     assert server.connections[0].frames == []  # no audio after a bad opened
 
@@ -193,7 +205,8 @@ async def test_slow_opened(start_server: StartServer) -> None:
     assert "Genesys gives up after 5 s" in step_findings(data, "probe")[0]["hint"]
     sent = server.connections[0].messages
     assert [m["type"] for m in sent] == ["open", "error", "close"]
-    assert sent[1]["parameters"]["code"] == 408 and sent[2]["parameters"] == {"reason": "error"}
+    assert sent[1]["parameters"]["code"] == 408
+    assert sent[2]["parameters"] == {"reason": "error"}
 
 
 async def test_server_seq_that_skips(start_server: StartServer) -> None:
@@ -221,21 +234,24 @@ async def test_no_pong(start_server: StartServer) -> None:
     sent = server.connections[1].messages
     error = next(m for m in sent if m["type"] == "error")
     assert error["parameters"]["code"] == 408
-    assert sent[-1]["type"] == "close" and sent[-1]["parameters"] == {"reason": "error"}
+    assert sent[-1]["type"] == "close"
+    assert sent[-1]["parameters"] == {"reason": "error"}
 
 
 async def test_message_after_closed(start_server: StartServer) -> None:
     server = await start_server(Faults(message_after_closed=True))
     report = await run_probe(options(server.url, probe_only=True))
     (finding,) = errors(report, "probe")
-    assert finding.rule == "after-closed" and "nothing may follow 'closed'" in finding.hint
+    assert finding.rule == "after-closed"
+    assert "nothing may follow 'closed'" in finding.hint
 
 
 async def test_socket_dropped_instead_of_closed(start_server: StartServer) -> None:
     server = await start_server(Faults(close_socket_on_close=True))
     report = await run_probe(options(server.url, probe_only=True))
     (finding,) = errors(report, "probe")
-    assert finding.rule == "socket-closed" and "send closed before closing" in finding.hint
+    assert finding.rule == "socket-closed"
+    assert "send closed before closing" in finding.hint
 
 
 async def test_wrong_api_key_gets_a_credentials_hint(start_server: StartServer) -> None:
@@ -266,7 +282,8 @@ async def test_http_rejections_are_explained(start_server: StartServer) -> None:
         code, data = await probe_json(server.url)
         assert code == 1
         (finding,) = step_findings(data, "probe")
-        assert finding["rule"] == "http-status" and finding["actual"] == status
+        assert finding["rule"] == "http-status"
+        assert finding["actual"] == status
         assert hint in finding["hint"]
         assert data["steps"][-1]["status"] == "skip"  # no point in a session
 
@@ -277,13 +294,15 @@ async def test_nothing_listening() -> None:
         port = sock.getsockname()[1]
     report = await run_probe(options(f"ws://127.0.0.1:{port}/ws"))
     (finding,) = errors(report, "probe")
-    assert finding.rule == "connect" and "nothing listens" in finding.hint
+    assert finding.rule == "connect"
+    assert "nothing listens" in finding.hint
     assert not report.ok
 
 
 async def test_invalid_uri_is_a_failed_step() -> None:
     report = await run_probe(options("http://127.0.0.1/ws"))
-    assert not report.ok and report.steps[0].findings[0].rule == "uri"
+    assert not report.ok
+    assert report.steps[0].findings[0].rule == "uri"
 
 
 async def test_missing_api_key_is_a_usage_error() -> None:
@@ -351,9 +370,11 @@ async def test_self_signed_certificate_fails_but_audiohook_is_still_checked(
     code, data = await probe_json(server.url, "--probe-only")
     assert code == 1
     transport = data["steps"][0]
-    assert transport["name"] == "transport" and transport["status"] == "fail"
+    assert transport["name"] == "transport"
+    assert transport["status"] == "fail"
     (finding,) = transport["findings"]
-    assert finding["rule"] == "tls-verify" and "self-signed" in finding["hint"]
+    assert finding["rule"] == "tls-verify"
+    assert "self-signed" in finding["hint"]
     assert transport["details"]["self_signed"] is True
     assert 88 < transport["details"]["days_left"] < 91
     assert transport["details"]["handshake_seconds"] > 0
@@ -371,7 +392,8 @@ async def test_trusted_chain_passes_and_near_expiry_warns(
     trust = ssl.create_default_context(cafile=str(ca_path))
     report = await run_probe(options(server.url, probe_only=True, trust=trust))
     transport = report.step("transport")
-    assert transport.status == "warn" and report.ok, report.render()
+    assert report.ok, report.render()
+    assert transport.status == "warn"
     assert [f.rule for f in transport.findings] == ["tls-expiring"]
     assert "chain verifies against public CAs" in transport.summary
     assert [c.signature_ok for c in server.connections] == [True]

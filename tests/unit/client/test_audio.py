@@ -96,7 +96,8 @@ def test_tone_is_a_1khz_sine_on_both_channels() -> None:
     assert audio.external == audio.internal
     period = list(audio.external[:8])
     assert list(audio.external[8:16]) == period  # 8000 / 1000 = 8 samples per period
-    assert period[0] == 0 and max(period) == round(0.5 * 32767)
+    assert period[0] == 0
+    assert max(period) == round(0.5 * 32767)
 
 
 def _two_level_audio(samples: int) -> PcmAudio:
@@ -158,7 +159,8 @@ def test_pcm16_wav_round_trip_and_stdlib_reads_it(tmp_path: Path) -> None:
     back = read_wav(path)
     assert (back.encoding, back.channels, back.rate) == ("L16", 2, 8000)
     pcm = back.to_pcm()
-    assert pcm.external == audio.external and pcm.internal == audio.internal
+    assert pcm.external == audio.external
+    assert pcm.internal == audio.internal
     with wave.open(str(path)) as reader:  # an independent reader agrees
         assert (reader.getnchannels(), reader.getsampwidth(), reader.getframerate()) == (2, 2, 8000)
         assert reader.readframes(4) == back.data

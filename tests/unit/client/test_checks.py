@@ -14,9 +14,7 @@ STEREO = OFFERS[0]
 _MISSING = object()
 
 
-def text(
-    msg_type: str, seq: int, clientseq: int, params: Any = _MISSING, /, **fields: Any
-) -> str:
+def text(msg_type: str, seq: int, clientseq: int, params: Any = _MISSING, /, **fields: Any) -> str:
     message: dict[str, Any] = {
         "version": "2",
         "type": msg_type,
@@ -41,6 +39,10 @@ def opened_checker(**kwargs: Any) -> ServerMessageChecker:
     return checker
 
 
+def assert_phase(checker: ServerMessageChecker, phase: str) -> None:
+    assert checker.phase == phase
+
+
 def clean(checked: Checked) -> bool:
     return checked.accepted and not checked.findings
 
@@ -52,14 +54,15 @@ def only(checked: Checked) -> Finding:
 
 def test_happy_path_has_no_findings() -> None:
     checker = opened_checker()
-    assert checker.phase == "open" and checker.selected_media == STEREO
+    assert checker.phase == "open"
+    assert checker.selected_media == STEREO
     checker.sent("ping", 2)
     assert clean(checker.check_text(text("pong", 2, 2)))
     checker.sent("close", 3)
     assert clean(checker.check_text(text("event", 3, 3, {"entities": [{"type": "x", "data": 1}]})))
     assert clean(checker.check_text(text("closed", 4, 3)))
-    assert checker.phase == "closed"
     assert checker.finish() == []
+    assert_phase(checker, "closed")
 
 
 def test_binary_frame_is_fatal_415_and_names_the_json_inside() -> None:
@@ -68,7 +71,8 @@ def test_binary_frame_is_fatal_415_and_names_the_json_inside() -> None:
     assert (finding.rule, finding.error_code, finding.fatal) == ("binary-frame", 415, True)
     assert "JSON 'pong' message" in finding.message
     plain = checker.check_binary(b"\x00\x01")[0]
-    assert "binary frame of 2 bytes" in plain.message and "JSON" not in plain.message
+    assert "binary frame of 2 bytes" in plain.message
+    assert "JSON" not in plain.message
 
 
 @pytest.mark.parametrize(
@@ -111,7 +115,8 @@ def test_envelope_fields_are_checked(field: str, value: Any, rule: str) -> None:
     checked = checker.check_text(text("opened", 1, 1, {"media": []}, **{field: value}))
     assert not checked.accepted
     finding = next(f for f in checked.findings if f.rule == rule)
-    assert finding.fatal and finding.field.endswith(f".{field}")
+    assert finding.fatal
+    assert finding.field.endswith(f".{field}")
     assert checker.phase == "opening"  # a rejected opened does not open the session
 
 
@@ -129,9 +134,12 @@ def test_seq_must_grow_by_exactly_one() -> None:
     checker.sent("ping", 2)
     finding = only(checker.check_text(text("pong", 3, 2)))
     assert (finding.field, finding.expected, finding.actual) == ("pong.seq", 2, 3)
-    assert finding.error_code == 500 and finding.fatal
+    assert finding.error_code == 500
+    assert finding.fatal
     # The next message is judged against the seq that actually arrived.
-    assert checker.check_text(text("event", 4, 2, {"entities": [{"type": "t", "data": {}}]})).accepted
+    assert checker.check_text(
+        text("event", 4, 2, {"entities": [{"type": "t", "data": {}}]})
+    ).accepted
 
 
 def test_repeated_seq_is_reported() -> None:
@@ -183,7 +191,8 @@ def test_unsolicited_clientseq_must_be_within_what_was_sent() -> None:
     assert only(checker.check_text(text("event", 2, 3, entity))).field == "event.clientseq"
     assert clean(checker.check_text(text("event", 3, 2, entity)))
     backwards = only(checker.check_text(text("event", 4, 1, entity)))
-    assert backwards.expected == [2, 2] and backwards.actual == 1
+    assert backwards.expected == [2, 2]
+    assert backwards.actual == 1
 
 
 def test_opened_only_in_opening() -> None:
@@ -198,7 +207,8 @@ def test_opened_after_giving_up_is_reported_as_late() -> None:
     checker.sent("error", 2)
     checker.sent("close", 3)
     checked = checker.check_text(text("opened", 1, 1, {"media": []}))
-    assert not checked.accepted and only(checked).rule == "opened-late"
+    assert not checked.accepted
+    assert only(checked).rule == "opened-late"
 
 
 def test_closed_without_close_is_a_phase_error() -> None:
@@ -232,8 +242,11 @@ def test_nothing_after_closed() -> None:
     checker = opened_checker()
     checker.sent("close", 2)
     assert clean(checker.check_text(text("closed", 2, 2)))
-    finding = only(checker.check_text(text("event", 3, 2, {"entities": [{"type": "t", "data": 1}]})))
-    assert finding.rule == "after-closed" and "after 'closed'" in finding.message
+    finding = only(
+        checker.check_text(text("event", 3, 2, {"entities": [{"type": "t", "data": 1}]}))
+    )
+    assert finding.rule == "after-closed"
+    assert "after 'closed'" in finding.message
 
 
 def test_unanswered_ping_is_reported_at_the_end() -> None:
@@ -274,8 +287,10 @@ def test_opened_media_empty_or_one_offer_verbatim(media: list[dict[str, Any]]) -
 def test_opened_media_rejected(params: dict[str, Any]) -> None:
     checked = _opened(params)
     finding = only(checked)
-    assert finding.field.startswith("opened.parameters.media") and finding.fatal
-    assert finding.error_code == 400 and not checked.accepted
+    assert finding.field.startswith("opened.parameters.media")
+    assert finding.fatal
+    assert finding.error_code == 400
+    assert not checked.accepted
 
 
 def test_reordered_channels_get_a_specific_hint() -> None:
@@ -289,13 +304,19 @@ def test_reordered_channels_get_a_specific_hint() -> None:
 def test_inverted_offers_are_accepted_in_their_order() -> None:
     checker = ServerMessageChecker(SID, media_offers("PCMU", "inverted"))
     checker.sent("open", 1)
-    inverted = {"type": "audio", "format": "PCMU", "channels": ["internal", "external"], "rate": 8000}
+    inverted = {
+        "type": "audio",
+        "format": "PCMU",
+        "channels": ["internal", "external"],
+        "rate": 8000,
+    }
     assert clean(checker.check_text(text("opened", 1, 1, {"media": [inverted]})))
 
 
 def test_media_with_extra_keys_is_a_warning() -> None:
     finding = only(_opened({"media": [dict(STEREO, extra=1)]}))
-    assert finding.severity == "warning" and "extra" in finding.message
+    assert finding.severity == "warning"
+    assert "extra" in finding.message
 
 
 @pytest.mark.parametrize(
@@ -315,7 +336,8 @@ def test_opened_optional_parameters(params: dict[str, Any], field: str) -> None:
 
 def test_supported_languages_must_come_when_requested() -> None:
     finding = only(_opened({"media": []}, supported_languages_requested=True))
-    assert finding.field == "opened.parameters.supportedLanguages" and not finding.fatal
+    assert finding.field == "opened.parameters.supportedLanguages"
+    assert not finding.fatal
     ok = {"media": [], "supportedLanguages": ["en-US", "de-DE"]}
     assert clean(_opened(ok, supported_languages_requested=True))
 
@@ -361,7 +383,8 @@ def test_reconnect_info_must_be_text() -> None:
 )
 def test_event_entities(params: dict[str, Any], field: str) -> None:
     finding = only(opened_checker().check_text(text("event", 2, 1, params)))
-    assert finding.field == field and finding.fatal
+    assert finding.field == field
+    assert finding.fatal
 
 
 def _transcript(**changes: Any) -> dict[str, Any]:
@@ -398,7 +421,8 @@ def test_transcript_fields_are_reported_without_ending_the_session(
     checked = opened_checker().check_text(text("event", 2, 1, _transcript(**changes)))
     finding = only(checked)
     assert finding.field == f"event.parameters.entities[0].data.{field}"
-    assert not finding.fatal and checked.accepted
+    assert not finding.fatal
+    assert checked.accepted
 
 
 def test_interim_transcripts_are_not_inspected_further() -> None:

@@ -69,7 +69,11 @@ def test_a_different_target_changes_the_signature() -> None:
 @pytest.mark.parametrize(
     ("uri", "authority", "target"),
     [
-        ("wss://audiohook.example.com/api/v1/audiohook/ws", "audiohook.example.com", "/api/v1/audiohook/ws"),
+        (
+            "wss://audiohook.example.com/api/v1/audiohook/ws",
+            "audiohook.example.com",
+            "/api/v1/audiohook/ws",
+        ),
         ("wss://AudioHook.Example.COM:443/ws", "audiohook.example.com", "/ws"),
         ("wss://h.example.com:8443/ws?x=1&y=2", "h.example.com:8443", "/ws?x=1&y=2"),
         ("ws://127.0.0.1:80/ws", "127.0.0.1", "/ws"),
@@ -77,7 +81,9 @@ def test_a_different_target_changes_the_signature() -> None:
         ("ws://[::1]:9000/a", "[::1]:9000", "/a"),
     ],
 )
-def test_endpoint_derives_authority_and_request_target(uri: str, authority: str, target: str) -> None:
+def test_endpoint_derives_authority_and_request_target(
+    uri: str, authority: str, target: str
+) -> None:
     endpoint = Endpoint.parse(uri)
     assert (endpoint.authority, endpoint.request_target) == (authority, target)
 
@@ -98,7 +104,8 @@ def test_no_secret_means_an_unsigned_upgrade(secret: str | None) -> None:
         session_id=SESSION,
         correlation_id=CORRELATION,
     )
-    assert "Signature" not in headers and "Signature-Input" not in headers
+    assert "Signature" not in headers
+    assert "Signature-Input" not in headers
     assert headers["X-API-KEY"] == API_KEY
 
 
