@@ -1,0 +1,74 @@
+# syntax=docker/dockerfile:1
+#
+# AudioHook gateway image.
+#   docker build -t audiohook-gateway .
+#   docker run --rm -p 8080:8080 -p 9090:9090 --env-file .env audiohook-gateway
+#
+# Two stages: the builder installs the package into a virtual environment from binary wheels;
+# the final image copies only that environment onto a clean slim base (no compiler, no pip
+# cache, no sources). One uvicorn worker per container; scale with replicas.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# --- builder ------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+
+# Dependencies in their own layer, rebuilt only when pyproject.toml changes. All of them ship
+# binary wheels for linux amd64 and arm64; --only-binary makes a missing wheel fail the build
+# instead of silently needing a compiler.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps))" \
+ && pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt
+
+COPY README.md ./
+COPY app ./app
+# pip byte-compiles the package, so the read-only container never needs to write .pyc files.
+RUN pip install --no-cache-dir --no-deps .
+
+# --- runtime ------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="audiohook-gateway" \
+      org.opencontainers.image.description="Genesys Cloud AudioHook gateway: call audio and events to Redis Streams" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# Defaults for running behind a TLS-terminating ingress or load balancer:
+# - both listeners on all interfaces; metrics, /healthz and /readyz on their own port, which
+#   the ingress does not expose;
+# - X-Forwarded-For honoured only from private-network proxies (the ingress controller): the
+#   IP allowlist checks the rightmost hop outside those ranges. Narrow
+#   AUDIOHOOK_TRUSTED_PROXIES to your proxies' addresses where you can.
+# There is no embedded Redis in the image: set AUDIOHOOK_REDIS_URL.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    AUDIOHOOK_HOST=0.0.0.0 \
+    AUDIOHOOK_PORT=8080 \
+    AUDIOHOOK_METRICS_HOST=0.0.0.0 \
+    AUDIOHOOK_METRICS_PORT=9090 \
+    AUDIOHOOK_TRUSTED_PROXIES='["10.0.0.0/8","172.16.0.0/12","192.168.0.0/16","fc00::/7"]'
+
+# Fixed ids so that Kubernetes can check runAsNonRoot (deploy/kubernetes uses 10001).
+RUN groupadd --system --gid 10001 audiohook \
+ && useradd --system --uid 10001 --gid audiohook --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin audiohook
+
+COPY --from=builder /opt/venv /opt/venv
+
+USER 10001:10001
+EXPOSE 8080 9090
+
+# Liveness on the metrics port (or the main port when AUDIOHOOK_METRICS_PORT=0), with the
+# interpreter already in the image: urlopen raises, and so exits non-zero, unless 2xx.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; p = os.environ.get('AUDIOHOOK_METRICS_PORT', '9090'); p = p if p != '0' else os.environ.get('AUDIOHOOK_PORT', '8080'); urllib.request.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=4)"]
+
+# SIGTERM starts the graceful drain (AUDIOHOOK_DRAIN_GRACE_SECONDS); give `docker stop` a
+# longer timeout than the drain, e.g. `docker stop -t 45`.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["audiohook-gateway"]
+CMD ["serve"]
