@@ -37,6 +37,7 @@ from app.streams import keys as redis_keys
 from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
 from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.streams.redis_client import RedisClient
+from app.streams.tasks import stop_task
 from app.streams.wav import WavWriter
 
 log = logging.getLogger("app.streams.consumer")
@@ -331,7 +332,7 @@ async def run_consumer(
     recordings: list[SessionRecording] = []
     running: dict[asyncio.Task[SessionRecording], bytes] = {}  # task -> `opened` entry id
     started: set[str] = set()
-    read_id = "0"  # first our own unacknowledged entries (after a restart), then new ones
+    read_id: bytes | str = "0"  # first our own unacknowledged entries, then new ones (">")
     try:
         while not stop.is_set():
             if sessions_limit is not None and len(recordings) >= sessions_limit:
@@ -339,15 +340,15 @@ async def run_consumer(
             try:
                 response: Any = await redis.xreadgroup(
                     group, consumer, {redis_keys.EVENTS_STREAM: read_id}, count=100,
-                    block=None if read_id == "0" else block_ms,
+                    block=None if read_id != ">" else block_ms,
                 )  # fmt: skip
             except (RedisError, OSError) as exc:
                 log.warning("events read failed", extra={"error": type(exc).__name__})
                 await asyncio.sleep(0.5)
                 continue
             entries = response[0][1] if response else []
-            if read_id == "0" and not entries:
-                read_id = ">"
+            if read_id != ">":  # walking our own pending entries: continue after the last
+                read_id = entries[-1][0] if entries else ">"
             to_ack: list[bytes] = []
             for entry_id, fields in entries:
                 if not fields:  # pending entry trimmed from the stream meanwhile
@@ -373,10 +374,7 @@ async def run_consumer(
                 await redis.xack(redis_keys.EVENTS_STREAM, group, *to_ack)
     finally:
         for task in running:  # unfinished: their `opened` stays pending for a restart
-            task.cancel()
-        for task in running:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
     return recordings
 
 

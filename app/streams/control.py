@@ -55,6 +55,7 @@ from app.observability.metrics import CONTROL_COMMANDS, RATE_LIMITED, REDIS_ERRO
 from app.streams import keys
 from app.streams.ratelimit import TokenBucket
 from app.streams.redis_client import RedisClient
+from app.streams.tasks import stop_task
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -314,10 +315,7 @@ class ControlPlane:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         self._tasks = []
         # Best effort: sessions still registered stop being routed here.
         if self._targets:

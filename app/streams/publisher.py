@@ -44,7 +44,6 @@ the events stream only when the setting publish_probe_events is on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -79,6 +78,7 @@ from app.protocol.media import MediaFormat
 from app.streams import keys
 from app.streams.payload_crypto import PayloadCipher, parse_keys
 from app.streams.redis_client import RedisClient, ping
+from app.streams.tasks import stop_task
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -243,8 +243,11 @@ class SessionPublisher:
     def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
         """Queue a lifecycle event (see the module doc for types and schema). False when the
         session is closed or, after an overflow, too many events are already waiting."""
-        if event_type == "closed":
-            raise ValueError("use close() to end a session")
+        if event_type == "closed":  # same as close(fields["reason"], fields["counts"])
+            if self.closed:
+                return False
+            self.close(fields.get("reason"), fields.get("counts") or {})
+            return True
         return self._queue_event(event_type, dict(fields), closing=False)
 
     def close(self, reason: str | None, counts: Mapping[str, int]) -> None:
@@ -378,7 +381,7 @@ class Publisher:
         self._task = asyncio.create_task(self._run(), name="streams-publisher")
 
     async def flush(self, timeout_seconds: float) -> bool:
-        """Wait until everything queued so far is written; False on timeout."""
+        """Wait until no session has anything left to write; False on timeout."""
         deadline = time.monotonic() + timeout_seconds
         while self._pending:
             if time.monotonic() >= deadline:
@@ -393,9 +396,7 @@ class Publisher:
         if self._task is None:
             return
         await self.flush(flush_timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await stop_task(self._task)
         self._task = None
         for session in list(self._pending):
             frames = sum(1 for item in session.queue if isinstance(item, _Audio))
@@ -405,6 +406,8 @@ class Publisher:
                     "publisher stopped with unwritten audio",
                     extra=session._log_fields("shutdown"),
                 )
+            session.queue.clear()
+            session.backlog_samples = 0
         self._pending.clear()
         self._backlog_frames = 0
         PUBLISH_BACKLOG_FRAMES.set(0)
@@ -554,12 +557,16 @@ class Publisher:
                     session._fail(f"{item.event_type} event refused by redis")
             if not session.queue:
                 self._retire(session)
+            else:  # round robin: sessions left out of a full batch go first next time
+                self._pending.pop(session, None)
+                self._pending[session] = None
         if published:
             FRAMES_PUBLISHED.inc(published)
         if all_done:
             self._set_ready(True)
-        else:
+        else:  # reachable but refusing writes (e.g. OOM, failover): not ready either
             REDIS_ERRORS.labels("publish").inc()
+            self._set_ready(False)
         self._update_gauges()
         return all_done
 
@@ -612,7 +619,7 @@ class Publisher:
                 log.info("redis reachable again", extra={"backlog_frames": self._backlog_frames})
             self._was_up = True
         elif not up and self._ready:
-            log.warning("redis unreachable")
+            log.warning("redis unavailable")
         self._ready = up
         REDIS_UP.set(1 if up else 0)
 

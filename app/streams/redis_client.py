@@ -1,13 +1,12 @@
 """Redis clients from settings: standalone by URL, or Redis Cluster when `redis_cluster` is set.
 
-With no `redis_url` the gateway runs an embedded redis-server on loopback (see
-`start_embedded`); production deployments point `redis_url` at their own Redis.
+With no `redis_url` the gateway runs an embedded redis-server on loopback
+(app/streams/embedded_redis.py); production deployments point `redis_url` at their own Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, TypeAlias
 
 import redis.asyncio
@@ -16,12 +15,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from app.streams.embedded_redis import EmbeddedRedis
-
 if TYPE_CHECKING:
     from app.config import Settings
 
-log = logging.getLogger("app.streams.redis_client")
 
 RedisClient: TypeAlias = "redis.asyncio.Redis | RedisCluster"
 
@@ -52,20 +48,6 @@ def create_redis(settings: Settings, url: str | None = None) -> RedisClient:
         retry=_retry(),
         health_check_interval=30,
     )
-
-
-def start_embedded(settings: Settings) -> EmbeddedRedis | None:
-    """Start the embedded redis-server when no redis_url is configured (blocking, ~100 ms).
-
-    Returns the server (stop it at shutdown) or None when an external Redis is configured;
-    connect with `create_redis(settings, server.url)`.
-    """
-    if settings.redis_url:
-        return None
-    server = EmbeddedRedis(data_dir=settings.redis_embedded_dir)
-    server.start()
-    log.info("no redis_url configured: using an embedded redis-server on loopback")
-    return server
 
 
 async def ping(client: RedisClient, timeout_seconds: float = 1.0) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -10,13 +11,14 @@ from pathlib import Path
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
-from app.streams.consumer import run_consumer
+from app.streams.consumer import add_arguments, main, run_consumer
 from app.streams.publisher import Publisher, SessionInfo
 from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
 from tests.support.streams import (
     MONO,
     STEREO,
     TEST_KEYS,
+    TEST_KEYS_JSON,
     audio_frames,
     session_info,
     streams_settings,
@@ -163,3 +165,32 @@ async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
     )  # fmt: skip
     assert [r.session_id for r in recordings] == [info.session_id]
     assert read_wav(tmp_path / f"{info.session_id}.wav").data == b"".join(frames)
+
+
+def test_command_line_records_and_decrypts_with_a_keys_file(redis_url: str, tmp_path: Path) -> None:
+    media = MediaFormat("L16", STEREO)
+    info = session_info(media, encrypted=True)
+    frames = audio_frames(media, 10, 160)
+
+    async def publish() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        publisher = Publisher(client, streams_settings())
+        await publisher.start()
+        await _publish(publisher, info, frames, 160)
+        await publisher.stop(flush_timeout=10)
+        await client.aclose()
+
+    asyncio.run(publish())
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(TEST_KEYS_JSON)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        ["--redis-url", redis_url, "--output-dir", str(out), "--sessions", "1",
+         "--keys-file", str(keys_file), "--group", "cli"]
+    )  # fmt: skip
+    assert main(args) == 0
+    wav = read_wav(out / f"{info.session_id}.wav")
+    assert (wav.channels, wav.bits_per_sample) == (2, 16)
+    assert wav.data == b"".join(frames)

@@ -162,7 +162,8 @@ async def test_probe_writes_no_stream_and_events_only_when_enabled(redis_client:
         session = publisher.open_session(info, lambda: None)
         assert session.event("opened", {})
         assert session.audio(b"", 0, 0, time.monotonic())  # accepted, not written
-        session.close("end", {})
+        assert session.event("closed", {"reason": "end", "counts": {}})  # same as close()
+        assert not session.event("closed", {"reason": "end"})
         await publisher.stop(flush_timeout=10)
         assert not await redis_client.exists(keys.audio_stream(info.session_id))
         events = [decode_event(f) for _, f in await read_stream(redis_client, keys.EVENTS_STREAM)]
