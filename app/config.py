@@ -319,5 +319,19 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
+def update_readme(readme: Path) -> None:
+    """Rewrite the README's generated configuration table in place."""
+    begin, end = "<!-- BEGIN CONFIGURATION REFERENCE -->", "<!-- END CONFIGURATION REFERENCE -->"
+    text = readme.read_text()
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{begin}\n{reference_markdown()}\n{end}{tail}")
+
+
 if __name__ == "__main__":
-    print(reference_markdown())
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        update_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(reference_markdown())

@@ -420,10 +420,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from app.config import load_settings
+    from app.streams.embedded_redis import running_server_url
     from app.streams.redis_client import create_redis
 
-    settings = load_settings()
+    settings = load_settings(getattr(args, "env_file", None))
     url = args.redis_url or settings.redis_url
+    if not url and settings.redis_embedded_dir is not None:
+        url = running_server_url(settings.redis_embedded_dir)  # the gateway's embedded Redis
     if not url:
         print("consume: no Redis URL (use --redis-url or AUDIOHOOK_REDIS_URL)")
         return 2

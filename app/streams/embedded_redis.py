@@ -31,6 +31,19 @@ LOOPBACK = "127.0.0.1"
 _START_ATTEMPTS = 3
 
 
+URL_FILE_NAME = "redis.url"
+
+
+def running_server_url(data_dir: Path) -> str | None:
+    """URL of the embedded server last started in `data_dir`, if it still answers."""
+    try:
+        url = (data_dir / URL_FILE_NAME).read_text().strip()
+    except OSError:
+        return None
+    port = url.rsplit(":", 1)[-1].split("/", 1)[0]
+    return url if port.isdigit() and ping(int(port)) else None
+
+
 class EmbeddedRedisError(RuntimeError):
     """The server binary is missing or the server did not come up."""
 
@@ -142,6 +155,8 @@ class EmbeddedRedis:
                     raise
                 continue
             self._port = port
+            # Tools run beside the gateway (`consume`) find the server through this file.
+            (self.data_dir / URL_FILE_NAME).write_text(self.url + "\n")
             log.info(
                 "embedded redis started",
                 extra={"redis_port": port, "pid": self.pid, "binary": binary},

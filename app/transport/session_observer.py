@@ -107,7 +107,6 @@ class SessionObserver:
             {
                 "participant": event.participant,
                 "language": event.language,
-                "media": event.selected_offer,
                 "offered_media": event.offered_media,
                 "custom_config": event.custom_config,
                 "continued_sessions": event.continued_sessions,
@@ -121,7 +120,6 @@ class SessionObserver:
             extra={
                 **self.log_fields,
                 "probe": event.is_probe,
-                "media": event.selected_offer,
                 "language": event.language,
             },
         )
