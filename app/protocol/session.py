@@ -37,6 +37,8 @@ from app.protocol.messages import (
     reconnect_parameters,
 )
 
+UNAUTHORIZED_INFO = "Unauthorized"  # deliberately the same for every auth failure
+
 
 class SessionState(StrEnum):
     PREPARING = "PREPARING"  # socket up, waiting for `open`
@@ -150,8 +152,11 @@ class ProtocolViolation:
 
 @dataclass(frozen=True, slots=True)
 class DisconnectSent:
+    """A `disconnect` was sent. `cause` is for logs and metrics only: the client saw `info`."""
+
     reason: DisconnectReason
     info: str | None
+    cause: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,11 +466,12 @@ class ServerSession:
         self._language = parameters.language
         header = self._org_header
         organization = parameters.organization_id.lower()
+        # The client only learns "Unauthorized"; the cause goes to logs and metrics.
         if not header or header.strip().lower() != organization:
-            return self._disconnect("unauthorized", "Unauthorized: organization mismatch", now)
+            return self._disconnect("unauthorized", UNAUTHORIZED_INFO, now, "org_mismatch")
         allowed = self._config.allowed_organizations
         if allowed is not None and organization not in allowed:
-            return self._disconnect("unauthorized", "Unauthorized: organization not allowed", now)
+            return self._disconnect("unauthorized", UNAUTHORIZED_INFO, now, "org_not_allowed")
         if self._authenticated is None:
             self._pending_open = (parameters, now)  # `opened` waits for complete_authentication
             return []
@@ -547,7 +553,7 @@ class ServerSession:
         return list(self._session_closed(None))
 
     def complete_authentication(
-        self, ok: bool, now: float, info: str = "Unauthorized"
+        self, ok: bool, now: float, info: str = UNAUTHORIZED_INFO
     ) -> list[Output]:
         if self._authenticated is not None:
             return []  # already decided
@@ -622,13 +628,15 @@ class ServerSession:
         self._server_seq += 1
         return SendText(text, msg_type)
 
-    def _disconnect(self, reason: DisconnectReason, info: str | None, now: float) -> list[Output]:
+    def _disconnect(
+        self, reason: DisconnectReason, info: str | None, now: float, cause: str | None = None
+    ) -> list[Output]:
         message = self._send("disconnect", disconnect_parameters(reason, info))
         self._pending_open = None
         self._set_state(_DISCONNECT_STATE[reason])
         self._close_deadline = now + self._config.close_timeout
         self._close_code = _DISCONNECT_CLOSE_CODE[reason]
-        return [message, DisconnectSent(reason, info)]
+        return [message, DisconnectSent(reason, info, cause)]
 
     def _violation(self, kind: ViolationKind, info: str, now: float) -> list[Output]:
         report = ProtocolViolation(kind, info)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
+from app.protocol.messages import is_uuid
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from app.runtime import Gateway
 
 log = logging.getLogger("app.transport.admission")
-
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +73,7 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         await refuse(429, "rate_limited", "Too many connection attempts")
         return None
     session_id = headers.get("audiohook-session-id", "")
-    if not _UUID.match(session_id):
+    if not is_uuid(session_id):
         await refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
         return None
     if len(gateway.connections) >= gateway.settings.max_sessions:

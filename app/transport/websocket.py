@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket
 
@@ -30,7 +30,7 @@ from app.protocol.session import (
     SessionClosed,
     SessionOpened,
 )
-from app.transport.admission import admit
+from app.transport.admission import Admission, admit
 from app.transport.session_observer import SessionObserver
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from app.streams.control import ControlCommand
 
 log = logging.getLogger("app.transport.websocket")
+
+# uvicorn closes the socket with this code when a message exceeds its ws_max_size.
+CLOSE_MESSAGE_TOO_BIG = 1009
 
 
 async def audiohook_endpoint(websocket: WebSocket) -> None:
@@ -58,7 +61,7 @@ class Connection:
         self,
         websocket: WebSocket,
         gateway: Gateway,
-        admission: Any,
+        admission: Admission,
         connected_at: float,
     ) -> None:
         self.websocket = websocket
@@ -116,6 +119,8 @@ class Connection:
             message = await receive()
             now = time.monotonic()
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == CLOSE_MESSAGE_TOO_BIG:
+                    self.observer.oversized_message()
                 self._dispatch(session.connection_lost(now))
                 return
             data = message.get("bytes")
@@ -139,9 +144,10 @@ class Connection:
                 self._close_reason = output.reason
                 self._outgoing_ready.set()
             elif type(output) is DisconnectSent and output.reason == "unauthorized":
+                # Every authentication failure is answered no sooner than the minimum delay.
                 delay = self.gateway.settings.auth_min_failure_delay_seconds
                 self._send_not_before = self.connected_at + delay
-                self.observer.event(output)
+                self.observer.unauthorized(output)
             elif type(output) is ClientError and output.code == 429:
                 self.observer.client_rate_limit(output.retry_after_seconds)
                 self.observer.event(output)
