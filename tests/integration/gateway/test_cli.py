@@ -91,3 +91,22 @@ async def test_probe_cli_passes_against_the_gateway(gateway: GatewayProcess) -> 
         "--probe-only",
     )
     assert code == 0, out + err
+
+
+async def test_full_probe_with_a_session_passes_every_check(gateway: GatewayProcess) -> None:
+    code, out, err = await _run(
+        "probe",
+        gateway.ws_url,
+        "--api-key",
+        TEST_API_KEY,
+        "--client-secret",
+        TEST_CLIENT_SECRET,
+        "--json",
+    )
+    assert code == 0, out + err
+    report = json.loads(out)
+    assert report["ok"] is True
+    statuses = {step["name"]: step["status"] for step in report["steps"]}
+    assert statuses == {"transport": "warn", "probe": "pass", "session": "pass"}
+    errors = [f for step in report["steps"] for f in step["findings"] if f["severity"] == "error"]
+    assert errors == []
