@@ -169,17 +169,33 @@ class AudioSource(Protocol):
 
 @dataclass(slots=True)
 class PcmSource:
-    """Frames of fixed audio, encoded once per media layout and shared by every caller."""
+    """Frames of fixed audio, encoded once per media layout and shared by every caller.
+
+    `ulaw` keeps a µ-law file's own bytes: they are streamed unchanged when the selected
+    media has the file's layout, because decoding and re-encoding is not the identity
+    (0x7F and 0xFF both mean zero).
+    """
 
     audio: PcmAudio
     frame_samples: int = FRAME_SAMPLES
+    ulaw: WavAudio | None = None
     _cache: dict[MediaFormat, list[bytes]] = field(default_factory=dict, repr=False)
 
     def frames(self, media: MediaFormat) -> Sequence[bytes]:
         frames = self._cache.get(media)
         if frames is None:
-            frames = self._cache[media] = encode_frames(self.audio, media, self.frame_samples)
+            frames = self._cache[media] = self._encode(media)
         return frames
+
+    def _encode(self, media: MediaFormat) -> list[bytes]:
+        file = self.ulaw
+        same_layout = file is not None and (
+            len(media.channels) == file.channels == 1
+            or (file.channels == 2 and tuple(media.channels) == ("external", "internal"))
+        )
+        if file is not None and same_layout and media.format == "PCMU":
+            return slice_frames(file.data, media, self.frame_samples)
+        return encode_frames(self.audio, media, self.frame_samples)
 
     @property
     def seconds(self) -> float:
@@ -192,10 +208,17 @@ def tone_source(seconds: float, frequency: float = 1000.0) -> PcmSource:
 
 def wav_source(path: str | Path, seconds: float | None = None) -> PcmSource:
     """A WAV file; with `seconds` it is cut to that length or looped up to it."""
-    audio = read_wav(path).to_pcm()
+    wav = read_wav(path)
+    audio = wav.to_pcm()
     if seconds is not None:
         audio = audio.fitted(round(seconds * SAMPLE_RATE))
-    return PcmSource(audio)
+    if wav.encoding != "PCMU":
+        return PcmSource(audio)
+    # The µ-law bytes, cut or looped exactly like the decoded samples.
+    whole = wav.data[: len(wav.data) - len(wav.data) % wav.channels]
+    wanted = audio.samples * wav.channels
+    data = (whole * (-(-wanted // len(whole)) if whole else 0))[:wanted]
+    return PcmSource(audio, ulaw=WavAudio("PCMU", wav.channels, data))
 
 
 # --- WAV ------------------------------------------------------------------------------------

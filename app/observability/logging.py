@@ -52,3 +52,7 @@ def configure_logging(level: str) -> None:
         uvicorn_logger.propagate = True
     # One access line per WebSocket upgrade is noise next to our own session lines.
     logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    # At DEBUG the WebSocket library would log upgrade headers (signatures, API keys) and
+    # every frame (audio): keep those loggers at INFO whatever the level.
+    for name in ("uvicorn.error", "websockets"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

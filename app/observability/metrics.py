@@ -30,7 +30,9 @@ SESSIONS_ACTIVE = Gauge(
     "sessions_active", "Sessions with an open WebSocket.", ["integration"], namespace=NAMESPACE
 )
 SESSIONS_STARTED = Counter(
-    "sessions_started", "Authenticated WebSocket sessions started.", ["integration"],
+    "sessions_started",
+    "WebSocket sessions accepted; integration is `unknown` when authentication failed.",
+    ["integration"],
     namespace=NAMESPACE,
 )  # fmt: skip
 SESSIONS_ENDED = Counter(

@@ -365,10 +365,11 @@ class ControlPlane:
         CONTROL_COMMANDS.labels(label, result).inc()
         if result == RATE_LIMITED_RESULT:
             RATE_LIMITED.labels("event").inc()
+        session_fields = getattr(self._targets.get(session_id), "log_fields", None) or {}
         log.info(
             "control command",
-            extra={"session_id": session_id, "command": label, "result": result,
-                   "command_id": command_id},
+            extra={**session_fields, "session_id": session_id, "command": label,
+                   "result": result, "command_id": command_id},
         )  # fmt: skip
         return ControlReply(
             command_id, session_id, command, result, self.replica_id, detail, _now_iso()

@@ -70,10 +70,9 @@ class SessionObserver:
         self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
         self._bytes_per_second = 0
         self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
+        metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
         gateway.live_sessions_by_integration[self.integration] += 1
-        if admission.authenticated:
-            metrics.SESSIONS_STARTED.labels(self.integration).inc()
         log.info("session connected", extra=self.log_fields)
 
     # --- the hot path -------------------------------------------------------------------------

@@ -216,5 +216,10 @@ class Connection:
             else:
                 self._dispatch(self.session.disconnect("completed", "server shutting down", now))
 
+    @property
+    def log_fields(self) -> dict[str, object]:
+        """The session's ids, for log lines written about it elsewhere (consumer commands)."""
+        return self.observer.log_fields
+
     def apply(self, command: ControlCommand) -> str:
         return self.observer.apply_command(command, self._dispatch)

@@ -186,6 +186,23 @@ def test_ulaw_wav_round_trip(tmp_path: Path) -> None:
     assert b"".join(frames) == data
 
 
+def test_ulaw_wav_bytes_are_streamed_unchanged_even_negative_zero(tmp_path: Path) -> None:
+    # 0x7F decodes to 0 like 0xFF; a decode/encode round trip would turn it into 0xFF.
+    data = bytes([0x7F, 0x00, 0x80, 0xFF, 0x7E, 0x01]) * 400
+    stereo, mono = tmp_path / "stereo.wav", tmp_path / "mono.wav"
+    write_wav(stereo, data, encoding="PCMU", channels=2)
+    write_wav(mono, data, encoding="PCMU", channels=1)
+    stereo_frames = wav_source(stereo).frames(MediaFormat("PCMU", ("external", "internal")))
+    assert b"".join(stereo_frames) == data
+    mono_frames = wav_source(mono).frames(MediaFormat("PCMU", ("internal",)))
+    assert b"".join(mono_frames) == data
+    looped = wav_source(stereo, seconds=0.5).frames(MediaFormat("PCMU", ("external", "internal")))
+    assert b"".join(looped) == (data * 4)[:8000]  # 4000 stereo samples, looped
+    # Another layout still goes through the samples.
+    inverted = wav_source(stereo).frames(MediaFormat("PCMU", ("internal", "external")))
+    assert b"".join(inverted)[:2] == bytes([0xFF, 0xFF])
+
+
 def test_wav_reader_skips_unknown_chunks_with_padding() -> None:
     blob = bytearray(wav_bytes(b"\x01\x00\x02\x00", encoding="L16", channels=1))
     fmt_end = 12 + 8 + 16

@@ -1,0 +1,432 @@
+"""Pieces of the end-to-end tests: gateway processes, metric scrapes, test WAVs, Redis reads,
+the CLI tools as subprocesses and a minimal wire-level client for deliberate misbehaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from array import array
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import ResponseError
+from websockets.asyncio.client import ClientConnection, connect
+
+from app.client.audio import (
+    PcmAudio,
+    PcmSource,
+    ulaw_decode_byte,
+    ulaw_encode_sample,
+    write_wav,
+)
+from app.client.session import SessionConfig, media_offers
+from app.client.upgrade import Endpoint, upgrade_headers
+from app.protocol.media import AudioFormat
+from app.protocol.messages import encode_client_message
+from app.streams import keys
+from app.streams.redis_client import RedisClient
+from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
+from tests.support.gateway_process import (
+    TEST_API_KEY,
+    TEST_CLIENT_SECRET,
+    TEST_ORG_ID,
+    GatewayProcess,
+)
+from tests.support.streams import TEST_KEY_ID, TEST_KEYS_JSON
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# A second integration whose audio is stored encrypted (key `TEST_KEY_ID`).
+SECURE_API_KEY = "secure-integration-key"
+SECURE_CLIENT_SECRET = base64.b64encode(b"secure-integration-secret-32byte").decode()
+INTEGRATIONS: list[dict[str, object]] = [
+    {"name": "test", "api_key": TEST_API_KEY, "client_secrets": [TEST_CLIENT_SECRET]},
+    {
+        "name": "secure",
+        "api_key": SECURE_API_KEY,
+        "client_secrets": [SECURE_CLIENT_SECRET],
+        "encryption_key_id": TEST_KEY_ID,
+    },
+]
+CREDENTIALS = {
+    "test": (TEST_API_KEY, TEST_CLIENT_SECRET),
+    "secure": (SECURE_API_KEY, SECURE_CLIENT_SECRET),
+}
+BASE_SETTINGS = {
+    "PAYLOAD_ENCRYPTION_KEYS": TEST_KEYS_JSON,
+    # Every test connects from 127.0.0.1: keep the per-source upgrade limit out of the way.
+    "UPGRADES_PER_SECOND_PER_SOURCE": "100000",
+    "UPGRADE_BURST_PER_SOURCE": "100000",
+    "CONTROL_SESSION_TTL_SECONDS": "5",
+    "CLOSE_TIMEOUT_SECONDS": "3",
+}
+
+
+@contextlib.contextmanager
+def running_gateway(
+    redis_url: str,
+    log_path: Path,
+    replica_id: str,
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(
+        redis_url,
+        log_path,
+        settings={**BASE_SETTINGS, "REPLICA_ID": replica_id, **(settings or {})},
+        integrations=INTEGRATIONS,
+    )
+    with process:
+        yield process
+
+
+def call_config(
+    gateway: GatewayProcess,
+    *,
+    integration: str = "test",
+    fmt: AudioFormat = "PCMU",
+    layout: Literal["stereo", "external"] = "stereo",
+    **kwargs: Any,
+) -> SessionConfig:
+    """A Genesys-like call to `gateway` with short timeouts; `kwargs` set other fields."""
+    api_key, secret = CREDENTIALS[integration]
+    options: dict[str, Any] = {
+        "organization_id": TEST_ORG_ID,
+        "offers": media_offers(fmt, layout),
+        "realtime": False,
+        "ping_first_delay": None,
+        "open_timeout": 5.0,
+        "close_timeout": 5.0,
+    }
+    options.update(kwargs)
+    return SessionConfig(uri=gateway.ws_url, api_key=api_key, client_secret=secret, **options)
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+# --- metrics and health ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One parsed /metrics page."""
+
+    samples: list[tuple[str, dict[str, str], float]]
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples called `name` whose labels include `labels` (0 when absent)."""
+        return sum(
+            value
+            for sample, sample_labels, value in self.samples
+            if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+
+class Growth:
+    """How much samples grew between two scrapes: `Growth(before, after)(name, **labels)`."""
+
+    def __init__(self, before: Scrape, after: Scrape) -> None:
+        self.before, self.after = before, after
+
+    def __call__(self, name: str, **labels: str) -> float:
+        return self.after.value(name, **labels) - self.before.value(name, **labels)
+
+
+async def scrape(gateway: GatewayProcess) -> Scrape:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"{gateway.metrics_url}/metrics")
+    response.raise_for_status()
+    return Scrape(
+        [
+            (sample.name, dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        ]
+    )
+
+
+async def scrape_when(
+    gateway: GatewayProcess, condition: Callable[[Scrape], bool], what: str, timeout: float = 10.0
+) -> Scrape:
+    """The first scrape for which `condition` holds (metrics settle after the socket closes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await scrape(gateway)
+        if condition(current):
+            return current
+        if time.monotonic() > deadline:
+            raise AssertionError(f"metrics never showed {what}")
+        await asyncio.sleep(0.05)
+
+
+async def http_status(gateway: GatewayProcess, path: str) -> int:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"{gateway.metrics_url}{path}")).status_code
+
+
+# --- audio files ------------------------------------------------------------------------------
+
+# µ-law codes that survive decode -> encode unchanged (all but 0x7F, "negative zero"): the
+# simulator decodes a WAV to linear samples and encodes them again for the wire.
+STABLE_ULAW = bytes(b for b in range(256) if ulaw_encode_sample(ulaw_decode_byte(b)) == b)
+
+
+def make_wav(path: Path, fmt: AudioFormat, channels: int, samples: int, seed: int) -> bytes:
+    """Write a WAV of random audio; returns its sample data (interleaved, as stored)."""
+    rng = random.Random(seed)
+    if fmt == "PCMU":
+        data = bytes(rng.choice(STABLE_ULAW) for _ in range(samples * channels))
+    else:
+        data = rng.randbytes(samples * channels * 2)
+    write_wav(path, data, encoding=fmt, channels=channels)
+    return data
+
+
+def noise_source(seconds: float, seed: int) -> PcmSource:
+    """Random audio: unlike a tone, every frame differs, so order is visible in the output."""
+    rng = random.Random(seed)
+    count = round(seconds * 8000)
+    external, internal = (
+        array("h", (rng.randint(-20000, 20000) for _ in range(count))) for _ in range(2)
+    )
+    return PcmSource(PcmAudio(external, internal))
+
+
+def l16_samples(data: bytes) -> tuple[int, ...]:
+    return struct.unpack(f"<{len(data) // 2}h", data)
+
+
+def assert_same_audio(wav_path: Path, fmt: AudioFormat, channels: int, expected: bytes) -> None:
+    """The consumer's WAV holds exactly the input's audio, in the input's format."""
+    out = read_wav(wav_path)
+    assert (out.channels, out.rate) == (channels, 8000)
+    if fmt == "PCMU":
+        assert (out.format_tag, out.bits_per_sample) == (WAVE_FORMAT_MULAW, 8)
+        assert len(out.data) == len(expected)
+        assert out.data == expected
+    else:
+        assert (out.format_tag, out.bits_per_sample) == (WAVE_FORMAT_PCM, 16)
+        assert len(out.data) == len(expected)
+        assert l16_samples(out.data) == l16_samples(expected)
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionStream:
+    """A session's stream entries, split into audio entries and lifecycle events."""
+
+    ids: list[bytes] = field(default_factory=list)
+    audio: list[dict[bytes, bytes]] = field(default_factory=list)
+    events: list[dict[bytes, bytes]] = field(default_factory=list)
+
+    @property
+    def offsets_and_audio(self) -> list[tuple[int, bytes]]:
+        return [(int(entry[b"offset"]), entry[b"audio"]) for entry in self.audio]
+
+    @property
+    def event_types(self) -> list[str]:
+        return [entry[b"type"].decode() for entry in self.events]
+
+    def event_data(self, event_type: str) -> dict[str, Any]:
+        entry = next(e for e in self.events if e[b"type"] == event_type.encode())
+        data = json.loads(entry[b"data"])
+        assert isinstance(data, dict)
+        return data
+
+
+async def closed_session_stream(
+    client: RedisClient, session_id: str, timeout: float = 10.0
+) -> SessionStream:
+    """The session's stream once its last entry is the `closed` event."""
+    key = keys.audio_stream(session_id)
+    entries: Any = []
+
+    async def closed() -> bool:
+        nonlocal entries
+        entries = await client.xrange(key)
+        return bool(entries) and entries[-1][1].get(b"type") == b"closed"
+
+    await wait_until(closed, f"the closed entry of {key}", timeout)
+    stream = SessionStream()
+    for entry_id, fields in entries:
+        stream.ids.append(entry_id)
+        (stream.audio if b"audio" in fields else stream.events).append(fields)
+    return stream
+
+
+async def new_consumer_group(client: RedisClient) -> str:
+    """A consumer group on the events stream that sees only sessions from now on."""
+    group = f"e2e-{uuid.uuid4().hex[:8]}"
+    try:
+        await client.xgroup_create(keys.events_stream(), group, id="$", mkstream=True)
+    except ResponseError as exc:  # pragma: no cover - the name is fresh
+        raise AssertionError(f"cannot create group {group}") from exc
+    return group
+
+
+# --- the CLI tools ----------------------------------------------------------------------------
+
+
+def cli_env(**settings: str) -> dict[str, str]:
+    """The environment for a CLI subprocess: no AUDIOHOOK_* from outside, `settings` added."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIOHOOK_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update({f"AUDIOHOOK_{name}": value for name, value in settings.items()})
+    return env
+
+
+async def run_cli(
+    args: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 30.0
+) -> tuple[int, str, str]:
+    """`audiohook-gateway <args>` as a child process: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.cli",
+        *args,
+        env=dict(env or cli_env()),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+# --- a wire-level client ----------------------------------------------------------------------
+
+
+@dataclass
+class WireCall:
+    """One WebSocket driven message by message: for deliberate protocol errors and for calls
+    whose exact upgrade headers a test needs to know."""
+
+    ws: ClientConnection
+    session_id: str
+    correlation_id: str
+    headers: dict[str, str]
+    seq: int = 0
+    server_seq: int = 0
+    position: int = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        uri: str,
+        *,
+        api_key: str = TEST_API_KEY,
+        client_secret: str = TEST_CLIENT_SECRET,
+        created: int | None = None,
+    ) -> WireCall:
+        """Dial with signed AudioHook headers (`created` backdates the signature)."""
+        session_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
+        headers = upgrade_headers(
+            Endpoint.parse(uri),
+            api_key=api_key,
+            client_secret=client_secret,
+            organization_id=TEST_ORG_ID,
+            session_id=session_id,
+            correlation_id=correlation_id,
+            created=created,
+        )
+        ws = await connect(uri, additional_headers=headers, open_timeout=5, ping_interval=None)
+        return cls(ws, session_id, correlation_id, headers)
+
+    async def send(
+        self, msg_type: str, parameters: Mapping[str, Any], *, seq: int | None = None
+    ) -> None:
+        """Send a message with the next seq, or with `seq` (then the count does not move)."""
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        await self.ws.send(
+            encode_client_message(
+                msg_type, self.session_id, seq, self.server_seq, self.position, parameters
+            )
+        )
+
+    async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            text = await self.ws.recv()
+        message = json.loads(text)
+        assert isinstance(message, dict)
+        self.server_seq = int(message["seq"])
+        return message
+
+    async def expect(self, msg_type: str) -> dict[str, Any]:
+        message = await self.receive()
+        assert message["type"] == msg_type, message
+        parameters = message["parameters"]
+        assert isinstance(parameters, dict)
+        return parameters
+
+    async def open(
+        self,
+        conversation_id: str | None = None,
+        offers: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """Send `open` and return the parameters of `opened`."""
+        await self.send_open(conversation_id, offers)
+        return await self.expect("opened")
+
+    async def send_open(
+        self,
+        conversation_id: str | None = None,
+        offers: list[dict[str, Any]] | None = None,
+    ) -> None:
+        await self.send(
+            "open",
+            {
+                "organizationId": TEST_ORG_ID,
+                "conversationId": conversation_id or str(uuid.uuid4()),
+                "participant": {
+                    "id": str(uuid.uuid4()),
+                    "ani": "+1-555-555-1234",
+                    "aniName": "John Doe",
+                    "dnis": "+1-800-555-6789",
+                },
+                "media": offers or media_offers("PCMU", "stereo"),
+                "language": "en-US",
+            },
+        )
+
+    async def audio(self, frame: bytes, samples: int) -> None:
+        await self.ws.send(frame)
+        self.position += samples
+
+    async def close(self, reason: str = "end") -> None:
+        await self.send("close", {"reason": reason})
+        await self.expect("closed")
+        await self.ws.close()
