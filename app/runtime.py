@@ -58,6 +58,7 @@ class Gateway:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
+        self._check_encryption_keys()
         await self.publisher.start()
         await self.control.start()
         await self.allowlist.load_cached()
@@ -68,6 +69,20 @@ class Gateway:
             "integrations-reload",
         )
         log.info("gateway started", extra={"replica_id": self.replica_id})
+
+    def _check_encryption_keys(self) -> None:
+        """Refuse to start when an integration names an encryption key that is not configured."""
+        missing = sorted(
+            f"{integration.name} -> {integration.encryption_key_id}"
+            for integration in self.integrations.integrations
+            if integration.encryption_key_id
+            and not self.publisher.has_key(integration.encryption_key_id)
+        )
+        if missing:
+            raise ValueError(
+                "integrations name payload encryption keys missing from "
+                f"AUDIOHOOK_PAYLOAD_ENCRYPTION_KEYS: {', '.join(missing)}"
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -33,6 +33,7 @@ from app.streams.publisher import SessionInfo, SessionPublisher
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
+    from app.security.integrations import Integration
     from app.streams.control import ControlCommand
     from app.transport.admission import Admission
     from app.transport.websocket import Connection
@@ -106,19 +107,12 @@ class SessionObserver:
         if event.is_probe:
             metrics.PROBES.labels(self.integration).inc()
         integration = self.admission.integration
-        self.publisher = self.gateway.publisher.open_session(
-            SessionInfo(
-                session_id=event.session_id,
-                correlation_id=self.admission.correlation_id,
-                integration=self.integration,
-                organization_id=event.organization_id,
-                conversation_id=event.conversation_id,
-                is_probe=event.is_probe,
-                media=event.media,
-                encryption_key_id=integration.encryption_key_id if integration else None,
-            ),
-            on_overflow=self._backlog_overflowed,
-        )
+        try:
+            self.publisher = self._open_publisher(event, integration)
+        except ValueError as exc:  # a session id already live here, or an unknown key id
+            log.error("session cannot be published", extra={**self.log_fields, "error": str(exc)})
+            self.connection.end_with_error("Server Error: session cannot be recorded")
+            return
         self.publisher.event(
             "opened",
             {
@@ -137,9 +131,25 @@ class SessionObserver:
             extra={
                 **self.log_fields,
                 "probe": event.is_probe,
+                "media": event.selected_offer,
                 "language": event.language,
             },
         )
+
+    def _open_publisher(
+        self, event: SessionOpened, integration: Integration | None
+    ) -> SessionPublisher:
+        info = SessionInfo(
+            session_id=event.session_id,
+            correlation_id=self.admission.correlation_id,
+            integration=self.integration,
+            organization_id=event.organization_id,
+            conversation_id=event.conversation_id,
+            is_probe=event.is_probe,
+            media=event.media,
+            encryption_key_id=integration.encryption_key_id if integration else None,
+        )
+        return self.gateway.publisher.open_session(info, on_overflow=self._backlog_overflowed)
 
     def closed(self, event: SessionClosed) -> None:
         self._report_audio()
