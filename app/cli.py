@@ -46,6 +46,7 @@ def _consume(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.bench import calls
     from app.client import probe, simulate
     from app.streams import consumer
 
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_arguments(probe_parser)
     probe_parser.set_defaults(handler=lambda args: asyncio.run(probe.run(args)))
+
+    bench_parser = commands.add_parser(
+        "bench", help="measure a gateway under concurrent real-time calls (figures, no asserts)"
+    )
+    calls.add_arguments(bench_parser)
+    bench_parser.set_defaults(handler=calls.run)
 
     consume_parser = commands.add_parser(
         "consume", help="write each session's audio from Redis to WAV files"

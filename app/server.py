@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -28,6 +29,18 @@ log = logging.getLogger("app.server")
 # Large enough for a 65,535-character text message in any UTF-8; the protocol's own limits
 # (text length, max_frame_bytes) are enforced by the session with a protocol answer.
 WS_MAX_MESSAGE_BYTES = 4 * 65_535 + 1024
+
+# Thousands of live sessions keep hundreds of thousands of objects alive; with the default
+# thresholds the cyclic collector walked them all every few seconds, stalling the event loop
+# for 100-500 ms (the p99 of audio ingest at 2,000 calls). Startup objects are frozen out of
+# collection and the young generation is collected less often; cycles are still reclaimed.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+def _tune_gc() -> None:
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class _Server(uvicorn.Server):
@@ -65,6 +78,7 @@ async def serve(settings: Settings) -> int:
         log.info("embedded redis started", extra={"redis_url": embedded.url})
     try:
         app = create_app(settings)
+        _tune_gc()
         main_server = _Server(_uvicorn_config(app, settings.host, settings.port, settings))
         servers = [main_server]
         if settings.metrics_port:

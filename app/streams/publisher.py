@@ -45,14 +45,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
+import redis.asyncio
 from redis.exceptions import (
     BusyLoadingError,
     OutOfMemoryError,
@@ -347,9 +350,10 @@ class Publisher:
         self.probe_events = settings.publish_probe_events
         self._batch_max = settings.publish_batch_max
         self._retry_max = settings.publish_retry_max_seconds
-        self._audio_maxlen = settings.audio_stream_maxlen
-        self._events_maxlen = settings.events_stream_maxlen
         self._ttl = settings.stream_ttl_seconds
+        self._audio_trim = (b"MAXLEN", b"~", b"%d" % settings.audio_stream_maxlen)
+        self._events_trim = (b"MAXLEN", b"~", b"%d" % settings.events_stream_maxlen)
+        self._read_timeout = settings.redis_timeout_seconds
         self._expiry_refresh = min(self._ttl / 4, 60.0)
         self._health_interval = health_interval
         self._keys = parse_keys(settings.payload_encryption_keys.get_secret_value())
@@ -457,7 +461,7 @@ class Publisher:
 
     async def _write_batch(self) -> bool:
         """One pipelined round trip; True unless something must be retried."""
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         plan: list[tuple[SessionPublisher, list[tuple[_Item, int]], int]] = []
         budget = self._batch_max
         per_session = max(1, budget // len(self._pending))
@@ -473,14 +477,14 @@ class Publisher:
                 # Redis Cluster (other slot) `closed` never overtakes the session's audio.
                 if index >= per_session or budget <= 0 or (index and isinstance(item, _Event)):
                     break
-                taken.append((item, self._add_commands(pipe, session, item)))
+                taken.append((item, self._add_commands(commands, session, item)))
                 budget -= 1
             if (
                 session.stream_key is not None
                 and now - session.expiry_set_at > self._expiry_refresh
             ):
                 # Pushed forward while live, so the streams of a lost replica expire too.
-                pipe.expire(session.stream_key, self._ttl)
+                commands.append(("EXPIRE", session.stream_key, self._ttl))
                 session.expiry_set_at = now
                 extra = 1
             plan.append((session, taken, extra))
@@ -489,28 +493,68 @@ class Publisher:
         if not plan:
             return True
         try:
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._execute(commands)
         except (RedisError, OSError) as exc:
             self._write_failed(exc)
             return False
         return await self._settle(plan, iter(results))
 
-    def _add_commands(self, pipe: Any, session: SessionPublisher, item: _Item) -> int:
+    def _add_commands(
+        self, commands: list[tuple[Any, ...]], session: SessionPublisher, item: _Item
+    ) -> int:
+        # Arguments as redis-py's xadd() builds them, without its per-call validation.
         if isinstance(item, _Audio):
-            pipe.xadd(session.stream_key, item.fields, id=item.entry_id,
-                      maxlen=self._audio_maxlen, approximate=True)  # fmt: skip
+            commands.append(("XADD", session.stream_key, *self._audio_trim, item.entry_id,
+                             *chain.from_iterable(item.fields.items())))  # fmt: skip
             return 1
+        fields = tuple(chain.from_iterable(item.fields.items()))
         count = 0
         if item.entry_id is not None:
-            pipe.xadd(session.stream_key, item.fields, id=item.entry_id,
-                      maxlen=self._audio_maxlen, approximate=True)  # fmt: skip
+            commands.append(("XADD", session.stream_key, *self._audio_trim, item.entry_id,
+                             *fields))  # fmt: skip
             count += 1
-        pipe.xadd(keys.EVENTS_STREAM, item.fields, maxlen=self._events_maxlen, approximate=True)
+        commands.append(("XADD", keys.EVENTS_STREAM, *self._events_trim, b"*", *fields))
         count += 1
         if item.closing and session.stream_key is not None:
-            pipe.expire(session.stream_key, self._ttl)
+            commands.append(("EXPIRE", session.stream_key, self._ttl))
             count += 1
         return count
+
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send `commands` in one pipeline; replies in order, Redis error replies as
+        ResponseError objects. Standalone Redis: one packed write and one read loop under a
+        single timeout on a pooled connection (redis-py's Pipeline costs a timer and several
+        calls per reply, the largest cost of the gateway's hot path). Cluster: a pipeline."""
+        client = self._redis
+        if not isinstance(client, redis.asyncio.Redis):
+            pipe = client.pipeline(transaction=False)
+            for args in commands:
+                pipe.execute_command(*args)
+            return await pipe.execute(raise_on_error=False)
+        pool = client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
+                lambda: self._round_trip(connection, commands),
+                lambda error: connection.disconnect(),
+            )
+        finally:
+            await pool.release(connection)
+
+    async def _round_trip(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        await connection.send_packed_command(connection.pack_commands(commands))
+        replies: list[Any] = []
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except TimeoutError as exc:
+            await connection.disconnect()  # replies still in flight: the socket is out of step
+            raise RedisTimeoutError("timeout reading pipeline replies") from exc
+        return replies
 
     async def _settle(
         self,

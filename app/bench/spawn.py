@@ -1,0 +1,141 @@
+"""A gateway (one worker) and a Redis server of the bench's own, on loopback, pinned to cores.
+
+With two or more CPUs the gateway gets CPU 0 to itself; Redis, the load generator and the
+stream sampler share the remaining CPUs (so the gateway's CPU figure is its own and it is
+never starved by the generator).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from app.streams.embedded_redis import EmbeddedRedis, free_port
+
+BENCH_API_KEY = "audiohook-bench-key"
+WS_PATH = "/api/v1/audiohook/ws"
+
+
+@dataclass(frozen=True, slots=True)
+class Cores:
+    gateway: set[int] | None  # None: not pinned
+    others: set[int] | None
+
+    @classmethod
+    def plan(cls, pin: bool) -> Cores:
+        available = sorted(os.sched_getaffinity(0))
+        if not pin or len(available) < 2:
+            return cls(None, None)
+        return cls({available[0]}, set(available[1:]))
+
+    def describe(self) -> str:
+        if self.gateway is None or self.others is None:
+            return "not pinned (all processes share all CPUs)"
+        return (
+            f"gateway on CPU {_cpus(self.gateway)}; Redis, load generator and sampler on "
+            f"CPU {_cpus(self.others)}"
+        )
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+@dataclass
+class SpawnedStack:
+    """Start with `start()`, stop with `stop()`; the gateway's log goes to `log_path`."""
+
+    cores: Cores
+    settings: dict[str, str] = field(default_factory=dict)  # extra AUDIOHOOK_* without prefix
+    client_secret: str = field(
+        default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
+    )
+    redis: EmbeddedRedis | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    metrics_port: int = 0
+    log_path: Path = field(
+        default_factory=lambda: Path(tempfile.mkdtemp(prefix="ahg-bench-")) / "gateway.log"
+    )
+
+    @property
+    def uri(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{WS_PATH}"
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return self.redis.url
+
+    def start(self, timeout: float = 30.0) -> SpawnedStack:
+        self.redis = EmbeddedRedis()
+        self.redis.start()
+        if self.cores.others and self.redis.pid:
+            os.sched_setaffinity(self.redis.pid, self.cores.others)
+        self.port, self.metrics_port = free_port(), free_port()
+        integrations = [
+            {"name": "bench", "api_key": BENCH_API_KEY, "client_secrets": [self.client_secret]}
+        ]
+        env = {
+            "REDIS_URL": self.redis.url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "METRICS_HOST": "127.0.0.1",
+            "METRICS_PORT": str(self.metrics_port),
+            "INTEGRATIONS": json.dumps(integrations),
+            "IP_ALLOWLIST_ENABLED": "false",
+            # One source address opens every call: lift the per-source and session limits.
+            "UPGRADES_PER_SECOND_PER_SOURCE": "1000000",
+            "UPGRADE_BURST_PER_SOURCE": "1000000",
+            "MAX_SESSIONS": "100000",
+            "LOG_LEVEL": "INFO",
+            **self.settings,
+        }
+        full_env = {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            self.gateway = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve"],
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        if self.cores.gateway:
+            os.sched_setaffinity(self.gateway.pid, self.cores.gateway)
+        if self.cores.others:
+            os.sched_setaffinity(0, self.cores.others)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.gateway.poll() is not None:
+                raise RuntimeError(f"gateway exited early; log: {self.log_path}")
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=0.5)
+                if ready.status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway not ready in {timeout:g} s; log: {self.log_path}")
+
+    def stop(self) -> None:
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.terminate()
+            try:
+                self.gateway.wait(30)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait()
+        if self.redis is not None:
+            self.redis.stop()

@@ -1,0 +1,29 @@
+"""`audiohook-gateway bench --spawn`: a small run completes and finds every frame in Redis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_spawn_small_run_reports_zero_loss() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "bench", "--spawn", "--sessions", "5", "--seconds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.strip().splitlines()
+    assert "frames sent / in Redis / lost" in completed.stdout  # the table
+    summary = json.loads(lines[-1])  # the one JSON line
+    (step,) = summary["steps"]
+    assert step["opened"] == 5
+    assert step["failed"] == 0
+    assert step["frames_sent"] == 5 * 15  # 3 s of 200 ms frames per call
+    assert step["frames_in_redis"] == step["frames_sent"]
+    assert step["frames_lost"] == 0
+    assert step["sessions_short"] == 0
+    assert step["ingest_samples"] > 0
