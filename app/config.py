@@ -64,7 +64,10 @@ class Settings(BaseSettings):
         description="Languages reported in `opened.supportedLanguages` when asked (JSON list).",
     )
     max_frame_bytes: int = Field(
-        65536, description="Largest binary audio frame accepted; larger frames end the session."
+        65536,
+        ge=1,
+        le=16 * 1024 * 1024,
+        description="Largest binary audio frame accepted; larger frames end the session.",
     )
 
     # --- security ----------------------------------------------------------------------------
@@ -278,12 +281,13 @@ class Settings(BaseSettings):
     drain_action: Literal["reconnect", "disconnect"] = Field(
         "reconnect",
         description="What sessions still live after the drain grace period are sent: "
-        "`reconnect` or `disconnect` reason `completed`.",
+        "`reconnect` (followed by `disconnect` completed for clients that ignore it) or "
+        "`disconnect` reason `completed`.",
     )
     drain_close_wait_seconds: float = Field(
         5.0,
-        description="After the drain action, how long to wait for clients to close "
-        "before the process exits anyway.",
+        description="After each drain action, how long to wait for clients to close; the "
+        "process exits anyway after grace + 2 x this (+ publisher flush).",
     )
 
 

@@ -49,7 +49,10 @@ class Gateway:
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
         self.connections: set[Connection] = set()
-        self.live_sessions_by_integration: Counter[str] = Counter()
+        # Sessions admitted and not yet finished: counted at admission, before the upgrade's
+        # awaits, so simultaneous upgrades cannot all slip under a limit.
+        self.admitted_sessions = 0
+        self.admitted_by_integration: Counter[str] = Counter()
         self.draining = False
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -121,18 +124,30 @@ class Gateway:
 
     # --- drain --------------------------------------------------------------------------------
     async def drain(self) -> None:
-        """Stop taking sessions, let live ones finish, then ask the rest to go."""
+        """Stop taking sessions, let live ones finish, then ask the rest to go.
+
+        Sessions still live after the grace period get the configured action. `reconnect` is
+        only a request: clients that ignore it (the reference client does) are then sent
+        `disconnect` completed, so they close cleanly and their in-flight audio is kept.
+        """
         self.draining = True
         metrics.DRAINING.set(1)
         log.info("draining", extra={"sessions": len(self.connections)})
         await self._wait_for_no_connections(self.settings.drain_grace_seconds)
-        if self.connections:
+        actions = (
+            ["reconnect", "disconnect"]
+            if self.settings.drain_action == "reconnect"
+            else ["disconnect"]
+        )
+        for action in actions:
+            if not self.connections:
+                break
             log.info(
-                "drain grace period over",
-                extra={"sessions": len(self.connections), "action": self.settings.drain_action},
+                "asking sessions to end",
+                extra={"sessions": len(self.connections), "action": action},
             )
             for connection in list(self.connections):
-                connection.drain(self.settings.drain_action)
+                connection.drain(action)
             await self._wait_for_no_connections(self.settings.drain_close_wait_seconds)
         log.info("drain finished", extra={"sessions_left": len(self.connections)})
 
@@ -147,8 +162,25 @@ class Gateway:
             "not_draining": not self.draining,
         }
 
-    def sessions_of(self, integration: str) -> int:
-        return self.live_sessions_by_integration[integration]
+    def at_session_limit(self) -> bool:
+        return self.admitted_sessions >= self.settings.max_sessions
+
+    def admit_session(self, integration: Integration | None) -> str | None:
+        """Count a session against the limits; the refusal cause if a limit is reached."""
+        if self.at_session_limit():
+            return "session_limit"
+        if integration is not None:
+            limit = integration.max_concurrent_sessions
+            if limit is not None and self.admitted_by_integration[integration.name] >= limit:
+                return "integration_limit"
+            self.admitted_by_integration[integration.name] += 1
+        self.admitted_sessions += 1
+        return None
+
+    def release_session(self, integration: Integration | None) -> None:
+        self.admitted_sessions -= 1
+        if integration is not None:
+            self.admitted_by_integration[integration.name] -= 1
 
     def session_config_for(self, integration: Integration | None) -> SessionConfig:
         settings = self.settings

@@ -23,6 +23,7 @@ from app.main import create_app
 from app.observability.logging import configure_logging
 from app.streams.embedded_redis import EmbeddedRedis
 from app.transport.http import operational_app
+from app.transport.request_deadline import with_request_deadline
 
 log = logging.getLogger("app.server")
 
@@ -57,9 +58,10 @@ def _uvicorn_config(app: object, host: str, port: int, settings: Settings) -> uv
         host=host,
         port=port,
         loop="none",
-        http="httptools",
+        http=with_request_deadline(settings.open_timeout_seconds),
         ws="websockets-sansio",
-        ws_max_size=WS_MAX_MESSAGE_BYTES,
+        # Never below max_frame_bytes, so the session's own limit answers oversized frames.
+        ws_max_size=max(WS_MAX_MESSAGE_BYTES, settings.max_frame_bytes + 1),
         ws_per_message_deflate=False,
         proxy_headers=False,  # the IP allowlist reads X-Forwarded-For from trusted proxies itself
         log_config=None,

@@ -167,11 +167,13 @@ def check_pod(base: Base, fail: Fail) -> None:
     grace = float(str(base.setting("AUDIOHOOK_DRAIN_GRACE_SECONDS")))
     close_wait = float(str(base.setting("AUDIOHOOK_DRAIN_CLOSE_WAIT_SECONDS")))
     termination = pod_spec.get("terminationGracePeriodSeconds", 30)
-    if termination < grace + close_wait + DRAIN_FLUSH_MARGIN_SECONDS:
+    # The drain may wait twice: after `reconnect`, then after `disconnect` for clients that
+    # ignored it.
+    if termination < grace + 2 * close_wait + DRAIN_FLUSH_MARGIN_SECONDS:
         fail(
             "kubernetes",
-            f"terminationGracePeriodSeconds {termination} < drain grace {grace:g} + close wait "
-            f"{close_wait:g} + {DRAIN_FLUSH_MARGIN_SECONDS} s",
+            f"terminationGracePeriodSeconds {termination} < drain grace {grace:g} + 2 x close "
+            f"wait {close_wait:g} + {DRAIN_FLUSH_MARGIN_SECONDS} s",
         )
 
     pod_security = pod_spec.get("securityContext", {})

@@ -540,8 +540,8 @@ class ServerSession:
             out += self._session_closed(None)
             return out
         if self._state in _STREAMING:
-            return self._disconnect("error", "idle timeout", now)
-        return self._disconnect("error", "open timeout", now)
+            return self._disconnect("error", "idle timeout", now, "idle_timeout")
+        return self._disconnect("error", "open timeout", now, "open_timeout")
 
     def connection_lost(self, now: float) -> list[Output]:
         if self._state in _GONE:

@@ -76,7 +76,7 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
     if not is_uuid(session_id):
         await refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
         return None
-    if len(gateway.connections) >= gateway.settings.max_sessions:
+    if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
         await refuse(503, "session_limit", "Session limit reached")
         return None
 
@@ -105,8 +105,15 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
                 PlainTextResponse("Signature verification failed", status_code=401)
             )
             return None
-    elif integration is not None and _integration_full(gateway, integration):
-        await refuse(429, "integration_limit", "Integration session limit reached")
+
+    # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
+    # under a limit; the endpoint releases the slot when the connection ends.
+    refusal = gateway.admit_session(integration)
+    if refusal == "session_limit":
+        await refuse(503, refusal, "Session limit reached")
+        return None
+    if refusal == "integration_limit":
+        await refuse(429, refusal, "Integration session limit reached")
         return None
 
     return Admission(
@@ -119,11 +126,6 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         failure_info=None if decision.ok else "Unauthorized",
         auth_reason=decision.reason,
     )
-
-
-def _integration_full(gateway: Gateway, integration: Integration) -> bool:
-    limit = integration.max_concurrent_sessions
-    return limit is not None and gateway.sessions_of(integration.name) >= limit
 
 
 async def _sleep_until(deadline: float) -> None:

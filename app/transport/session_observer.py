@@ -73,7 +73,6 @@ class SessionObserver:
         self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
         metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
-        gateway.live_sessions_by_integration[self.integration] += 1
         log.info("session connected", extra=self.log_fields)
 
     # --- the hot path -------------------------------------------------------------------------
@@ -165,7 +164,6 @@ class SessionObserver:
         if self._registered:
             self.gateway.control.unregister(self.admission.session_id)
         metrics.SESSIONS_ACTIVE.labels(self.integration).dec()
-        self.gateway.live_sessions_by_integration[self.integration] -= 1
 
     def event(self, output: Output) -> None:
         """Every domain event other than audio, open and close."""
@@ -214,6 +212,8 @@ class SessionObserver:
             )
         elif isinstance(output, DisconnectSent):
             metrics.DISCONNECTS_SENT.labels(self.integration, output.reason).inc()
+            if output.cause is not None and output.reason == "error":  # open or idle timeout
+                metrics.PROTOCOL_ERRORS.labels(output.cause).inc()
             log.info(
                 "disconnect sent",
                 extra={**self.log_fields, "reason": output.reason, "info": output.info},

@@ -49,9 +49,12 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
     admission = await admit(websocket, gateway, connected_at)
     if admission is None:
         return  # refused before the upgrade; admit() answered and counted it
-    await websocket.accept()
-    connection = Connection(websocket, gateway, admission, connected_at)
-    await connection.run()
+    try:
+        await websocket.accept()
+        connection = Connection(websocket, gateway, admission, connected_at)
+        await connection.run()
+    finally:
+        gateway.release_session(admission.integration)
 
 
 class Connection:
@@ -159,14 +162,29 @@ class Connection:
                 self.observer.event(output)
 
     def _enqueue(self, text: str) -> None:
+        if self._close_overflowed():
+            return  # the client stopped reading and is being dropped
         self._outgoing.append(text)
         self._outgoing_bytes += len(text)
         self._outgoing_ready.set()
         if self._outgoing_bytes > self.gateway.settings.max_outgoing_queue_bytes:
             # The client stopped reading: drop it rather than buffer without bound.
             self.observer.outgoing_overflow()
+            self._outgoing.clear()
+            self._outgoing_bytes = 0
             self._close_code = 1008
             self._close_reason = "client not reading"
+            self._abort_socket()
+
+    def _abort_socket(self) -> None:
+        """Drop the TCP connection at once: a close frame would only queue behind the data
+        the client is not reading. uvicorn gives the app its protocol's bound `receive`, whose
+        owner holds the transport; under another server this does nothing and the socket is
+        closed when the send loop gets through."""
+        protocol = getattr(self.websocket._receive, "__self__", None)
+        abort = getattr(getattr(protocol, "transport", None), "abort", None)
+        if callable(abort):  # uvloop's transports are not asyncio.Transport subclasses
+            abort()
 
     async def _send_loop(self) -> None:
         websocket = self.websocket

@@ -7,7 +7,16 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.security.signature import REQUIRED_COMPONENTS, Outcome, signature_params_value
+from app.security.signature import (
+    REQUIRED_COMPONENTS,
+    Outcome,
+    SignedRequest,
+    canonical_authority,
+    canonicalize_field_value,
+    collect_headers,
+    request_target,
+    signature_params_value,
+)
 from tests.unit.security.vectors import (
     AUTHORITY,
     CREATED,
@@ -128,3 +137,52 @@ def test_structured_field_lookalikes_never_raise(prefix: str, signature: str) ->
         headers["signature"] = [signature or good["signature"][0]]
         result = CHECK.verify(request(headers), NOW)
         assert result.outcome is not Outcome.VERIFIED
+
+
+@BOUNDED
+@given(field=st.sampled_from(["signature-input", "signature"]), raw=st.binary(max_size=300))
+def test_random_bytes_in_one_field_with_the_other_valid_never_raise(field: str, raw: bytes) -> None:
+    # With its partner intact, each structured field reaches its own parser and checks.
+    headers = signed_headers()
+    headers[field] = [raw.decode("latin-1")]
+    result = CHECK.verify(request(headers), NOW)
+    assert result.outcome is not Outcome.VERIFIED
+    assert not result.accepted
+
+
+@BOUNDED
+@given(
+    component=st.sampled_from(["@request-target", "@authority", *REQUIRED_COMPONENTS[2:]]),
+    raw=st.binary(min_size=1, max_size=120),
+    repeat=st.booleans(),
+)
+def test_random_bytes_in_a_signed_component_never_raise(
+    component: str, raw: bytes, repeat: bool
+) -> None:
+    """Raw request bytes (as the ASGI scope hands them over: any octet, CR/LF, non-ASCII)
+    in whatever the signature base is built from."""
+    good = signed_headers()
+    pairs: list[tuple[bytes, bytes]] = [
+        (name.encode(), value.encode()) for name, values in good.items() for value in values
+    ]
+    target: bytes = TARGET.encode()
+    host: str | None = AUTHORITY
+    if component == "@request-target":
+        target = raw
+    elif component == "@authority":
+        host = canonical_authority(raw.decode("latin-1"))
+    else:
+        pairs = [(n, v) for n, v in pairs if n.decode() != component]
+        pairs += [(component.encode(), raw)] * (2 if repeat else 1)
+    signed = SignedRequest(
+        request_target=request_target(target, b""), authority=host, headers=collect_headers(pairs)
+    )
+    if component == "@request-target":
+        unchanged = signed.request_target == TARGET
+    elif component == "@authority":
+        unchanged = host == AUTHORITY
+    else:
+        unchanged = canonicalize_field_value(signed.headers[component]) == good[component][0]
+    result = CHECK.verify(signed, NOW)
+    # Verified exactly when the bytes canonicalise to what was signed.
+    assert (result.outcome is Outcome.VERIFIED) == unchanged, result
