@@ -1,11 +1,6 @@
 """Connection security: source-address allowlist, integrations, signatures, replay protection."""
 
-from app.security.authenticator import (
-    AuthDecision,
-    Authenticator,
-    NonceStoreUnavailable,
-    wait_min_failure_delay,
-)
+from app.security.authenticator import AuthDecision, Authenticator, NonceStoreUnavailable
 from app.security.integrations import Integration, IntegrationConfigError, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
 from app.security.signature import Outcome, SignatureVerifier, sign_request
@@ -21,5 +16,4 @@ __all__ = [
     "Outcome",
     "SignatureVerifier",
     "sign_request",
-    "wait_min_failure_delay",
 ]

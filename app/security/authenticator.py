@@ -1,15 +1,13 @@
 """One decision per upgrade request: signature, integration and nonce together.
 
 The transport calls `authenticate` with the raw request parts and answers a failure no sooner
-than `auth_min_failure_delay_seconds` after it started (see `wait_min_failure_delay`), so the
-time to an answer reveals nothing about which check failed. The reason is for logs and
-metrics only; clients get a generic answer.
+than `auth_min_failure_delay_seconds` after the request arrived, so the time to an answer
+reveals nothing about which check failed (`python -m app.bench.auth` measures it). The reason
+is for logs and metrics only; clients get a generic answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +27,7 @@ from app.streams.redis_client import RedisClient
 if TYPE_CHECKING:
     from app.config import Settings
 
-__all__ = ["AuthDecision", "Authenticator", "NonceStoreUnavailable", "wait_min_failure_delay"]
+__all__ = ["AuthDecision", "Authenticator", "NonceStoreUnavailable"]
 
 HeaderPairs = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
@@ -121,16 +119,3 @@ class Authenticator:
             reason=result.reason,
             metric_label=result.outcome.value.lower(),
         )
-
-
-def min_failure_delay_remaining(started: float, now: float, min_delay: float) -> float:
-    """Seconds still to wait so a failure is answered `min_delay` after `started`."""
-    return max(0.0, started + min_delay - now)
-
-
-async def wait_min_failure_delay(started: float, min_delay: float) -> None:
-    """Sleep until `min_delay` seconds after `started` (a `time.monotonic()` reading)."""
-    # A loop: the event loop may wake a timer up to its clock resolution early.
-    deadline = started + min_delay
-    while time.monotonic() < deadline:  # noqa: ASYNC110 - sleeping to a deadline
-        await asyncio.sleep(deadline - time.monotonic())

@@ -292,7 +292,7 @@ class IpAllowlist:
         if self._redis is None:
             return None
         try:
-            raw = await self._redis.get(keys.ip_ranges_key())
+            raw = await self._redis.get(keys.IP_RANGES_CACHE)
             return RangeList.from_json(raw) if raw is not None else None
         except (redis.exceptions.RedisError, OSError) as exc:
             self.cache_errors += 1
@@ -306,7 +306,7 @@ class IpAllowlist:
         if self._redis is None:
             return
         try:
-            await self._redis.set(keys.ip_ranges_key(), ranges.to_json())
+            await self._redis.set(keys.IP_RANGES_CACHE, ranges.to_json())
         except (redis.exceptions.RedisError, OSError) as exc:
             self.cache_errors += 1
             log.warning("cannot cache the ip ranges: %s", type(exc).__name__)

@@ -279,9 +279,11 @@ def _parse_signature(input_values: Sequence[str], signature_values: Sequence[str
 class SignatureVerifier:
     """Verifies a request against the integration that owns its API key (PROTOCOL.md §2.5).
 
-    Acceptance window (as the reference): `created` may be up to `clock_skew` seconds in the
-    future and is accepted while `created + max_age >= now + clock_skew`; `expires`, when
-    present, must not have passed by more than `clock_skew`.
+    Acceptance window, the clock skew allowed in the lenient direction on every bound: `created`
+    may be up to `clock_skew` seconds in the future (PRECONDITION beyond that); the signature is
+    EXPIRED once `now - clock_skew > created + max_age`, or, when `expires` is present, once
+    `now - clock_skew > expires`. (The reference applies the skew the strict way round and so
+    accepts a signature only until `created + max_age - clock_skew`.)
     """
 
     def __init__(
@@ -392,15 +394,16 @@ class SignatureVerifier:
         assert isinstance(created, int)
         if created > now + self.clock_skew:
             raise _Rejected(Outcome.PRECONDITION, "created in the future")
-        last_accepted = created + self.max_age - self.clock_skew
+        # The latest `now` at which this signature still verifies.
+        last_accepted = created + self.max_age + self.clock_skew
         if expires is not None:
             assert isinstance(expires, int)
             if expires < created:
                 raise _Rejected(Outcome.INVALID, "expires before created")
-            if now > expires + self.clock_skew:
+            if now - self.clock_skew > expires:
                 raise _Rejected(Outcome.EXPIRED, "signature expired")
             last_accepted = min(last_accepted, expires + self.clock_skew)
-        if now > created + self.max_age - self.clock_skew:
+        if now - self.clock_skew > created + self.max_age:
             raise _Rejected(Outcome.EXPIRED, "signature too old")
         return float(math.ceil(last_accepted))
 

@@ -421,7 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from app.config import load_settings
     from app.streams.embedded_redis import running_server_url
-    from app.streams.redis_client import create_redis
+    from app.streams.redis_client import blocking_read_seconds, create_redis
 
     settings = load_settings(getattr(args, "env_file", None))
     url = args.redis_url or settings.redis_url
@@ -453,6 +453,7 @@ def main(args: argparse.Namespace) -> int:
                 stop=stop, sessions_limit=args.sessions,
                 start_id="$" if args.new_only else "0",
                 fill_gaps=args.fill_gaps, idle_timeout=args.idle_timeout,
+                block_seconds=blocking_read_seconds(settings.redis_timeout_seconds),
             )  # fmt: skip
         finally:
             await redis.aclose()

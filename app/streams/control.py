@@ -1,13 +1,14 @@
 """Commands from consumers to live sessions, whichever replica holds them.
 
 Routing: each replica keeps, for every live session, a registry key
-`audiohook:{<sessionId>}:owner` = its replica id (TTL refreshed while the session lives) and
-reads its own inbox stream `audiohook:control:inbox:{<replicaId>}` with XREAD BLOCK. A sender
-looks up the owner and appends the command to that inbox; the owner applies it to the
-session and records a reply, both in the stream `audiohook:control:replies` (audit trail) and
-in a short-lived list `audiohook:control:reply:{<commandId>}` the sender pops. A command for
-an unknown or closed session is answered `unknown_session` (by the sender when no replica
-owns the session, else by the replica). Results: applied, unknown_session, invalid_state
+`audiohook:{<sessionId>}:owner` = its replica id (TTL refreshed while the session lives;
+deleted at its end only if it still names this replica) and reads its own inbox stream
+`audiohook:control:inbox:{<replicaId>}` with XREAD BLOCK. A sender looks up the owner and
+appends the command to that inbox; the owner applies it to the session and records a reply,
+both in the stream `audiohook:control:replies` (audit trail) and in a short-lived list
+`audiohook:control:reply:{<commandId>}` the sender pops. A command for an unknown or closed
+session is answered `unknown_session` (by the sender when no replica owns the session, else
+by the replica). Results: applied, unknown_session, invalid_state
 (e.g. `event` before the session is open), invalid (bad parameters), rate_limited.
 
 Consumer side:
@@ -46,15 +47,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeGuard, get_args
 
 import orjson
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
 
 from app.observability.metrics import CONTROL_COMMANDS, RATE_LIMITED, REDIS_ERRORS
+from app.protocol.messages import DisconnectReason
 from app.streams import keys
 from app.streams.ratelimit import TokenBucket
-from app.streams.redis_client import RedisClient
+from app.streams.redis_client import RedisClient, blocking_read_seconds
 from app.streams.tasks import stop_task
 
 if TYPE_CHECKING:
@@ -63,7 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.streams.control")
 
 COMMANDS: Final = frozenset({"pause", "resume", "disconnect", "event"})
-DISCONNECT_REASONS: Final = frozenset({"completed", "error", "unauthorized"})
+DISCONNECT_REASONS: Final[frozenset[str]] = frozenset(get_args(DisconnectReason))
 
 APPLIED: Final = "applied"
 UNKNOWN_SESSION: Final = "unknown_session"
@@ -78,6 +82,19 @@ INBOX_MAXLEN: Final = 10_000
 INBOX_TTL_SECONDS: Final = 86_400
 REPLIES_MAXLEN: Final = 10_000
 _BACKOFF_START = 0.05
+# A registry entry is deleted only while it still names this replica: the same session id
+# live on another replica (a duplicate, or a reconnect that landed elsewhere) keeps its routing.
+# One key per call, so it runs on Redis Cluster too.
+_DELETE_IF_OWNER: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def is_disconnect_reason(value: object) -> TypeGuard[DisconnectReason]:
+    return value in DISCONNECT_REASONS
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +109,11 @@ class ControlCommand:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def reason(self) -> str:
-        return str(self.params.get("reason", "completed"))
+    def reason(self) -> DisconnectReason:
+        reason = self.params.get("reason", "completed")
+        if not is_disconnect_reason(reason):  # validate() refuses such a command
+            raise ValueError(f"not a disconnect reason: {reason!r}")
+        return reason
 
     @property
     def info(self) -> str | None:
@@ -166,7 +186,7 @@ def validate(command: str, params: Mapping[str, Any]) -> str | None:
     if command == "disconnect":
         if set(params) - {"reason", "info"}:
             return "disconnect takes reason and info only"
-        if params.get("reason", "completed") not in DISCONNECT_REASONS:
+        if not is_disconnect_reason(params.get("reason", "completed")):
             return "reason must be completed, error or unauthorized"
         info = params.get("info")
         if info is not None and (not isinstance(info, str) or len(info) > MAX_INFO_CHARS):
@@ -208,9 +228,15 @@ async def record_reply(
 class ControlClient:
     """Sends commands to live sessions and collects their replies (consumer side)."""
 
-    def __init__(self, redis: RedisClient, *, reply_ttl: int = 300) -> None:
+    def __init__(
+        self, redis: RedisClient, *, reply_ttl: int = 300, block_seconds: float = 1.0
+    ) -> None:
+        """`block_seconds`: longest single BLPOP; keep it below `redis`'s socket timeout."""
+        if block_seconds <= 0:
+            raise ValueError("block_seconds must be positive (0 would block for ever)")
         self._redis = redis
         self._reply_ttl = reply_ttl
+        self._block = block_seconds
 
     async def send(self, session_id: str, command: str, **params: Any) -> str:
         """Route `command` to the replica holding `session_id`; returns the command id.
@@ -246,7 +272,7 @@ class ControlClient:
             if remaining <= 0:
                 raise TimeoutError(f"no reply to command {command_id} within {timeout} s")
             # Short blocks stay well inside the client's socket timeout.
-            popped = await self._redis.blpop([key], timeout=min(remaining, 1.0))
+            popped = await self._redis.blpop([key], timeout=min(remaining, self._block))
             if popped:
                 return ControlReply.from_json(popped[1])
 
@@ -303,6 +329,7 @@ class ControlPlane:
             "event_rate": settings.event_messages_per_second,
             "event_burst": settings.event_messages_burst,
             "retry_max_seconds": settings.publish_retry_max_seconds,
+            "block_seconds": blocking_read_seconds(settings.redis_timeout_seconds),
         }
         options.update(overrides)
         return cls(redis, settings.replica_id or default_replica_id(), **options)
@@ -322,7 +349,7 @@ class ControlPlane:
             with contextlib.suppress(RedisError, OSError):
                 pipe = self._redis.pipeline(transaction=False)
                 for session_id in self._targets:
-                    pipe.delete(keys.session_owner(session_id))
+                    self._delete_owner(pipe, session_id)
                 await pipe.execute()
 
     def register(self, session_id: str, target: ControlTarget) -> None:
@@ -352,6 +379,10 @@ class ControlPlane:
     @property
     def sessions(self) -> int:
         return len(self._targets)
+
+    def _delete_owner(self, pipe: Pipeline | ClusterPipeline, session_id: str) -> None:
+        """Queue the compare-and-delete of `session_id`'s registry entry on `pipe`."""
+        pipe.eval(_DELETE_IF_OWNER, 1, keys.session_owner(session_id), self.replica_id)
 
     # --- applying commands -------------------------------------------------------------------
 
@@ -455,7 +486,7 @@ class ControlPlane:
             for session_id in register:
                 pipe.set(keys.session_owner(session_id), self.replica_id, px=self._ttl_ms)
             for session_id in remove:
-                pipe.delete(keys.session_owner(session_id))
+                self._delete_owner(pipe, session_id)
             try:
                 await pipe.execute()
             except (RedisError, OSError) as exc:

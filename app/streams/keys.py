@@ -22,6 +22,7 @@ from typing import Final
 
 PREFIX: Final = "audiohook"
 
+# Fixed keys are constants; keys that carry an identifier are functions below.
 EVENTS_STREAM: Final = f"{PREFIX}:events"
 CONTROL_REPLIES_STREAM: Final = f"{PREFIX}:control:replies"
 IP_RANGES_CACHE: Final = f"{PREFIX}:ip-ranges"
@@ -48,18 +49,6 @@ def control_inbox(replica_id: str) -> str:
 
 def control_reply(command_id: str) -> str:
     return f"{PREFIX}:control:reply:{_tag(command_id)}"
-
-
-def events_stream() -> str:
-    return EVENTS_STREAM
-
-
-def control_replies_stream() -> str:
-    return CONTROL_REPLIES_STREAM
-
-
-def ip_ranges_key() -> str:
-    return IP_RANGES_CACHE
 
 
 def nonce_key(nonce: str) -> str:

@@ -50,6 +50,12 @@ def create_redis(settings: Settings, url: str | None = None) -> RedisClient:
     )
 
 
+def blocking_read_seconds(timeout_seconds: float) -> float:
+    """How long a blocking read (XREAD BLOCK, BLPOP) may wait on a client whose socket timeout
+    is `timeout_seconds`: the answer must arrive well before the socket gives up."""
+    return min(1.0, timeout_seconds / 2)
+
+
 async def ping(client: RedisClient, timeout_seconds: float = 1.0) -> bool:
     """True when Redis answers PING within `timeout_seconds` (never raises)."""
     try:

@@ -66,7 +66,7 @@ async def test_fetch_keeps_only_audiohook_ranges_and_caches_them(
     assert not allows(allow, "100.64.1.1")
     assert allow.list_size == 3
     assert 0 <= allow.list_age_seconds < 60
-    raw = await redis_client.get(keys.ip_ranges_key())
+    raw = await redis_client.get(keys.IP_RANGES_CACHE)
     assert raw is not None
     cached = RangeList.from_json(raw)
     assert (
@@ -190,7 +190,7 @@ async def test_unreachable_redis_does_not_stop_refreshing(genesys_api: GenesysAp
 async def test_malformed_cache_is_ignored(
     genesys_api: GenesysApiStandIn, redis_client: redis.asyncio.Redis
 ) -> None:
-    await redis_client.set(keys.ip_ranges_key(), b"\x00not json")
+    await redis_client.set(keys.IP_RANGES_CACHE, b"\x00not json")
     allow = allowlist(genesys_api, redis_client)
     assert await allow.load_cached() is False
     assert await allow.refresh()

@@ -280,7 +280,7 @@ async def new_consumer_group(client: RedisClient) -> str:
     """A consumer group on the events stream that sees only sessions from now on."""
     group = f"e2e-{uuid.uuid4().hex[:8]}"
     try:
-        await client.xgroup_create(keys.events_stream(), group, id="$", mkstream=True)
+        await client.xgroup_create(keys.EVENTS_STREAM, group, id="$", mkstream=True)
     except ResponseError as exc:  # pragma: no cover - the name is fresh
         raise AssertionError(f"cannot create group {group}") from exc
     return group

@@ -100,7 +100,7 @@ async def test_probe_is_counted_and_publishes_nothing(
     await closed_session_stream(redis_conn, call.session_id)
     after = Growth(before, await scrape(gateway))
     assert await redis_conn.exists(keys.audio_stream(probe.session_id)) == 0
-    events = await read_stream(redis_conn, keys.events_stream())
+    events = await read_stream(redis_conn, keys.EVENTS_STREAM)
     assert not [f for _, f in events if f[b"session_id"] == probe.session_id.encode()]
     assert after(PUBLISHED) == call.frames_sent
     assert after(EVENTS, type="opened") == 1

@@ -195,7 +195,7 @@ async def read_closed_session(
 
 async def events_of(client: redis.asyncio.Redis, session_id: str) -> list[dict[bytes, bytes]]:
     """Entries of the lifecycle events stream that belong to `session_id`."""
-    entries = cast(StreamEntries, await client.xrange(keys.events_stream()))
+    entries = cast(StreamEntries, await client.xrange(keys.EVENTS_STREAM))
     return [fields for _, fields in entries if fields.get(b"session_id") == session_id.encode()]
 
 

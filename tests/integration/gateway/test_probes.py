@@ -18,9 +18,24 @@ from tests.support.raw_client import PROBE_PARTICIPANT, RawClient, genesys_offer
 PROBES = "audiohook_probes_total"
 
 
-async def _no_trace_of(client: redis.asyncio.Redis, session_ids: list[str]) -> None:
-    """No audio stream and no lifecycle event for these sessions (given the writer time)."""
-    await asyncio.sleep(0.3)
+async def _no_trace_of(
+    gateway: GatewayProcess, client: redis.asyncio.Redis, session_ids: list[str]
+) -> None:
+    """No audio stream and no lifecycle event for these (finished) sessions.
+
+    Barrier first: a real call made afterwards, until its `closed` entry is in Redis. The
+    publisher drains its queues in order, so whatever the probes had left to write would be
+    in Redis by then."""
+    barrier = SessionConfig(
+        uri=gateway.ws_url,
+        api_key=TEST_API_KEY,
+        client_secret=TEST_CLIENT_SECRET,
+        source=tone_source(0.2),
+        realtime=False,
+    )
+    result = await run_session(barrier)
+    assert result.ok, [finding.text for finding in result.findings]
+    await read_closed_session(client, barrier.session_id)
     assert await client.exists(*(keys.audio_stream(sid) for sid in session_ids)) == 0
     for session_id in session_ids:
         assert await events_of(client, session_id) == []
@@ -49,7 +64,7 @@ async def test_a_genesys_probe_is_opened_and_closed(
         await client.expect_silence(0.2)
         client.assert_conformant()
     assert probes.delta() == 1
-    await _no_trace_of(gateway_redis, [client.session_id])
+    await _no_trace_of(gateway, gateway_redis, [client.session_id])
 
 
 async def test_twenty_concurrent_probes_all_succeed(
@@ -67,7 +82,7 @@ async def test_twenty_concurrent_probes_all_succeed(
         assert result.close_reason == "end"
     assert len({result.session_id for result in results}) == 20
     assert probes.delta() == 20
-    await _no_trace_of(gateway_redis, [result.session_id for result in results])
+    await _no_trace_of(gateway, gateway_redis, [result.session_id for result in results])
 
 
 async def test_probes_alongside_a_real_call_keep_sessions_apart(
@@ -88,4 +103,4 @@ async def test_probes_alongside_a_real_call_keep_sessions_apart(
     assert all(result.ok for result in results), [r.findings for r in results if not r.ok]
     stream = await read_closed_session(gateway_redis, call.session_id)
     assert stream.frames == [frame.data for frame in results[0].frames]
-    await _no_trace_of(gateway_redis, [result.session_id for result in results[1:]])
+    await _no_trace_of(gateway, gateway_redis, [result.session_id for result in results[1:]])

@@ -110,6 +110,15 @@ async def test_control_commands_on_the_cluster(cluster: RedisCluster) -> None:
         assert (reply.result, reply.replica) == (APPLIED, f"replica-{'ab'[n % 2]}")
     assert (await control.request("missing", "pause")).result == UNKNOWN_SESSION
     assert all(len(t.applied) == 1 for t in targets.values())
+    # A session registered on both replicas: the one letting go leaves the other's entry.
+    planes[1].register("s0", RecordingTarget())
+    deadline = time.monotonic() + 5
+    while await clients[2].get(keys.session_owner("s0")) != b"replica-b":
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await planes[0].stop()  # compare-and-delete of its entries, spread over the masters
+    assert await clients[2].get(keys.session_owner("s0")) == b"replica-b"
+    assert [await clients[2].exists(keys.session_owner(s)) for s in ("s2", "s4")] == [0, 0]
     for plane in planes:
         await plane.stop()
     for client in clients:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
 
 import redis.asyncio
+from redis.exceptions import ResponseError
 
 from app.protocol.media import MediaFormat
+from app.streams import keys as redis_keys
 from app.streams.consumer import add_arguments, main, run_consumer
 from app.streams.publisher import Publisher, SessionInfo
 from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
@@ -38,6 +41,18 @@ async def _publish(
             session.event("paused", {})
             session.event("resumed", {})
     session.close("end", {"frames": len(frames)})
+
+
+async def _until_pending(redis_client: Redis, group: str, count: int) -> None:
+    """Wait until `group` has `count` entries delivered but not acknowledged."""
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(ResponseError):  # NOGROUP: the consumer has not started yet
+            pending = await redis_client.xpending(redis_keys.EVENTS_STREAM, group)
+            if pending["pending"] == count:
+                return
+        assert time.monotonic() < deadline, f"{group} never had {count} pending entries"
+        await asyncio.sleep(0.02)
 
 
 async def test_consume_writes_wav_and_sidecar_per_session(
@@ -96,7 +111,7 @@ async def test_consume_writes_wav_and_sidecar_per_session(
     assert sidecar["audio"]["missing_entries"] == 0
     assert sidecar["wav"] == f"{pcmu_info.session_id}.wav"
     # Everything was acknowledged: nothing pending for the group.
-    assert (await redis_client.xpending("audiohook:events", "g"))["pending"] == 0
+    assert (await redis_client.xpending(redis_keys.EVENTS_STREAM, "g"))["pending"] == 0
 
 
 async def test_consumer_follows_a_live_session_and_stops_on_request(
@@ -149,10 +164,10 @@ async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
         run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={}, stop=stop,
                      block_seconds=0.1)
     )  # fmt: skip
-    await asyncio.sleep(0.5)
+    await _until_pending(redis_client, "g", 1)  # the consumer has read `opened`
     stop.set()  # the session is still live: its `opened` stays pending
     assert await asyncio.wait_for(first, timeout=10) == []
-    assert (await redis_client.xpending("audiohook:events", "g"))["pending"] == 1
+    assert (await redis_client.xpending(redis_keys.EVENTS_STREAM, "g"))["pending"] == 1
 
     for n, frame in enumerate(frames[5:], start=5):
         session.audio(frame, n * 160, 160, time.monotonic())

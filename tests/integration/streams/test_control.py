@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from app.config import Settings
 from app.streams import keys
 from app.streams.control import (
     APPLIED,
@@ -20,7 +21,8 @@ from app.streams.control import (
     ControlClient,
     ControlPlane,
 )
-from tests.support.streams import RecordingTarget, read_stream
+from app.streams.redis_client import create_redis
+from tests.support.streams import RecordingTarget, metric, read_stream
 
 Redis = redis.asyncio.Redis
 TRANSCRIPT = {"type": "transcript", "data": {"id": "u1", "channelId": 0, "isFinal": True}}
@@ -189,3 +191,74 @@ async def test_registry_entry_is_refreshed_while_the_session_lives(redis_url: st
     await plane.stop()  # deregisters what is still live
     assert not await client.exists(keys.session_owner("long"))
     await client.aclose()
+
+
+async def test_ending_a_session_keeps_another_replicas_registry_entry(redis_url: str) -> None:
+    """The same session id live on two replicas (a duplicate, or a reconnect that landed
+    elsewhere): the replica that lets go must not delete the other one's routing."""
+    clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(3)]
+    plane_a = ControlPlane(clients[0], "replica-a", block_seconds=0.2)
+    plane_b = ControlPlane(clients[1], "replica-b", block_seconds=0.2)
+    observer = clients[2]
+    for plane in (plane_a, plane_b):
+        await plane.start()
+    try:
+        on_b = RecordingTarget()
+        plane_a.register("dup", RecordingTarget())
+        await _registered(observer, "dup", "replica-a")
+        plane_b.register("dup", on_b)  # the newer registration takes the routing
+        await _registered(observer, "dup", "replica-b")
+
+        plane_a.unregister("dup")  # registry loop: compare-and-delete
+        # Barrier: registry rounds run one after another, so once a later round has removed
+        # `marker`, the round that handled `dup` is done.
+        plane_a.register("marker", RecordingTarget())
+        await _registered(observer, "marker", "replica-a")
+        plane_a.unregister("marker")
+        deadline = time.monotonic() + 5
+        while await observer.exists(keys.session_owner("marker")):
+            assert time.monotonic() < deadline, "own registry entry not deleted"
+            await asyncio.sleep(0.01)
+        assert await observer.get(keys.session_owner("dup")) == b"replica-b"
+        reply = await ControlClient(observer).request("dup", "pause")
+        assert (reply.result, reply.replica) == (APPLIED, "replica-b")
+
+        plane_a.register("dup-2", RecordingTarget())
+        await _registered(observer, "dup-2", "replica-a")
+        plane_b.register("dup-2", RecordingTarget())
+        await _registered(observer, "dup-2", "replica-b")
+        await plane_a.stop()  # deregisters what it still holds: compare-and-delete too
+        assert await observer.get(keys.session_owner("dup-2")) == b"replica-b"
+        assert await observer.get(keys.session_owner("dup")) == b"replica-b"
+        assert [c.command for c in on_b.applied] == ["pause"]
+    finally:
+        for plane in (plane_a, plane_b):
+            await plane.stop()
+        for client in clients:
+            await client.aclose()
+
+
+async def test_plane_from_settings_reads_its_inbox_within_a_short_socket_timeout(
+    redis_url: str,
+) -> None:
+    """With a Redis timeout below the default 1 s block, XREAD BLOCK must still return
+    before the socket times out: no failed reads while idle, and commands get through."""
+    settings = Settings(redis_timeout_seconds=0.5, replica_id="replica-t")
+    client = create_redis(settings, redis_url)
+    assert isinstance(client, Redis)  # standalone, with the settings' 0.5 s socket timeout
+    plane = ControlPlane.from_settings(client, settings)
+    failed_reads = {"operation": "control_read"}
+    failures_before = metric("audiohook_redis_errors_total", failed_reads)
+    await plane.start()
+    try:
+        target = RecordingTarget()
+        plane.register("short-timeout", target)
+        await _registered(client, "short-timeout", "replica-t")
+        await asyncio.sleep(1.5)  # idle inbox: several blocking reads, each must end cleanly
+        reply = await ControlClient(client).request("short-timeout", "pause", reply_timeout=2.0)
+        assert (reply.result, reply.replica) == (APPLIED, "replica-t")
+        assert [c.command for c in target.applied] == ["pause"]
+        assert metric("audiohook_redis_errors_total", failed_reads) == failures_before
+    finally:
+        await plane.stop()
+        await client.aclose()

@@ -108,8 +108,8 @@ def test_vector_verifies_with_injected_clock() -> None:
     assert result.accepted
     assert result.integration is known
     assert result.nonce == NONCE
-    # accepted until created + max age - skew = created + 7: the nonce must outlive that
-    assert result.nonce_expires_at == CREATED + 7
+    # accepted until created + max age + skew = created + 13: the nonce must outlive that
+    assert result.nonce_expires_at == CREATED + 13
 
 
 def test_second_vector_verifies() -> None:
@@ -122,18 +122,26 @@ def test_second_vector_verifies() -> None:
 @pytest.mark.parametrize(
     ("offset", "outcome"),
     [
-        (-4, Outcome.PRECONDITION),  # created in the future beyond the skew
+        (-3.001, Outcome.PRECONDITION),  # created in the future beyond the skew (3)
         (-3, Outcome.VERIFIED),  # within the skew
         (0, Outcome.VERIFIED),
-        (7, Outcome.VERIFIED),  # created + max age (10) - skew (3)
-        (7.001, Outcome.EXPIRED),
-        (8, Outcome.EXPIRED),
+        (10, Outcome.VERIFIED),  # created + max age (10)
+        (12.999, Outcome.VERIFIED),  # ... plus the skew, just inside
+        (13, Outcome.VERIFIED),  # created + max age + skew: the last instant accepted
+        (13.001, Outcome.EXPIRED),
+        (14, Outcome.EXPIRED),
     ],
 )
 def test_acceptance_window(offset: float, outcome: Outcome) -> None:
     result = verifier(integration()).verify(request(signed_headers()), CREATED + offset)
     assert result.outcome is outcome
     assert result.accepted is (outcome is Outcome.VERIFIED)
+    if outcome is Outcome.EXPIRED:
+        assert result.reason == "signature too old"
+    if result.accepted:
+        # the replay cache keeps the nonce at least as long as the signature verifies
+        assert result.nonce_expires_at is not None
+        assert result.nonce_expires_at >= CREATED + 13
 
 
 def test_changed_query_fails_like_the_reference() -> None:
@@ -152,13 +160,24 @@ def test_configurable_age_and_skew() -> None:
     assert (late.outcome, late.reason) == (Outcome.EXPIRED, "signature expired")
     assert check.verify(request(headers), CREATED - 1).outcome is Outcome.PRECONDITION
 
+    short = verifier(integration(), max_age_seconds=5, clock_skew_seconds=1)
+    last = short.verify(request(headers), CREATED + 6)  # created + max age + skew
+    assert (last.outcome, last.nonce_expires_at) == (Outcome.VERIFIED, CREATED + 6)
+    assert short.verify(request(headers), CREATED + 5.999).outcome is Outcome.VERIFIED
+    old = short.verify(request(headers), CREATED + 6.001)
+    assert (old.outcome, old.reason) == (Outcome.EXPIRED, "signature too old")
+    assert short.verify(request(headers), CREATED - 1).outcome is Outcome.VERIFIED
+    assert short.verify(request(headers), CREATED - 1.001).outcome is Outcome.PRECONDITION
+
 
 def test_expires_is_checked_with_the_skew_in_the_lenient_direction() -> None:
     # the reference rejects when expires < now + skew; here: only once now > expires + skew
     headers = signed_headers(lifetime=2)
     check = verifier(integration())
     assert check.verify(request(headers), CREATED + 4).outcome is Outcome.VERIFIED
-    assert check.verify(request(headers), CREATED + 5.5).outcome is Outcome.EXPIRED
+    assert check.verify(request(headers), CREATED + 5).outcome is Outcome.VERIFIED  # expires + 3
+    late = check.verify(request(headers), CREATED + 5.001)
+    assert (late.outcome, late.reason) == (Outcome.EXPIRED, "signature expired")
     assert check.verify(request(headers), CREATED + 4).nonce_expires_at == CREATED + 5
 
 

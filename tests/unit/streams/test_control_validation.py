@@ -49,5 +49,8 @@ def test_invalid(command: str, params: dict[str, Any]) -> None:
 def test_command_accessors_and_reply_json() -> None:
     command = ControlCommand("c", "s", "disconnect", {"info": "bye"})
     assert (command.reason, command.info, command.entities) == ("completed", "bye", [])
+    assert ControlCommand("c", "s", "disconnect", {"reason": "error"}).reason == "error"
+    with pytest.raises(ValueError, match="not a disconnect reason"):
+        _ = ControlCommand("c", "s", "disconnect", {"reason": "because"}).reason
     reply = ControlReply("c", "s", "pause", "applied", "r1", None, "2024-01-01T00:00:00.000+00:00")
     assert ControlReply.from_json(reply.to_json()) == reply

@@ -18,11 +18,11 @@ def test_session_keys_are_hash_tagged_to_one_slot() -> None:
 
 
 def test_fixed_keys() -> None:
-    assert keys.events_stream() == keys.EVENTS_STREAM == "audiohook:events"
-    assert keys.control_replies_stream() == "audiohook:control:replies"
+    assert keys.EVENTS_STREAM == "audiohook:events"
+    assert keys.CONTROL_REPLIES_STREAM == "audiohook:control:replies"
     assert keys.control_inbox("pod-1") == "audiohook:control:inbox:{pod-1}"
     assert keys.control_reply("c1") == "audiohook:control:reply:{c1}"
-    assert keys.ip_ranges_key() == "audiohook:ip-ranges"
+    assert keys.IP_RANGES_CACHE == "audiohook:ip-ranges"
     assert keys.nonce_key("abc") == "audiohook:nonce:abc"
 
 
