@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     signature_max_age_seconds: float = Field(
         default=10.0,
         gt=0,
-        description="A signature is accepted while created + max age >= now + clock skew.",
+        description="A signature is expired once now - clock skew > created + max age.",
     )
     signature_clock_skew_seconds: float = Field(
         default=3.0, ge=0, description="Clock difference tolerated between Genesys and the gateway."
@@ -256,12 +256,15 @@ class Settings(BaseSettings):
         2000, description="Concurrent sessions per replica; further upgrades get HTTP 503."
     )
     upgrades_per_second_per_source: float = Field(
-        20.0,
+        300.0,
         description="Sustained WebSocket upgrades per second allowed from one source address, "
         "checked before authentication; excess gets HTTP 429.",
     )
     upgrade_burst_per_source: int = Field(
-        100, description="Burst of upgrades one source address may make before the rate applies."
+        600,
+        description="Burst of upgrades one source address may make before the rate applies. "
+        "Genesys connects from a few egress addresses per region, so this is sized for a "
+        "large tenant's call ramp; it only stops floods before authentication work.",
     )
     max_outgoing_queue_bytes: int = Field(
         1_048_576,

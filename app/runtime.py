@@ -57,7 +57,7 @@ class Gateway:
         self._no_connections = asyncio.Event()
         self._no_connections.set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._session_configs: dict[str | None, SessionConfig] = {}
+        self.failed_task: str | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -99,7 +99,22 @@ class Gateway:
         log.info("gateway stopped", extra={"replica_id": self.replica_id})
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(coroutine, name=name))
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(self._background_task_done)
+        self._tasks.append(task)
+
+    def _background_task_done(self, task: asyncio.Task[None]) -> None:
+        """A background service that fails must not fail silently: log it and stop being
+        ready, so the orchestrator replaces this replica. (Some return at once by design, for
+        example the IP-range refresher when no Genesys credentials are configured.)"""
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failed_task = task.get_name()
+        log.error(
+            "background task ended unexpectedly",
+            extra={"task": self.failed_task},
+            exc_info=task.exception(),
+        )
 
     async def _tick_sessions(self) -> None:
         """Drive every session's timeouts from one task rather than one timer per session."""
@@ -107,7 +122,11 @@ class Gateway:
             await asyncio.sleep(TICK_INTERVAL_SECONDS)
             now = time.monotonic()
             for connection in list(self.connections):
-                connection.tick(now)
+                try:
+                    connection.tick(now)
+                except Exception:  # one broken session must not stop every session's timers
+                    log.exception("session timer failed", extra=connection.log_fields)
+                    connection.end_with_error("Server Error: internal error")
 
     def connection_started(self, connection: Connection) -> None:
         self.connections.add(connection)
@@ -160,6 +179,7 @@ class Gateway:
             "redis": self.publisher.ready,
             "ip_allowlist": self.allowlist.ready,
             "not_draining": not self.draining,
+            "background_tasks": self.failed_task is None,
         }
 
     def at_session_limit(self) -> bool:

@@ -97,11 +97,15 @@ async def serve(settings: Settings) -> int:
         tasks = [asyncio.create_task(server.serve()) for server in servers]
 
         async def shut_down() -> None:
-            await app.state.gateway.drain()
-            main_server.should_exit = True
-            await asyncio.wait([tasks[0]])  # metrics stay up until the main listener is gone
-            for server in servers:
-                server.should_exit = True
+            try:
+                await app.state.gateway.drain()
+            except Exception:  # stop anyway: a failed drain must not leave the process up
+                log.exception("drain failed")
+            finally:
+                main_server.should_exit = True
+                await asyncio.wait([tasks[0]])  # metrics stay up until the main listener is gone
+                for server in servers:
+                    server.should_exit = True
 
         loop = asyncio.get_running_loop()
         shutdown_started: list[asyncio.Task[None]] = []

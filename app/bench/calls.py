@@ -15,8 +15,11 @@ and timer lag. Printed as a table and one JSON line (the last line of output).
 
 --spawn starts a gateway (one worker) and a Redis server of its own on loopback, pinned:
 gateway on CPU 0, everything else on the other CPUs. --ramp raises N by --ramp-step until a
-step fails (any failed session, any loss, or p99 ingest latency above --max-p99-ms) and
-reports the largest N that held. --rate R opens R new sessions per second for --seconds,
+step fails (any failed session, any loss, or p99 ingest latency with all calls live above
+--max-p99-ms) and reports the largest N that held. That p99 covers the frames sent while every
+call streams and no upgrades happen; the p99 over all frames, which includes the connection
+phase at --start-rate upgrades/s, is printed beside it, and the connection phase itself as
+upgrade and open latency. --rate R opens R new sessions per second for --seconds,
 each lasting --call-seconds: the connection-rate test.
 """
 
@@ -97,7 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--ramp-step", type=int, default=250)
     load.add_argument("--ramp-max", type=int, default=5000)
     load.add_argument(
-        "--max-p99-ms", type=float, default=20.0, help="ramp: p99 ingest latency a step must hold"
+        "--max-p99-ms",
+        type=float,
+        default=20.0,
+        help="p99 ingest latency (all calls live) a step must hold",
     )
     load.add_argument(
         "--rate", type=float, default=None, help="connection-rate mode: new sessions per second"
@@ -345,7 +351,8 @@ def _mib(value: int | None) -> float | None:
 
 
 def passed(report: dict[str, Any], max_p99_ms: float) -> bool:
-    p99 = report["ingest_ms_p99"]
+    """No failed session, no loss, and p99 ingest latency with all calls live within bounds."""
+    p99 = report["steady_ingest_ms_p99"]
     return (
         report["failed"] == 0
         and report["frames_lost"] == 0
@@ -403,7 +410,7 @@ async def _main(args: argparse.Namespace, target: Target) -> list[dict[str, Any]
         report["mode"] = "ramp" if args.ramp else "load"
         report["passed"] = passed(report, args.max_p99_ms)
         steps.append(report)
-        print(format_table(report) + f"\n{'holds (no loss, p99 ok)':<38} {report['passed']}\n",
+        print(format_table(report) + f"\n{'holds (no loss, live p99 ok)':<38} {report['passed']}\n",
               flush=True)  # fmt: skip
         if not args.ramp or not report["passed"] or sessions + args.ramp_step > args.ramp_max:
             return steps
@@ -442,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ramp:
         held = [s["sessions"] for s in steps if s["passed"]]
         summary["max_sessions_held"] = max(held, default=0)
-        print(f"largest N holding zero loss and p99 ingest <= {args.max_p99_ms:g} ms: "
+        print(f"largest N holding zero loss and live p99 ingest <= {args.max_p99_ms:g} ms: "
               f"{summary['max_sessions_held']}")  # fmt: skip
     print(json.dumps(summary))
     if args.ramp:

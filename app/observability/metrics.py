@@ -77,7 +77,9 @@ CLIENT_RTT = Histogram(
     namespace=NAMESPACE,
 )
 CLIENT_ERRORS = Counter(
-    "client_errors", "`error` messages reported by clients, by code.", ["code"],
+    "client_errors",
+    "`error` messages reported by clients, by code (the protocol's codes, else `other`).",
+    ["code"],
     namespace=NAMESPACE,
 )  # fmt: skip
 
@@ -93,6 +95,13 @@ AUDIO_RECEIVED_SECONDS = Counter(
     "audio_received_seconds", "Seconds of audio accepted (per stream, not per channel).",
     ["integration"], namespace=NAMESPACE,
 )  # fmt: skip
+AUDIO_FRAMES_DROPPED = Counter(
+    "audio_frames_dropped",
+    "Audio frames that arrived after the session was ended (in flight when `disconnect` was "
+    "sent, or after `close`); not published.",
+    ["integration"],
+    namespace=NAMESPACE,
+)
 
 # --- publishing to Redis ----------------------------------------------------------------------
 FRAMES_PUBLISHED = Counter(

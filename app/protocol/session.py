@@ -167,6 +167,10 @@ class SessionClosed:
     frames: int
     bytes: int
     samples: int
+    # Frames that arrived after the session was ended (still in flight when we sent
+    # `disconnect`, or sent after `close`): not published, counted here rather than reported
+    # one protocol violation each.
+    frames_dropped: int = 0
 
 
 Output: TypeAlias = (
@@ -274,6 +278,7 @@ class ServerSession:
         self._position = 0  # samples: received + discarded spans
         self._client_position = 0  # last `position` the client reported, in samples
         self._frames = 0
+        self._frames_dropped = 0
         self._bytes = 0
 
     # --- read-only properties ------------------------------------------------------------
@@ -363,6 +368,9 @@ class ServerSession:
         if self.is_finished:
             return []
         if not self._audio_ok:
+            if self._state not in _CAN_DISCONNECT:
+                self._frames_dropped += 1  # in flight after the session was ended
+                return []
             if self._media is None and self._state is _S.ACTIVE:
                 info = "Client Error: Received audio but no media was selected"
             else:
@@ -415,6 +423,11 @@ class ServerSession:
                 failure = ProtocolError("id_mismatch", "Client Error: Session identifier mismatch")
         return failure
 
+    @property
+    def _trusted(self) -> bool:
+        """The upgrade was authenticated and the session was not refused since."""
+        return self._authenticated is True and self._state is not _S.UNAUTHORIZED
+
     def _dispatch(self, parameters: ClientParameters, now: float) -> list[Output]:
         state = self._state
         if state is _S.CLOSED:
@@ -447,9 +460,13 @@ class ServerSession:
                 self._language = parameters.language
                 return [self._send("updated", {}), LanguageUpdated(parameters.language)]
             case DiscardedParameters():
+                if not self._trusted:
+                    return []
                 self._position += parameters.discarded_samples
                 return [Discarded(parameters.start_samples, parameters.discarded_samples)]
             case ErrorParameters():
+                if not self._trusted:
+                    return []  # an unauthenticated client gets no say in metrics or logs
                 retry = parameters.retry_after_samples
                 return [
                     ClientError(
@@ -650,4 +667,6 @@ class ServerSession:
         if self._session_closed_emitted:
             return []
         self._session_closed_emitted = True
-        return [SessionClosed(reason, self._frames, self._bytes, self._position)]
+        return [
+            SessionClosed(reason, self._frames, self._bytes, self._position, self._frames_dropped)
+        ]

@@ -1,25 +1,24 @@
 """Checks made before a WebSocket upgrade is accepted, cheapest first.
 
-Each refusal is an HTTP answer (the ASGI WebSocket denial-response extension), a metric and
-a log line: 503 draining or not ready, 403 source address outside the allowlist, 429 too many
-upgrades from one source, 400 a malformed session id, 503/429 session limits. Authentication
-failures are answered after the upgrade with `disconnect` reason `unauthorized` (what the
-Genesys connection probe shows an admin), or with HTTP 401 when configured so.
+`admit()` decides; the endpoint sends the answer. Each refusal is an HTTP status (the ASGI
+WebSocket denial-response extension), a metric and a log line: 503 draining or not ready, 403
+source address outside the allowlist, 429 too many upgrades from one source, 400 a malformed
+session id, 503/429 session limits. Authentication failures are answered after the upgrade
+with `disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or
+with HTTP 401 when configured so.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
-from app.protocol.messages import is_uuid
+from app.protocol.messages import NULL_UUID, is_uuid
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
 
@@ -39,46 +38,50 @@ class Admission:
     client_address: str
     integration: Integration | None
     authenticated: bool
-    failure_info: str | None  # set when authentication failed: sent after the minimum delay
-    auth_reason: str
 
 
-async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | None:
-    """Return the admission, or answer the request with an HTTP status and return None."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An HTTP answer instead of the upgrade; sent by the endpoint no sooner than `not_before`."""
+
+    status: int
+    text: str
+    not_before: float = 0.0
+
+
+async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | Refusal:
+    """Decide on an upgrade request. Every refusal is counted and logged here; the endpoint
+    sends it. Failed authentication is admitted (unauthenticated) unless configured for 401."""
     headers = websocket.headers
     peer = websocket.client.host if websocket.client else None
     address = gateway.allowlist.client_address(peer, headers.getlist("x-forwarded-for"))
     client_address = str(address) if address is not None else "unknown"
+    session_id = headers.get("audiohook-session-id", "")
     fields = {
         "client_address": client_address,
-        "session_id": headers.get("audiohook-session-id"),
+        "session_id": session_id,
         "correlation_id": headers.get("audiohook-correlation-id"),
     }
 
-    async def refuse(status: int, cause: str, text: str) -> None:
+    def refuse(status: int, cause: str, text: str, not_before: float = 0.0) -> Refusal:
         metrics.CONNECTIONS_REJECTED.labels(cause).inc()
         log.warning("upgrade refused", extra={**fields, "status": status, "cause": cause})
-        await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
+        return Refusal(status, text, not_before)
 
     if gateway.draining:
-        await refuse(503, "draining", "Server is shutting down")
-        return None
+        return refuse(503, "draining", "Server is shutting down")
     if not gateway.ready_for_sessions():
-        await refuse(503, "not_ready", "Service unavailable")
-        return None
+        return refuse(503, "not_ready", "Service unavailable")
     if not gateway.allowlist.allows(address):
-        await refuse(403, "ip_not_allowed", "Forbidden")
-        return None
+        return refuse(403, "ip_not_allowed", "Forbidden")
     if not gateway.upgrade_limiter.allow(client_address):
-        await refuse(429, "rate_limited", "Too many connection attempts")
-        return None
-    session_id = headers.get("audiohook-session-id", "")
-    if not is_uuid(session_id):
-        await refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
-        return None
+        return refuse(429, "rate_limited", "Too many connection attempts")
+    # The null UUID is refused too: the protocol would let the client's `open` pick the
+    # session id, which is not covered by the signature.
+    if not is_uuid(session_id) or session_id == NULL_UUID:
+        return refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
     if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
-        await refuse(503, "session_limit", "Session limit reached")
-        return None
+        return refuse(503, "session_limit", "Session limit reached")
 
     try:
         decision = await gateway.authenticator.authenticate(
@@ -89,10 +92,8 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
             now=time.time(),
         )
     except NonceStoreUnavailable:
-        await refuse(503, "not_ready", "Service unavailable")
-        return None
+        return refuse(503, "not_ready", "Service unavailable")
 
-    integration = decision.integration if decision.ok else None
     if not decision.ok:
         metrics.CONNECTIONS_REJECTED.labels(decision.metric_label).inc()
         log.warning(
@@ -100,21 +101,17 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
             extra={**fields, "outcome": str(decision.outcome), "reason": decision.reason},
         )
         if gateway.settings.auth_failure_response == "http_401":
-            await _sleep_until(started_at + gateway.settings.auth_min_failure_delay_seconds)
-            await websocket.send_denial_response(
-                PlainTextResponse("Signature verification failed", status_code=401)
-            )
-            return None
+            not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
+            return Refusal(401, "Signature verification failed", not_before)
 
     # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
     # under a limit; the endpoint releases the slot when the connection ends.
-    refusal = gateway.admit_session(integration)
-    if refusal == "session_limit":
-        await refuse(503, refusal, "Session limit reached")
-        return None
-    if refusal == "integration_limit":
-        await refuse(429, refusal, "Integration session limit reached")
-        return None
+    integration = decision.integration if decision.ok else None
+    limit_reached = gateway.admit_session(integration)
+    if limit_reached == "session_limit":
+        return refuse(503, limit_reached, "Session limit reached")
+    if limit_reached == "integration_limit":
+        return refuse(429, limit_reached, "Integration session limit reached")
 
     return Admission(
         session_id=session_id,
@@ -123,12 +120,4 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         client_address=client_address,
         integration=integration,
         authenticated=decision.ok,
-        failure_info=None if decision.ok else "Unauthorized",
-        auth_reason=decision.reason,
     )
-
-
-async def _sleep_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)

@@ -43,6 +43,9 @@ log = logging.getLogger("app.session")
 UNKNOWN_INTEGRATION = "unknown"
 SAMPLE_RATE = 8000
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
+# The error codes the protocol defines; anything else is counted as "other" (bounded labels).
+CLIENT_ERROR_CODES = frozenset({400, 405, 408, 409, 413, 415, 429, 500, 503})
+MAX_LOGGED_ERROR_CHARS = 500
 METRICS_FLUSH_FRAMES = 5  # audio metrics lag live traffic by at most this many frames
 AUTH_FAILURE_REASONS = {
     "org_mismatch": "organization header missing or different from open.organizationId",
@@ -51,6 +54,21 @@ AUTH_FAILURE_REASONS = {
 
 
 class SessionObserver:
+    __slots__ = (
+        "_bytes",
+        "_frames",
+        "_open_received_at",
+        "_registered",
+        "_seconds",
+        "_unreported",
+        "admission",
+        "connection",
+        "gateway",
+        "integration",
+        "log_fields",
+        "publisher",
+    )
+
     def __init__(self, gateway: Gateway, admission: Admission, connection: Connection) -> None:
         self.gateway = gateway
         self.admission = admission
@@ -58,6 +76,7 @@ class SessionObserver:
         self.integration = (
             admission.integration.name if admission.integration else UNKNOWN_INTEGRATION
         )
+        self._open_received_at = 0.0
         self.log_fields: dict[str, Any] = {
             "session_id": admission.session_id,
             "correlation_id": admission.correlation_id,
@@ -69,7 +88,6 @@ class SessionObserver:
         self._frames = metrics.AUDIO_FRAMES_RECEIVED.labels(self.integration)
         self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(self.integration)
         self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
-        self._bytes_per_second = 0
         self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
         metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
@@ -99,8 +117,8 @@ class SessionObserver:
             self._unreported = [0, 0, 0]
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def opened(self, event: SessionOpened, now: float) -> None:
-        metrics.OPEN_LATENCY.observe(max(0.0, now - event.open_received_at))
+    def opened(self, event: SessionOpened) -> None:
+        self._open_received_at = event.open_received_at
         self.log_fields["conversation_id"] = event.conversation_id
         self.log_fields["organization_id"] = event.organization_id
         if event.is_probe:
@@ -135,6 +153,10 @@ class SessionObserver:
             },
         )
 
+    def opened_sent(self, now: float) -> None:
+        """`opened` left the socket: the open latency the client saw (less the network)."""
+        metrics.OPEN_LATENCY.observe(max(0.0, now - self._open_received_at))
+
     def _open_publisher(
         self, event: SessionOpened, integration: Integration | None
     ) -> SessionPublisher:
@@ -155,6 +177,9 @@ class SessionObserver:
         outcome = event.reason or "dropped"
         metrics.SESSIONS_ENDED.labels(self.integration, outcome).inc()
         counts = {"frames": event.frames, "bytes": event.bytes, "samples": event.samples}
+        if event.frames_dropped:
+            metrics.AUDIO_FRAMES_DROPPED.labels(self.integration).inc(event.frames_dropped)
+            counts["frames_dropped"] = event.frames_dropped
         if self.publisher is not None:
             self.publisher.close(event.reason, counts)
         log.info("session closed", extra={**self.log_fields, "reason": outcome, **counts})
@@ -188,7 +213,8 @@ class SessionObserver:
         elif isinstance(output, LanguageUpdated):
             self._publish("language_updated", {"language": output.language})
         elif isinstance(output, ClientError):
-            metrics.CLIENT_ERRORS.labels(str(output.code)).inc()
+            code = str(output.code) if output.code in CLIENT_ERROR_CODES else "other"
+            metrics.CLIENT_ERRORS.labels(code).inc()
             self._publish(
                 "client_error",
                 {
@@ -199,7 +225,11 @@ class SessionObserver:
             )
             log.warning(
                 "client reported an error",
-                extra={**self.log_fields, "code": output.code, "error_message": output.message},
+                extra={
+                    **self.log_fields,
+                    "code": output.code,
+                    "error_message": output.message[:MAX_LOGGED_ERROR_CHARS],
+                },
             )
         elif isinstance(output, PingReceived):
             if output.rtt_seconds is not None:
@@ -226,7 +256,8 @@ class SessionObserver:
     def unauthorized(self, output: DisconnectSent) -> None:
         """An authentication failure found by the session (organization checks at `open`);
         failures found at the upgrade were counted by admission already."""
-        if output.cause is not None:
+        # A connection that already failed verification was counted at admission.
+        if output.cause is not None and self.admission.authenticated:
             metrics.CONNECTIONS_REJECTED.labels(output.cause).inc()
             reason = AUTH_FAILURE_REASONS.get(output.cause, output.cause)
             log.warning("authentication failed", extra={**self.log_fields, "reason": reason})
@@ -263,7 +294,7 @@ class SessionObserver:
             elif name == "resume":
                 dispatch(session.resume(now))
             elif name == "disconnect":
-                dispatch(session.disconnect(command.reason, command.info, now))  # type: ignore[arg-type]
+                dispatch(session.disconnect(command.reason, command.info, now))
             elif name == "event":
                 dispatch(session.send_event(command.entities, now))
                 metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()

@@ -3,8 +3,8 @@
 One audio frame's path: ``_receive_loop`` reads it from the socket, ``ServerSession`` validates
 it and returns an ``AudioFrame``, ``_dispatch`` hands it to the session's publisher queue
 (never awaiting Redis). Every server message goes through one ordered outgoing queue drained
-by ``_send_loop``, so ``seq`` never skips or reorders even when a consumer command and the
-receive loop produce messages at the same time.
+by ``_send_loop`` (a task that runs only while messages wait), so ``seq`` never skips or
+reorders even when a consumer command and the receive loop produce messages at the same time.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
-from starlette.websockets import WebSocket
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketState
 
 from app.protocol.session import (
+    UNAUTHORIZED_INFO,
     AudioFrame,
     ClientError,
     CloseConnection,
@@ -30,7 +31,7 @@ from app.protocol.session import (
     SessionClosed,
     SessionOpened,
 )
-from app.transport.admission import Admission, admit
+from app.transport.admission import Admission, Refusal, admit
 from app.transport.session_observer import SessionObserver
 
 if TYPE_CHECKING:
@@ -47,8 +48,14 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     connected_at = time.monotonic()
     admission = await admit(websocket, gateway, connected_at)
-    if admission is None:
-        return  # refused before the upgrade; admit() answered and counted it
+    if isinstance(admission, Refusal):
+        delay = admission.not_before - time.monotonic()
+        if delay > 0:  # failures are answered no sooner than the minimum delay
+            await asyncio.sleep(delay)
+        await websocket.send_denial_response(
+            PlainTextResponse(admission.text, status_code=admission.status)
+        )
+        return
     try:
         await websocket.accept()
         connection = Connection(websocket, gateway, admission, connected_at)
@@ -59,6 +66,25 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
 
 class Connection:
     """One live AudioHook session on this replica."""
+
+    __slots__ = (
+        "_auth_failure_info",
+        "_close_code",
+        "_close_reason",
+        "_outgoing",
+        "_outgoing_bytes",
+        "_overflowed",
+        "_reject_timer",
+        "_send_not_before",
+        "_sender",
+        "_sending_over",
+        "connected_at",
+        "gateway",
+        "observer",
+        "session",
+        "session_id",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -79,49 +105,68 @@ class Connection:
             authenticated=True if admission.authenticated else None,
         )
         self.observer = SessionObserver(gateway, admission, self)
-        self._outgoing: deque[str] = deque()
+        # (text, message type) waiting to be sent. A list, not a deque: rarely more than one
+        # message waits, and an empty deque costs 600 bytes per session.
+        self._outgoing: list[tuple[str, str]] = []
         self._outgoing_bytes = 0
-        self._outgoing_ready = asyncio.Event()
+        self._overflowed = False  # the client stopped reading and is being dropped
+        # The sender task exists only while messages wait (most of a call has none to send).
+        self._sender: asyncio.Task[None] | None = None
+        self._sending_over = False  # socket closed or broken: nothing more is sent
         self._close_code: int | None = None
         self._close_reason = ""
         self._send_not_before = 0.0
-        self._auth_failure_info = admission.failure_info
+        # Verification failed: the session is told so after the minimum failure delay.
+        self._auth_failure_info = None if admission.authenticated else UNAUTHORIZED_INFO
+        self._reject_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
         self.gateway.connection_started(self)
-        sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
         if self._auth_failure_info is not None:
             # Verification failed: answer no sooner than the minimum failure delay.
             delay = self.gateway.settings.auth_min_failure_delay_seconds
-            asyncio.get_running_loop().call_at(self.connected_at + delay, self._reject_unauthorized)
+            self._reject_timer = asyncio.get_running_loop().call_at(
+                self.connected_at + delay, self._reject_unauthorized
+            )
         try:
             await self._receive_loop()
         except Exception:
             log.exception("session receive loop failed", extra=self.observer.log_fields)
         finally:
+            if self._reject_timer is not None:
+                self._reject_timer.cancel()
             # Idempotent: reports the session closed if the client never sent `close`.
             self._dispatch(self.session.connection_lost(time.monotonic()))
             self._close_code = self._close_code or 1000
-            self._outgoing_ready.set()
-            try:
-                await asyncio.wait_for(sender, self.gateway.settings.close_timeout_seconds)
-            except TimeoutError:
-                log.warning("socket did not drain; abandoning it", extra=self.observer.log_fields)
+            self._start_sender()
+            if self._sender is not None:
+                try:
+                    await asyncio.wait_for(
+                        self._sender, self.gateway.settings.close_timeout_seconds
+                    )
+                except TimeoutError:
+                    log.warning(
+                        "socket did not drain; abandoning it", extra=self.observer.log_fields
+                    )
             self.gateway.connection_finished(self)
             await self.observer.finished()
 
     def _reject_unauthorized(self) -> None:
-        info = self._auth_failure_info or "Unauthorized"
+        info = self._auth_failure_info or UNAUTHORIZED_INFO
         self._dispatch(self.session.complete_authentication(False, time.monotonic(), info))
 
     async def _receive_loop(self) -> None:
-        receive = self.websocket.receive
+        # The server's own ASGI `receive`, not Starlette's WebSocket.receive: that wrapper only
+        # re-checks message types per frame (a visible cost at 10,000 frames/s); the one state
+        # change it makes, on disconnect, is made here.
+        receive = self.websocket._receive
         session = self.session
         while True:
             message = await receive()
             now = time.monotonic()
             if message["type"] == "websocket.disconnect":
+                self.websocket.client_state = WebSocketState.DISCONNECTED
                 if message.get("code") == CLOSE_MESSAGE_TOO_BIG:
                     self.observer.oversized_message()
                 self._dispatch(session.connection_lost(now))
@@ -141,11 +186,11 @@ class Connection:
             if type(output) is AudioFrame:
                 self.observer.audio(output)
             elif type(output) is SendText:
-                self._enqueue(output.text)
+                self._enqueue(output.text, output.message_type)
             elif type(output) is CloseConnection:
                 self._close_code = output.code
                 self._close_reason = output.reason
-                self._outgoing_ready.set()
+                self._start_sender()
             elif type(output) is DisconnectSent and output.reason == "unauthorized":
                 # Every authentication failure is answered no sooner than the minimum delay.
                 delay = self.gateway.settings.auth_min_failure_delay_seconds
@@ -155,21 +200,22 @@ class Connection:
                 self.observer.client_rate_limit(output.retry_after_seconds)
                 self.observer.event(output)
             elif type(output) is SessionOpened:
-                self.observer.opened(output, time.monotonic())
+                self.observer.opened(output)
             elif type(output) is SessionClosed:
                 self.observer.closed(output)
             else:
                 self.observer.event(output)
 
-    def _enqueue(self, text: str) -> None:
-        if self._close_overflowed():
-            return  # the client stopped reading and is being dropped
-        self._outgoing.append(text)
+    def _enqueue(self, text: str, message_type: str) -> None:
+        if self._overflowed:
+            return
+        self._outgoing.append((text, message_type))
         self._outgoing_bytes += len(text)
-        self._outgoing_ready.set()
+        self._start_sender()
         if self._outgoing_bytes > self.gateway.settings.max_outgoing_queue_bytes:
             # The client stopped reading: drop it rather than buffer without bound.
             self.observer.outgoing_overflow()
+            self._overflowed = True
             self._outgoing.clear()
             self._outgoing_bytes = 0
             self._close_code = 1008
@@ -186,27 +232,37 @@ class Connection:
         if callable(abort):  # uvloop's transports are not asyncio.Transport subclasses
             abort()
 
+    def _start_sender(self) -> None:
+        """At most one sender at a time, so messages leave strictly in queue (seq) order."""
+        if self._sender is None and not self._sending_over:
+            self._sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
+
     async def _send_loop(self) -> None:
+        """Send what is queued, close the socket if asked, and end once nothing is left."""
         websocket = self.websocket
         try:
-            while True:
-                await self._outgoing_ready.wait()
-                self._outgoing_ready.clear()
+            while self._outgoing and not self._overflowed:
+                # Checked before every message: an unauthorized `disconnect` queued while this
+                # sender was already busy must still wait for the minimum failure delay.
                 wait = self._send_not_before - time.monotonic()
-                if wait > 0 and self._outgoing:
+                if wait > 0:
                     await asyncio.sleep(wait)
-                while self._outgoing and not self._close_overflowed():
-                    text = self._outgoing.popleft()
-                    self._outgoing_bytes -= len(text)
-                    await websocket.send_text(text)
-                if self._close_code is not None:
-                    await self._close_socket()
-                    return
+                    continue
+                text, message_type = self._outgoing.pop(0)
+                self._outgoing_bytes -= len(text)
+                await websocket.send_text(text)
+                if message_type == "opened":
+                    self.observer.opened_sent(time.monotonic())
+            # Queue empty. Unless closing (which stops new senders first), nothing awaits from
+            # here to `finally`, so any message queued later starts a new sender.
+            if self._close_code is not None:
+                self._sending_over = True
+                await self._close_socket()
         except Exception as exc:  # the socket went away while we were writing
+            self._sending_over = True
             log.debug("send loop ended: %s", exc, extra=self.observer.log_fields)
-
-    def _close_overflowed(self) -> bool:
-        return self._close_code == 1008
+        finally:
+            self._sender = None
 
     async def _close_socket(self) -> None:
         if self.websocket.client_state.name == "CONNECTED":

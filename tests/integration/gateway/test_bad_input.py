@@ -215,8 +215,10 @@ async def test_a_text_of_exactly_65535_chars_is_accepted(gateway: GatewayProcess
         # would reject the id in every message: refused before the upgrade.
         {"Audiohook-Session-Id": "01890a5d-ac96-774b-bcce-b302099a8057"},
         {"Audiohook-Session-Id": "30b0e395-84d3-4570-7c13-9a62d8f514c0"},
+        # The null UUID would let the `open` message choose the session id (unsigned).
+        {"Audiohook-Session-Id": "00000000-0000-0000-0000-000000000000"},
     ],
-    ids=["missing", "not a uuid", "empty", "uuid version 7", "bad uuid variant"],
+    ids=["missing", "not a uuid", "empty", "uuid version 7", "bad uuid variant", "null uuid"],
 )
 async def test_a_bad_session_id_header_gets_http_400(
     gateway: GatewayProcess,
@@ -241,3 +243,20 @@ async def test_a_message_beyond_the_websocket_limit_closes_the_socket(
         await client.open()
         await client.send_audio(bytes(400_000))
         assert await client.expect_socket_closed() == 1009
+
+
+async def test_audio_in_flight_after_a_disconnect_is_counted_not_reported_per_frame(
+    gateway: GatewayProcess,
+) -> None:
+    reported = MetricDelta(gateway, PROTOCOL_ERRORS, kind="audio_not_allowed")
+    dropped = MetricDelta(gateway, "audiohook_audio_frames_dropped_total")
+    async with await RawClient.connect(gateway.ws_url) as client:
+        await client.open()
+        await client.send_audio(bytes(3200))
+        await client.send("ping", {}, seq=client.seq + 5)  # a bad seq: disconnect error
+        await client.expect_disconnect("error")
+        for _ in range(5):  # frames the client had in flight
+            await client.send_audio(bytes(3200))
+        await client.close("disconnect")
+    assert reported.delta() == 0
+    assert dropped.delta() == 5

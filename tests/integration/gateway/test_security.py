@@ -432,3 +432,44 @@ async def test_rejected_sessions_leave_nothing_behind(
     assert await gateway_redis.exists(*(keys.audio_stream(sid) for sid in session_ids)) == 0
     for session_id in session_ids:
         assert await events_of(gateway_redis, session_id) == []
+
+
+async def test_an_unauthenticated_client_cannot_move_metrics_or_logs(
+    gateway: GatewayProcess,
+) -> None:
+    """Its `error` and `discarded` messages, before and after `disconnect` unauthorized, are
+    ignored: no client_errors series, no log line carrying its text."""
+    errors = MetricDelta(gateway, "audiohook_client_errors_total")
+    request = RawClient.request(gateway.ws_url, client_secret=secret("wrong"))
+    async with await RawClient.connect(request) as client:
+        for code in (4242, 4343):
+            await client.send("error", {"code": code, "message": f"flood-{code}"})
+        await client.send("discarded", {"start": "PT0S", "discarded": "PT1S"})
+        await client.expect_disconnect("unauthorized")
+        await client.send("error", {"code": 4444, "message": "flood-4444"})
+        await client.close("disconnect")
+    assert errors.delta() == 0
+    assert "flood-" not in session_log_text(gateway, client.session_id)
+
+
+async def test_an_authenticated_client_error_code_outside_the_protocol_is_other(
+    gateway: GatewayProcess,
+) -> None:
+    other = MetricDelta(gateway, "audiohook_client_errors_total", code="other")
+    async with await RawClient.connect(gateway.ws_url) as client:
+        await client.open()
+        await client.send("error", {"code": 4242, "message": "custom"})
+        await client.close()
+    assert other.delta() == 1
+    assert metric_value(gateway, "audiohook_client_errors_total", code="4242") == 0
+
+
+async def test_the_minimum_delay_holds_while_a_pong_is_being_sent(gateway: GatewayProcess) -> None:
+    """A ping just before an `open` with the wrong organization: the pong goes out at once,
+    the unauthorized `disconnect` queued behind it still waits for the minimum delay."""
+    async with await RawClient.connect(gateway.ws_url) as client:
+        await client.send("ping", {})
+        await client.send_open(organizationId=OTHER_ORG)
+        pong = await client.expect("pong", clientseq=1)
+        assert pong.type == "pong"
+        await _expect_unauthorized(client)

@@ -452,7 +452,7 @@ def test_nothing_after_closed() -> None:
         ("error", {"code": 500, "message": "x"}),
     ]:
         assert client.send(msg_type, parameters) == []
-    only_violation(client.audio(b"\0\0"), "audio_not_allowed")
+    assert client.audio(b"\0\0") == []  # dropped and counted, not reported frame by frame
     only_violation(client.send_raw("{"), "invalid_json")
     for action in (
         lambda: session.pause(1.0),
@@ -554,15 +554,7 @@ def test_paused_and_resumed_ignored_outside_streaming(state: SessionState) -> No
 
 @pytest.mark.parametrize(
     "state",
-    [
-        S.PREPARING,
-        S.OPENING,
-        S.ACTIVE,
-        S.PAUSED,
-        S.SIGNALED_ERROR,
-        S.UNAUTHORIZED,
-        S.DISCONNECTING,
-    ],
+    [S.PREPARING, S.ACTIVE, S.PAUSED, S.SIGNALED_ERROR, S.DISCONNECTING],
 )
 def test_discarded_and_error_are_recorded(state: SessionState) -> None:
     session, client = session_in(state)
@@ -573,6 +565,17 @@ def test_discarded_and_error_are_recorded(state: SessionState) -> None:
     assert outputs == [ClientError(400, "tough stuff", None)]
     outputs = client.send("error", {"code": 429, "message": "slow", "retryAfter": "PT1.5S"})
     assert outputs == [ClientError(429, "slow", 1.5)]
+    assert session.state is state
+
+
+@pytest.mark.parametrize("state", [S.OPENING, S.UNAUTHORIZED])
+def test_discarded_and_error_are_ignored_while_not_authenticated(state: SessionState) -> None:
+    # OPENING here waits for a pending authentication; UNAUTHORIZED failed it. Such a client
+    # must not be able to move metrics or write log lines.
+    session, client = session_in(state)
+    assert client.send("discarded", {"start": "PT6.3S", "discarded": "PT0.3S"}) == []
+    assert client.send("error", {"code": 400, "message": "tough stuff"}) == []
+    assert session.position_samples == 0
     assert session.state is state
 
 
@@ -608,11 +611,17 @@ def test_audio_outside_active_disconnects(state: SessionState) -> None:
     assert session.frames_received == 0
 
 
-@pytest.mark.parametrize("state", [S.SIGNALED_ERROR, S.UNAUTHORIZED, S.CLOSED])
-def test_audio_after_disconnect_is_only_reported(state: SessionState) -> None:
+@pytest.mark.parametrize("state", [S.SIGNALED_ERROR, S.UNAUTHORIZED])
+def test_audio_after_disconnect_is_dropped_and_counted(state: SessionState) -> None:
+    # Frames still in flight when the server ended the session: no log line or violation
+    # per frame, one count in SessionClosed.
     session, client = session_in(state)
-    only_violation(client.audio(b"\0" * 160), "audio_not_allowed")
+    assert client.audio(b"\0" * 160) == []
+    assert client.audio(b"\0" * 160) == []
     assert session.state is state
+    closed = of_type(client.send("close", {"reason": "disconnect"}), SessionClosed)
+    assert len(closed) == 1
+    assert closed[0].frames_dropped == 2
 
 
 def test_audio_after_connection_lost_is_ignored() -> None:
@@ -736,7 +745,7 @@ def test_completed_disconnect_drains_audio_until_close() -> None:
     outputs = client.send("close", {"reason": "disconnect"})
     assert sent_types(outputs) == ["closed"]
     assert of_type(outputs, SessionClosed) == [SessionClosed("disconnect", 2, 6400, 3200)]
-    only_violation(client.audio(b"\0\0"), "audio_not_allowed")
+    assert client.audio(b"\0\0") == []
 
 
 def test_completed_disconnect_from_paused_accepts_drain() -> None:
@@ -748,7 +757,8 @@ def test_completed_disconnect_from_paused_accepts_drain() -> None:
 def test_completed_disconnect_before_opened_accepts_no_audio() -> None:
     session, client = session_in(S.PREPARING)
     client.observe(session.disconnect("completed", None, 1.0))
-    only_violation(client.audio(b"\0\0"), "audio_not_allowed")
+    assert client.audio(b"\0\0") == []
+    assert session.frames_received == 0
 
 
 def test_reconnect_keeps_streaming_until_close() -> None:
