@@ -1,0 +1,250 @@
+"""One session's side of publishing: its bounded queue of audio and event entries.
+
+`SessionPublisher` turns what the transport hands it into the fields and ids of stream entries
+(schema in app/streams/publisher.py) and queues them in order; it never touches Redis. The
+batch writer (app/streams/writer.py) drains the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from app.observability.metrics import FRAMES_LOST
+from app.protocol.media import MediaFormat
+from app.streams import keys
+from app.streams.payload_crypto import PayloadCipher
+
+if TYPE_CHECKING:
+    from app.streams.publisher import Publisher
+
+log = logging.getLogger("app.streams.publisher")
+
+SCHEMA_VERSION: Final = "1"
+EVENT_TYPES: Final = frozenset(
+    {"opened", "paused", "resumed", "discarded", "language_updated", "client_error", "closed"}
+)
+F_OFFSET: Final = b"offset"
+F_SAMPLES: Final = b"samples"
+F_AUDIO: Final = b"audio"
+F_KID: Final = b"kid"
+F_NONCE: Final = b"nonce"
+
+_EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: str
+    correlation_id: str
+    integration: str
+    organization_id: str
+    conversation_id: str
+    is_probe: bool
+    media: MediaFormat | None
+    encryption_key_id: str | None = None
+
+
+class QueuedAudio:
+    __slots__ = ("entry_id", "fields", "received_at", "samples")
+
+    def __init__(
+        self, entry_id: bytes, fields: dict[bytes, bytes], samples: int, received_at: float
+    ) -> None:
+        self.entry_id = entry_id
+        self.fields = fields
+        self.samples = samples
+        self.received_at = received_at
+
+
+class QueuedEvent:
+    __slots__ = ("closing", "entry_id", "event_type", "fields")
+
+    def __init__(
+        self, event_type: str, fields: dict[bytes, bytes], entry_id: bytes | None, closing: bool
+    ) -> None:
+        self.event_type = event_type
+        self.fields = fields
+        self.entry_id = entry_id  # None: not written to a session stream (probe)
+        self.closing = closing
+
+
+QueuedItem = QueuedAudio | QueuedEvent
+
+
+def _wall_clock() -> bytes:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").encode()
+
+
+class SessionPublisher:
+    """The publishing side of one session. Methods never block and never raise on Redis."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        info: SessionInfo,
+        on_overflow: Callable[[], None],
+        cipher: PayloadCipher | None,
+    ) -> None:
+        self.info = info
+        self._publisher = publisher
+        self._on_overflow = on_overflow
+        self._cipher = cipher
+        self._kid = cipher.key_id.encode() if cipher else b""
+        rate = info.media.rate if info.media else 8000
+        self.bound_samples = max(1, int(publisher.backlog_seconds * rate))
+        # Also bound the entry count: empty frames carry no samples but still cost memory.
+        self._max_items = int(publisher.backlog_seconds * 100) + 100
+        self.stream_key: str | None = None if info.is_probe else keys.audio_stream(info.session_id)
+        self._publish_events = publisher.probe_events or not info.is_probe
+        self.queue: deque[QueuedItem] = deque()
+        self.backlog_samples = 0
+        self.frames_lost = 0
+        self.frames_published = 0
+        self.failed = False
+        self.closed = False
+        self._next_index = 1
+        self._event_seq = 0
+        self.expiry_set_at = float("-inf")
+        self.in_flight = False  # some of the queue's head is in a batch being written
+        self._lost_metric = FRAMES_LOST.labels(info.integration)
+        self._envelope = {
+            b"schema": SCHEMA_VERSION.encode(),
+            b"session_id": info.session_id.encode(),
+            b"correlation_id": info.correlation_id.encode(),
+            b"conversation_id": info.conversation_id.encode(),
+            b"organization_id": info.organization_id.encode(),
+            b"integration": info.integration.encode(),
+            b"probe": b"1" if info.is_probe else b"0",
+        }
+
+    @property
+    def backlog_seconds(self) -> float:
+        return self.backlog_samples / (self.info.media.rate if self.info.media else 8000)
+
+    def audio(self, data: bytes, sample_offset: int, sample_count: int, received_at: float) -> bool:
+        """Queue one accepted frame. False: the session can no longer be published (its
+        backlog overflowed or a write failed for good); the transport ends it with error.
+
+        `received_at` is on the publisher's clock (time.monotonic by default)."""
+        if self.stream_key is None:  # probe: audio is not kept
+            return not self.closed
+        if self.failed or self.closed:
+            if not self.closed:
+                self._lose(1)
+            return False
+        if (
+            self.backlog_samples + sample_count > self.bound_samples
+            or len(self.queue) >= self._max_items
+        ):
+            self._overflow()
+            return False
+        if self._cipher is None:
+            fields = {F_OFFSET: b"%d" % sample_offset, F_SAMPLES: b"%d" % sample_count,
+                      F_AUDIO: data}  # fmt: skip
+        else:
+            nonce, sealed = self._cipher.encrypt(sample_offset, data)
+            fields = {F_OFFSET: b"%d" % sample_offset, F_SAMPLES: b"%d" % sample_count,
+                      F_KID: self._kid, F_NONCE: nonce, F_AUDIO: sealed}  # fmt: skip
+        self.queue.append(
+            QueuedAudio(b"%d-0" % self._next_index, fields, sample_count, received_at)
+        )
+        self._next_index += 1
+        self.backlog_samples += sample_count
+        self._publisher._enqueued(self, audio=True)
+        return True
+
+    def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
+        """Queue a lifecycle event (types and schema: app/streams/publisher.py). False when the
+        session is closed or, after an overflow, too many events are already waiting."""
+        if event_type == "closed":  # same as close(fields["reason"], fields["counts"])
+            if self.closed:
+                return False
+            self.close(fields.get("reason"), fields.get("counts") or {})
+            return True
+        return self._queue_event(event_type, dict(fields), closing=False)
+
+    def close(self, reason: str | None, counts: Mapping[str, int]) -> None:
+        """Queue `closed`; once it is written the session stream expires after the TTL."""
+        if self.closed:
+            return
+        data: dict[str, Any] = {
+            "reason": reason,
+            "counts": dict(counts),
+            "frames_lost": self.frames_lost,
+        }
+        if self.stream_key is not None:
+            data["last_entry"] = f"{self._next_index}-0"
+        self._queue_event("closed", data, closing=True)
+        self.closed = True
+        self._publisher._enqueued(self, audio=False)  # lets the writer retire the session
+
+    def _queue_event(self, event_type: str, data: dict[str, Any], *, closing: bool) -> bool:
+        if self.closed:
+            return False
+        if not self._publish_events:
+            return True
+        if len(self.queue) >= self._max_items + _EVENT_SLACK:
+            log.error("event dropped: session backlog full", extra=self._log_fields(event_type))
+            return False
+        if event_type == "opened":
+            media = self.info.media
+            data["media"] = None if media is None else {
+                "format": media.format, "rate": media.rate, "channels": list(media.channels)
+            }  # fmt: skip
+            data["stream"] = self.stream_key
+            data["encryption_key_id"] = self.info.encryption_key_id
+        self._event_seq += 1
+        fields = dict(self._envelope)
+        fields[b"type"] = event_type.encode()
+        fields[b"seq"] = b"%d" % self._event_seq
+        fields[b"time"] = _wall_clock()
+        fields[b"data"] = orjson.dumps(data, default=str)
+        entry_id = None
+        if self.stream_key is not None:
+            entry_id = b"%d-0" % self._next_index
+            self._next_index += 1
+        self.queue.append(QueuedEvent(event_type, fields, entry_id, closing))
+        self._publisher._enqueued(self, audio=False)
+        return True
+
+    def _overflow(self) -> None:
+        self.failed = True
+        self._lose(1)
+        log.warning(
+            "publish backlog overflow: ending session",
+            extra={**self._log_fields("overflow"), "backlog_seconds": self.backlog_seconds},
+        )
+        self._notify_failure()
+
+    def _fail(self, why: str) -> None:
+        if not self.failed:
+            self.failed = True
+            log.error("session stream write failed: ending session", extra=self._log_fields(why))
+            self._notify_failure()
+
+    def _notify_failure(self) -> None:
+        try:
+            self._on_overflow()
+        except Exception:
+            log.exception("on_overflow callback failed", extra=self._log_fields("overflow"))
+
+    def _lose(self, frames: int) -> None:
+        self.frames_lost += frames
+        self._lost_metric.inc(frames)
+
+    def _log_fields(self, what: str) -> dict[str, Any]:
+        return {
+            "session_id": self.info.session_id,
+            "correlation_id": self.info.correlation_id,
+            "conversation_id": self.info.conversation_id,
+            "integration": self.info.integration,
+            "what": what,
+            "frames_lost": self.frames_lost,
+        }
