@@ -189,6 +189,12 @@ class Settings(BaseSettings):
         description="Data and log directory of the embedded redis-server; unset: a temporary "
         "directory removed at exit.",
     )
+    redis_max_connections: int = Field(
+        default=256,
+        ge=4,
+        description="Connections to Redis per replica (standalone); at the bound, callers wait "
+        "up to redis_timeout_seconds for a free one.",
+    )
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Connect and read timeout of Redis operations."
     )

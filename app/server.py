@@ -34,8 +34,11 @@ WS_MAX_MESSAGE_BYTES = 4 * 65_535 + 1024
 # Thousands of live sessions keep hundreds of thousands of objects alive; with the default
 # thresholds the cyclic collector walked them all every few seconds, stalling the event loop
 # for 100-500 ms (the p99 of audio ingest at 2,000 calls). Startup objects are frozen out of
-# collection and the young generation is collected less often; cycles are still reclaimed.
-GC_THRESHOLDS = (100_000, 50, 1000)
+# collection and the young generation is collected less often. The oldest generation must
+# still be collected regularly: each finished connection leaves reference cycles (uvicorn's
+# upgrade-phase objects) that only a full collection frees; a soak with a third threshold of
+# 1000 (never, in practice) grew by ~14 KB per call.
+GC_THRESHOLDS = (100_000, 20, 5)
 
 
 def _tune_gc() -> None:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,56 @@ class Cores:
 
 def _cpus(cpus: set[int]) -> str:
     return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def gateway_env(
+    redis_url: str,
+    port: int,
+    metrics_port: int,
+    integrations: Sequence[Mapping[str, object]],
+    settings: Mapping[str, str],
+) -> dict[str, str]:
+    """This process's environment plus the AUDIOHOOK_* settings of a gateway listening on
+    loopback; `settings` (names without the prefix) come last and win."""
+    env = {
+        "REDIS_URL": redis_url,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(metrics_port),
+        "INTEGRATIONS": json.dumps(integrations),
+        "IP_ALLOWLIST_ENABLED": "false",
+        "LOG_LEVEL": "INFO",
+        **settings,
+    }
+    return {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
+
+
+def spawn_gateway(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """`audiohook-gateway serve` as a child process, its output appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_ready(process: subprocess.Popen[bytes], metrics_url: str, timeout: float) -> bool:
+    """Poll `metrics_url`/readyz until it answers 200 (True); False once `process` has
+    exited or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{metrics_url}/readyz", timeout=0.5).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return False
 
 
 @dataclass
@@ -86,46 +137,28 @@ class SpawnedStack:
         integrations = [
             {"name": "bench", "api_key": BENCH_API_KEY, "client_secrets": [self.client_secret]}
         ]
-        env = {
-            "REDIS_URL": self.redis.url,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "METRICS_HOST": "127.0.0.1",
-            "METRICS_PORT": str(self.metrics_port),
-            "INTEGRATIONS": json.dumps(integrations),
-            "IP_ALLOWLIST_ENABLED": "false",
-            # One source address opens every call: lift the per-source and session limits.
-            "UPGRADES_PER_SECOND_PER_SOURCE": "1000000",
-            "UPGRADE_BURST_PER_SOURCE": "1000000",
-            "MAX_SESSIONS": "100000",
-            "LOG_LEVEL": "INFO",
-            **self.settings,
-        }
-        full_env = {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            self.gateway = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve"],
-                env=full_env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
+        env = gateway_env(
+            self.redis.url,
+            self.port,
+            self.metrics_port,
+            integrations,
+            {
+                # One source address opens every call: lift the per-source and session limits.
+                "UPGRADES_PER_SECOND_PER_SOURCE": "1000000",
+                "UPGRADE_BURST_PER_SOURCE": "1000000",
+                "MAX_SESSIONS": "100000",
+                **self.settings,
+            },
+        )
+        self.gateway = spawn_gateway(env, self.log_path)
         if self.cores.gateway:
             os.sched_setaffinity(self.gateway.pid, self.cores.gateway)
         if self.cores.others:
             os.sched_setaffinity(0, self.cores.others)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise RuntimeError(f"gateway exited early; log: {self.log_path}")
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=0.5)
-                if ready.status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        if wait_ready(self.gateway, f"http://127.0.0.1:{self.metrics_port}", timeout):
+            return self
+        if self.gateway.poll() is not None:
+            raise RuntimeError(f"gateway exited early; log: {self.log_path}")
         self.stop()
         raise RuntimeError(f"gateway not ready in {timeout:g} s; log: {self.log_path}")
 

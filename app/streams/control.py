@@ -448,10 +448,9 @@ class ControlPlane:
                     {self._inbox: last_id}, count=100, block=self._block_ms
                 )
             except (RedisError, OSError) as exc:
-                REDIS_ERRORS.labels("control_read").inc()
-                log.debug("control inbox read failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._retry_max)
+                backoff = await self._back_off(
+                    backoff, "control_read", "control inbox read failed", exc
+                )
                 continue
             backoff = _BACKOFF_START
             for _stream, entries in response or []:
@@ -490,16 +489,25 @@ class ControlPlane:
             try:
                 await pipe.execute()
             except (RedisError, OSError) as exc:
-                REDIS_ERRORS.labels("control_registry").inc()
-                log.debug("session registry write failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._retry_max)
+                backoff = await self._back_off(
+                    backoff, "control_registry", "session registry write failed", exc
+                )
                 continue
             backoff = _BACKOFF_START
             self._to_register -= register
             self._to_remove -= remove
             if refresh:
                 next_refresh = time.monotonic() + refresh_every
+
+    async def _back_off(
+        self, backoff: float, operation: str, message: str, exc: BaseException
+    ) -> float:
+        """After a failed Redis call of a loop: count and log it, wait `backoff` seconds and
+        return the next (doubled, capped) backoff."""
+        REDIS_ERRORS.labels(operation).inc()
+        log.debug(message, extra={"error": type(exc).__name__})
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, self._retry_max)
 
     async def _retrying(
         self, operation: Callable[[], Awaitable[Any]], attempts: int | None = None

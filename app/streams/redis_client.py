@@ -41,13 +41,19 @@ def create_redis(settings: Settings, url: str | None = None) -> RedisClient:
             socket_connect_timeout=timeout,
             retry=_retry(),
         )
-    return redis.asyncio.Redis.from_url(
+    # A blocking pool: a burst of upgrades (each claims a nonce) waits briefly for a free
+    # connection instead of failing with "Too many connections" (redis-py's default pool
+    # raises past 100).
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
+        max_connections=settings.redis_max_connections,
+        timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=_retry(),
         health_check_interval=30,
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def blocking_read_seconds(timeout_seconds: float) -> float:

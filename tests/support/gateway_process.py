@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 
+from app.bench.spawn import gateway_env, spawn_gateway, wait_ready
 from app.streams.embedded_redis import free_port
 
 # A demo integration for tests: the API key and secret of PROTOCOL.md's test vector.
@@ -20,9 +18,12 @@ TEST_API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 TEST_CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
 TEST_ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"
 
-DEFAULT_INTEGRATIONS = [
-    {"name": "test", "api_key": TEST_API_KEY, "client_secrets": [TEST_CLIENT_SECRET]},
-]
+TEST_INTEGRATION: dict[str, object] = {
+    "name": "test",
+    "api_key": TEST_API_KEY,
+    "client_secrets": [TEST_CLIENT_SECRET],
+}
+DEFAULT_INTEGRATIONS = [TEST_INTEGRATION]
 
 
 class GatewayProcess:
@@ -38,19 +39,13 @@ class GatewayProcess:
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
-        env = {
-            "REDIS_URL": redis_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "METRICS_HOST": "127.0.0.1",
-            "METRICS_PORT": str(self.metrics_port),
-            "INTEGRATIONS": json.dumps(integrations or DEFAULT_INTEGRATIONS),
-            "IP_ALLOWLIST_ENABLED": "false",
-            "AUTH_MIN_FAILURE_DELAY_SECONDS": "0.2",
-            "LOG_LEVEL": "INFO",
-        }
-        env.update(settings or {})
-        self.env = {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
+        self.env = gateway_env(
+            redis_url,
+            self.port,
+            self.metrics_port,
+            integrations or DEFAULT_INTEGRATIONS,
+            {"AUTH_MIN_FAILURE_DELAY_SECONDS": "0.2", **(settings or {})},
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,24 +57,11 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
-        log_file = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
-            env=self.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        log_file.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.metrics_url}/readyz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        self.process = spawn_gateway(self.env, self.log_path)
+        if wait_ready(self.process, self.metrics_url, timeout):
+            return self
+        if self.process.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{self.log_tail()}")
         self.stop()
         raise RuntimeError(f"gateway not ready in {timeout}s:\n{self.log_tail()}")
 

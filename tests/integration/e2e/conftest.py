@@ -34,8 +34,5 @@ def gateway(
 
 @pytest.fixture
 async def redis_conn(e2e_redis: EmbeddedRedis) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(e2e_redis.url)
-    try:
+    async with redis.asyncio.Redis.from_url(e2e_redis.url) as client:
         yield client
-    finally:
-        await client.aclose()

@@ -1,4 +1,4 @@
-"""Pieces of the end-to-end tests: gateway processes, metric scrapes, test WAVs, Redis reads,
+"""Pieces of the end-to-end tests: gateway processes, health checks, test WAVs, Redis groups,
 the CLI tools as subprocesses and a minimal wire-level client for deliberate misbehaviour."""
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import time
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -42,6 +41,7 @@ from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
 from tests.support.gateway_process import (
     TEST_API_KEY,
     TEST_CLIENT_SECRET,
+    TEST_INTEGRATION,
     TEST_ORG_ID,
     GatewayProcess,
 )
@@ -53,7 +53,7 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 SECURE_API_KEY = "secure-integration-key"
 SECURE_CLIENT_SECRET = base64.b64encode(b"secure-integration-secret-32byte").decode()
 INTEGRATIONS: list[dict[str, object]] = [
-    {"name": "test", "api_key": TEST_API_KEY, "client_secrets": [TEST_CLIENT_SECRET]},
+    TEST_INTEGRATION,
     {
         "name": "secure",
         "api_key": SECURE_API_KEY,
@@ -124,59 +124,7 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-# --- metrics and health ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Scrape:
-    """One parsed /metrics page."""
-
-    samples: list[tuple[str, dict[str, str], float]]
-
-    def value(self, name: str, **labels: str) -> float:
-        """Sum of the samples called `name` whose labels include `labels` (0 when absent)."""
-        return sum(
-            value
-            for sample, sample_labels, value in self.samples
-            if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
-        )
-
-
-class Growth:
-    """How much samples grew between two scrapes: `Growth(before, after)(name, **labels)`."""
-
-    def __init__(self, before: Scrape, after: Scrape) -> None:
-        self.before, self.after = before, after
-
-    def __call__(self, name: str, **labels: str) -> float:
-        return self.after.value(name, **labels) - self.before.value(name, **labels)
-
-
-async def scrape(gateway: GatewayProcess) -> Scrape:
-    async with httpx.AsyncClient(timeout=5) as client:
-        response = await client.get(f"{gateway.metrics_url}/metrics")
-    response.raise_for_status()
-    return Scrape(
-        [
-            (sample.name, dict(sample.labels), float(sample.value))
-            for family in text_string_to_metric_families(response.text)
-            for sample in family.samples
-        ]
-    )
-
-
-async def scrape_when(
-    gateway: GatewayProcess, condition: Callable[[Scrape], bool], what: str, timeout: float = 10.0
-) -> Scrape:
-    """The first scrape for which `condition` holds (metrics settle after the socket closes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        current = await scrape(gateway)
-        if condition(current):
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"metrics never showed {what}")
-        await asyncio.sleep(0.05)
+# --- health -----------------------------------------------------------------------------------
 
 
 async def http_status(gateway: GatewayProcess, path: str) -> int:
@@ -231,49 +179,6 @@ def assert_same_audio(wav_path: Path, fmt: AudioFormat, channels: int, expected:
 
 
 # --- Redis ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SessionStream:
-    """A session's stream entries, split into audio entries and lifecycle events."""
-
-    ids: list[bytes] = field(default_factory=list)
-    audio: list[dict[bytes, bytes]] = field(default_factory=list)
-    events: list[dict[bytes, bytes]] = field(default_factory=list)
-
-    @property
-    def offsets_and_audio(self) -> list[tuple[int, bytes]]:
-        return [(int(entry[b"offset"]), entry[b"audio"]) for entry in self.audio]
-
-    @property
-    def event_types(self) -> list[str]:
-        return [entry[b"type"].decode() for entry in self.events]
-
-    def event_data(self, event_type: str) -> dict[str, Any]:
-        entry = next(e for e in self.events if e[b"type"] == event_type.encode())
-        data = json.loads(entry[b"data"])
-        assert isinstance(data, dict)
-        return data
-
-
-async def closed_session_stream(
-    client: RedisClient, session_id: str, timeout: float = 10.0
-) -> SessionStream:
-    """The session's stream once its last entry is the `closed` event."""
-    key = keys.audio_stream(session_id)
-    entries: Any = []
-
-    async def closed() -> bool:
-        nonlocal entries
-        entries = await client.xrange(key)
-        return bool(entries) and entries[-1][1].get(b"type") == b"closed"
-
-    await wait_until(closed, f"the closed entry of {key}", timeout)
-    stream = SessionStream()
-    for entry_id, fields in entries:
-        stream.ids.append(entry_id)
-        (stream.audio if b"audio" in fields else stream.events).append(fields)
-    return stream
 
 
 async def new_consumer_group(client: RedisClient) -> str:

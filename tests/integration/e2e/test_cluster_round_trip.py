@@ -26,7 +26,6 @@ from tests.integration.e2e.support import (
     assert_same_audio,
     call_config,
     cli_env,
-    closed_session_stream,
     json_lines,
     make_wav,
     new_consumer_group,
@@ -37,6 +36,7 @@ from tests.integration.e2e.support import (
 )
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_servers import RedisCluster
+from tests.support.session_streams import closed_session_stream
 from tests.support.streams import TEST_KEYS_JSON, streams_settings
 
 SAMPLES = 6_500

@@ -29,16 +29,15 @@ from app.streams.control import (
 from app.streams.embedded_redis import EmbeddedRedis
 from app.streams.wav import read_wav
 from tests.integration.e2e.support import (
-    Growth,
     WireCall,
     call_config,
-    closed_session_stream,
     new_consumer_group,
     running_gateway,
-    scrape,
     wait_until,
 )
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import Growth, scrape
+from tests.support.session_streams import closed_session_stream
 from tests.support.streams import read_stream
 
 TRANSCRIPT: dict[str, Any] = {

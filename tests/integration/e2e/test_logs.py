@@ -26,11 +26,11 @@ from tests.integration.e2e.support import (
     SECURE_API_KEY,
     SECURE_CLIENT_SECRET,
     WireCall,
-    closed_session_stream,
     running_gateway,
     wait_until,
 )
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET
+from tests.support.session_streams import closed_session_stream
 from tests.support.streams import TEST_KEY
 
 MARKER = b"AUDIO-MARKER-7f3a9c-"  # 20 bytes: a whole number of stereo PCMU samples

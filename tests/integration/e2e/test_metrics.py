@@ -21,13 +21,8 @@ from app.client.audio import tone_source
 from app.client.session import ClientSession, SessionConfig, run_session
 from app.streams import keys
 from tests.integration.e2e.support import (
-    Growth,
-    Scrape,
     WireCall,
     call_config,
-    closed_session_stream,
-    scrape,
-    scrape_when,
     wait_until,
 )
 from tests.support.gateway_process import (
@@ -36,6 +31,8 @@ from tests.support.gateway_process import (
     TEST_ORG_ID,
     GatewayProcess,
 )
+from tests.support.metrics import Growth, Scrape, scrape, scrape_when
+from tests.support.session_streams import closed_session_stream
 from tests.support.streams import read_stream
 
 ACTIVE = "audiohook_sessions_active"

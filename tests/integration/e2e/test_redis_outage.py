@@ -17,18 +17,16 @@ from app.client.audio import tone_source
 from app.client.session import ClientSession, SessionResult, run_session
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.e2e.support import (
-    Growth,
     call_config,
-    closed_session_stream,
     http_status,
     noise_source,
     running_gateway,
-    scrape,
-    scrape_when,
     wait_until,
 )
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import Growth, scrape, scrape_when
 from tests.support.redis_servers import redis_outage
+from tests.support.session_streams import closed_session_stream
 
 OUTAGE_SECONDS = 5.0
 FRAMES = "audiohook_audio_frames_received_total"

@@ -23,7 +23,6 @@ from tests.integration.e2e.support import (
     assert_same_audio,
     call_config,
     cli_env,
-    closed_session_stream,
     json_lines,
     make_wav,
     new_consumer_group,
@@ -35,6 +34,7 @@ from tests.support.gateway_process import (
     TEST_ORG_ID,
     GatewayProcess,
 )
+from tests.support.session_streams import closed_session_stream
 from tests.support.streams import STEREO, TEST_KEY_ID, TEST_KEYS, TEST_KEYS_JSON, read_stream
 
 CASES: list[tuple[AudioFormat, int]] = [("PCMU", 1), ("PCMU", 2), ("L16", 1), ("L16", 2)]

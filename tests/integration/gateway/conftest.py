@@ -27,8 +27,5 @@ def gateway(
 
 @pytest.fixture
 async def gateway_redis(redis_server: EmbeddedRedis) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(redis_server.url)
-    try:
+    async with redis.asyncio.Redis.from_url(redis_server.url) as client:
         yield client
-    finally:
-        await client.aclose()

@@ -1,5 +1,5 @@
 """Shared pieces of the gateway integration tests: test integrations, gateway processes,
-metrics, log records, Redis stream reads and a well-behaved call that streams in the
+log records, lifecycle events and a well-behaved call that streams in the
 background while a test misbehaves on another connection."""
 
 from __future__ import annotations
@@ -7,29 +7,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import httpx
 import redis.asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.streams import keys
 from app.streams.embedded_redis import EmbeddedRedis
-from tests.support.gateway_process import (
-    TEST_API_KEY,
-    TEST_CLIENT_SECRET,
-    GatewayProcess,
-)
+from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
 from tests.support.raw_client import RawClient
+from tests.support.session_streams import SessionStream, closed_session_stream
+from tests.support.streams import StreamEntries
 
 AUTH_MIN_FAILURE_DELAY = 0.3
-StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def secret(seed: str) -> str:
@@ -48,7 +41,7 @@ DISABLED_KEY = "disabled-key"
 DISABLED_SECRET = secret("disabled")
 
 INTEGRATIONS: list[dict[str, object]] = [
-    {"name": "test", "api_key": TEST_API_KEY, "client_secrets": [TEST_CLIENT_SECRET]},
+    TEST_INTEGRATION,
     {
         "name": "rotating",
         "api_key": ROTATING_KEY,
@@ -97,33 +90,7 @@ def running_gateway(
         yield process
 
 
-# --- metrics and logs ----------------------------------------------------------------------
-
-
-def metric_value(gateway: GatewayProcess, sample: str, **labels: str) -> float:
-    """Sum of the samples named `sample` whose labels include `labels` (0 when absent)."""
-    text = httpx.get(f"{gateway.metrics_url}/metrics", timeout=5).text
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for item in family.samples:
-            if item.name == sample and all(item.labels.get(k) == v for k, v in labels.items()):
-                total += item.value
-    return total
-
-
-class MetricDelta:
-    """Reads a counter before and after: `delta()` is how much it grew."""
-
-    def __init__(self, gateway: GatewayProcess, sample: str, **labels: str) -> None:
-        self.gateway, self.sample, self.labels = gateway, sample, labels
-        self.before = metric_value(gateway, sample, **labels)
-
-    def delta(self) -> float:
-        return metric_value(self.gateway, self.sample, **self.labels) - self.before
-
-
-REJECTED = "audiohook_connections_rejected_total"
-PROTOCOL_ERRORS = "audiohook_protocol_errors_total"
+# --- logs --------------------------------------------------------------------------------
 
 
 async def wait_for_log(
@@ -148,49 +115,7 @@ def session_log_text(gateway: GatewayProcess, session_id: str) -> str:
     return "\n".join(line for line in lines if session_id in line)
 
 
-# --- Redis streams -------------------------------------------------------------------------
-
-
-@dataclass
-class SessionStream:
-    audio: list[dict[bytes, bytes]] = field(default_factory=list)
-    events: list[dict[bytes, bytes]] = field(default_factory=list)
-
-    @property
-    def frames(self) -> list[bytes]:
-        return [entry[b"audio"] for entry in self.audio]
-
-    @property
-    def offsets(self) -> list[int]:
-        return [int(entry[b"offset"]) for entry in self.audio]
-
-    @property
-    def event_types(self) -> list[str]:
-        return [entry[b"type"].decode() for entry in self.events]
-
-    def event_data(self, event_type: str) -> dict[str, Any]:
-        entry = next(e for e in self.events if e[b"type"] == event_type.encode())
-        data = json.loads(entry[b"data"])
-        assert isinstance(data, dict)
-        return data
-
-
-async def read_closed_session(
-    client: redis.asyncio.Redis, session_id: str, timeout: float = 5.0
-) -> SessionStream:
-    """A session's stream once its `closed` event is in it (audio and events split)."""
-    key = keys.audio_stream(session_id)
-    deadline = time.monotonic() + timeout
-    while True:
-        entries = cast(StreamEntries, await client.xrange(key))
-        if entries and entries[-1][1].get(b"type") == b"closed":
-            stream = SessionStream()
-            for _, fields in entries:
-                (stream.audio if b"audio" in fields else stream.events).append(fields)
-            return stream
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no closed entry in {key} after {timeout} s: {entries[-3:]}")
-        await asyncio.sleep(0.05)
+# --- Redis lifecycle events ---------------------------------------------------------------
 
 
 async def events_of(client: redis.asyncio.Redis, session_id: str) -> list[dict[bytes, bytes]]:
@@ -257,7 +182,7 @@ class BackgroundCall:
             self.client.assert_conformant()
         finally:
             await self.client.aclose()
-        stream = await read_closed_session(redis_client, self.client.session_id)
+        stream = await closed_session_stream(redis_client, self.client.session_id)
         assert stream.frames == self.sent
         assert stream.offsets == [i * FRAME_BYTES // 2 for i in range(len(self.sent))]
         assert stream.event_data("closed")["reason"] == "end"

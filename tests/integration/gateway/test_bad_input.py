@@ -13,13 +13,9 @@ import pytest
 import redis.asyncio
 
 from app.protocol.messages import MAX_TEXT_CHARS
-from tests.integration.gateway.helpers import (
-    PROTOCOL_ERRORS,
-    REJECTED,
-    MetricDelta,
-    alongside_good_call,
-)
+from tests.integration.gateway.helpers import alongside_good_call
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, MetricDelta
 from tests.support.raw_client import RawClient, new_id, offer
 
 Script = Callable[[RawClient], Awaitable[object]]

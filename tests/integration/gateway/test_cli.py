@@ -10,8 +10,9 @@ from pathlib import Path
 
 import redis.asyncio
 
-from tests.integration.gateway.helpers import read_closed_session, secret
+from tests.integration.gateway.helpers import secret
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess
+from tests.support.session_streams import closed_session_stream
 
 CLI = str(Path(sys.executable).with_name("audiohook-gateway"))
 
@@ -62,7 +63,7 @@ async def test_simulate_json_session_lands_in_redis(
     result = json.loads(out)
     assert result["ok"] is True
     assert result["selected_media"]["channels"] == ["internal", "external"]
-    stream = await read_closed_session(gateway_redis, result["session_id"])
+    stream = await closed_session_stream(gateway_redis, result["session_id"])
     assert len(stream.frames) == result["frames_sent"] == 5
     assert sum(len(frame) for frame in stream.frames) == result["bytes_sent"]
 

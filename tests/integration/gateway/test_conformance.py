@@ -12,7 +12,7 @@ import redis.asyncio
 
 from app.client.audio import tone_source
 from app.client.session import SessionConfig, media_offers, run_session
-from tests.integration.gateway.helpers import events_of, read_closed_session
+from tests.integration.gateway.helpers import events_of
 from tests.support.gateway_process import (
     TEST_API_KEY,
     TEST_CLIENT_SECRET,
@@ -20,6 +20,7 @@ from tests.support.gateway_process import (
     GatewayProcess,
 )
 from tests.support.raw_client import RawClient, genesys_offers, offer
+from tests.support.session_streams import closed_session_stream
 
 OPEN_VARIANTS = {
     # name: (offers, the entry the gateway must select: stereo first, channel order kept)
@@ -141,7 +142,7 @@ async def test_update_is_answered_with_updated(
         closed = await client.expect("closed")
         assert (closed.seq, closed.clientseq) == (4, 4)
         client.assert_conformant()
-    stream = await read_closed_session(gateway_redis, client.session_id)
+    stream = await closed_session_stream(gateway_redis, client.session_id)
     updates = [json.loads(e[b"data"]) for e in stream.events if e[b"type"] == b"language_updated"]
     assert updates == [{"language": "de-DE"}, {"language": "fr-CA"}]
 
@@ -155,7 +156,7 @@ async def test_discarded_then_close(
         closed = await client.close()
         assert (closed.seq, closed.clientseq) == (2, 3)
         client.assert_conformant()
-    stream = await read_closed_session(gateway_redis, client.session_id)
+    stream = await closed_session_stream(gateway_redis, client.session_id)
     assert stream.event_data("discarded") == {"start": "PT6.3S", "discarded": "PT0.3S"}
 
 
@@ -171,7 +172,7 @@ async def test_discarded_audio_advances_the_timeline(
         await client.send_audio(frame)  # [0.5 s, 0.7 s)
         await client.close()
         client.assert_conformant()
-    stream = await read_closed_session(gateway_redis, client.session_id)
+    stream = await closed_session_stream(gateway_redis, client.session_id)
     assert stream.offsets == [0, 4000]
     assert stream.event_data("closed")["counts"]["samples"] == 5600
 
@@ -185,7 +186,7 @@ async def test_client_error_then_close_does_not_abort(
         closed = await client.close()  # no disconnect before it
         assert (closed.seq, closed.clientseq) == (2, 3)
         client.assert_conformant()
-    stream = await read_closed_session(gateway_redis, client.session_id)
+    stream = await closed_session_stream(gateway_redis, client.session_id)
     error = stream.event_data("client_error")
     assert (error["code"], error["message"]) == (400, "tough stuff")
 
@@ -208,7 +209,7 @@ async def test_paused_twice_then_resumed(
         closed = await client.close()
         assert (closed.seq, closed.clientseq) == (2, 5)
         client.assert_conformant()
-    stream = await read_closed_session(gateway_redis, client.session_id)
+    stream = await closed_session_stream(gateway_redis, client.session_id)
     assert stream.frames == [frame, frame, frame]
     # The frame after the pause lands after the discarded span on the session timeline.
     assert stream.offsets == [0, 1600, pause_start + 4000]
@@ -251,7 +252,7 @@ async def test_full_call_lands_in_redis(
     assert result.ok, [finding.text for finding in result.findings]
     assert result.selected_media == config.offers[0]
     assert result.frames_sent == 15  # 3 s in 200 ms frames
-    stream = await read_closed_session(gateway_redis, config.session_id)
+    stream = await closed_session_stream(gateway_redis, config.session_id)
     assert stream.frames == [frame.data for frame in result.frames]
     assert stream.offsets == [frame.offset for frame in result.frames]
     assert [int(entry[b"samples"]) for entry in stream.audio] == [1600] * 15

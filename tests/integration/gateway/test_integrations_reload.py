@@ -13,9 +13,10 @@ import pytest
 import redis.asyncio
 
 from app.streams.embedded_redis import EmbeddedRedis
-from tests.integration.gateway.helpers import read_closed_session, running_gateway, secret
+from tests.integration.gateway.helpers import running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
 from tests.support.raw_client import RawClient
+from tests.support.session_streams import closed_session_stream
 
 KEY_1, SECRET_1 = "file-key-1", secret("file-one")
 KEY_2, SECRET_2 = "file-key-2", secret("file-two")
@@ -99,6 +100,6 @@ async def test_file_reload_adds_and_removes_keys_while_a_live_session_continues(
             live.assert_conformant()
         finally:
             await live.aclose()
-        stream_entries = await read_closed_session(gateway_redis, live.session_id)
+        stream_entries = await closed_session_stream(gateway_redis, live.session_id)
         assert stream_entries.frames == sent
         assert stream_entries.event_data("closed")["reason"] == "end"

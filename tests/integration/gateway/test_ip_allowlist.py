@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from app.streams.embedded_redis import EmbeddedRedis
-from tests.integration.gateway.helpers import REJECTED, MetricDelta, running_gateway, wait_for_log
+from tests.integration.gateway.helpers import running_gateway, wait_for_log
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import REJECTED, MetricDelta
 from tests.support.raw_client import RawClient
 
 ALLOWED = '["10.0.0.0/8"]'

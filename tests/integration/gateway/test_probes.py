@@ -11,9 +11,11 @@ from app.client.audio import tone_source
 from app.client.session import SessionConfig, run_session
 from app.protocol.messages import NULL_UUID
 from app.streams import keys
-from tests.integration.gateway.helpers import MetricDelta, events_of, read_closed_session
+from tests.integration.gateway.helpers import events_of
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess
+from tests.support.metrics import MetricDelta
 from tests.support.raw_client import PROBE_PARTICIPANT, RawClient, genesys_offers
+from tests.support.session_streams import closed_session_stream
 
 PROBES = "audiohook_probes_total"
 
@@ -35,7 +37,7 @@ async def _no_trace_of(
     )
     result = await run_session(barrier)
     assert result.ok, [finding.text for finding in result.findings]
-    await read_closed_session(client, barrier.session_id)
+    await closed_session_stream(client, barrier.session_id)
     assert await client.exists(*(keys.audio_stream(sid) for sid in session_ids)) == 0
     for session_id in session_ids:
         assert await events_of(client, session_id) == []
@@ -101,6 +103,6 @@ async def test_probes_alongside_a_real_call_keep_sessions_apart(
     ]
     results = await asyncio.gather(run_session(call), *(run_session(p) for p in probes))
     assert all(result.ok for result in results), [r.findings for r in results if not r.ok]
-    stream = await read_closed_session(gateway_redis, call.session_id)
+    stream = await closed_session_stream(gateway_redis, call.session_id)
     assert stream.frames == [frame.data for frame in results[0].frames]
     await _no_trace_of(gateway, gateway_redis, [result.session_id for result in results[1:]])

@@ -21,7 +21,6 @@ from tests.integration.gateway.helpers import (
     AUTH_MIN_FAILURE_DELAY,
     DISABLED_KEY,
     DISABLED_SECRET,
-    REJECTED,
     RESTRICTED_KEY,
     RESTRICTED_ORG,
     RESTRICTED_SECRET,
@@ -29,9 +28,7 @@ from tests.integration.gateway.helpers import (
     ROTATING_NEW_SECRET,
     ROTATING_OLD_SECRET,
     UNSIGNED_KEY,
-    MetricDelta,
     events_of,
-    metric_value,
     running_gateway,
     secret,
     session_log_text,
@@ -43,6 +40,7 @@ from tests.support.gateway_process import (
     TEST_ORG_ID,
     GatewayProcess,
 )
+from tests.support.metrics import REJECTED, MetricDelta, metric_value
 from tests.support.raw_client import (
     RawClient,
     UpgradeRequest,

@@ -17,17 +17,11 @@ import redis.asyncio
 
 from app.client import ClientSession, SessionConfig, SessionResult, tone_source
 from app.streams.embedded_redis import EmbeddedRedis
-from tests.integration.resilience.helpers import (
-    REJECTED,
-    StoredSession,
-    gateway_process,
-    metric,
-    readyz,
-    refused,
-    stored_session,
-)
+from tests.integration.resilience.helpers import gateway_process, readyz, refused
 from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess
+from tests.support.metrics import REJECTED, metric_value
+from tests.support.session_streams import SessionStream, closed_session_stream
 
 FRAME_BYTES = 3200  # 200 ms of stereo PCMU
 HANG_GUARD = 20.0
@@ -54,7 +48,7 @@ async def wait_streaming(sessions: list[ClientSession], frames: int = 2) -> None
 
 async def sigterm_and_check_refusals(gateway: GatewayProcess) -> float:
     """SIGTERM; then readiness must go false and a new upgrade get HTTP 503."""
-    refused_before = metric(gateway, REJECTED, cause="draining")
+    refused_before = metric_value(gateway, REJECTED, cause="draining")
     gateway.terminate()
     signalled_at = time.monotonic()
     while readyz(gateway) != 503:
@@ -63,14 +57,16 @@ async def sigterm_and_check_refusals(gateway: GatewayProcess) -> float:
     late = await call(gateway.ws_url, 1.0).run()
     assert late.http_status == 503, late.to_dict()
     assert not late.opened
-    assert metric(gateway, REJECTED, cause="draining") == refused_before + 1
+    assert metric_value(gateway, REJECTED, cause="draining") == refused_before + 1
     return signalled_at
 
 
-def assert_all_frames_stored(result: SessionResult, stored: StoredSession) -> None:
+def assert_all_frames_stored(result: SessionResult, stored: SessionStream) -> None:
     sent = [(frame.offset, frame.data) for frame in result.frames]
     assert len(sent) == result.frames_sent > 0
-    assert stored.frames == sent, f"{len(stored.frames)} frames stored, {len(sent)} sent"
+    assert stored.offsets_and_audio == sent, (
+        f"{len(stored.offsets_and_audio)} frames stored, {len(sent)} sent"
+    )
 
 
 async def test_drain_disconnect_completed(
@@ -105,7 +101,7 @@ async def test_drain_disconnect_completed(
     assert short.reconnects == []
     assert short.close_reason == "end"
     assert short.frames_sent == 5
-    stored = await stored_session(redis_client, short.session_id)
+    stored = await closed_session_stream(redis_client, short.session_id)
     assert_all_frames_stored(short, stored)
     assert b'"reason":"end"' in stored.closed[b"data"]
 
@@ -116,7 +112,7 @@ async def test_drain_disconnect_completed(
         assert result.closed, result.to_dict()  # ... and got its closed
         assert not result.errors, [f.text for f in result.errors]
         assert result.frames_sent >= grace / 0.2 - 1  # it streamed through the grace period
-        stored = await stored_session(redis_client, result.session_id)
+        stored = await closed_session_stream(redis_client, result.session_id)
         assert_all_frames_stored(result, stored)
         assert b'"reason":"disconnect"' in stored.closed[b"data"]
         assert b'"frames_lost":0' in stored.closed[b"data"]
@@ -192,8 +188,8 @@ async def test_drain_reconnect(
     for honoured in honouring:
         assert honoured.reconnect_info == "server shutting down"
         assert honoured.closed is not None
-        stored = await stored_session(redis_client, honoured.client.session_id)
-        assert stored.frames == honoured.sent
+        stored = await closed_session_stream(redis_client, honoured.client.session_id)
+        assert stored.offsets_and_audio == honoured.sent
         assert b'"reason":"reconnect"' in stored.closed[b"data"]
 
     assert ignored.reconnects == ["server shutting down"], ignored.to_dict()
@@ -201,7 +197,7 @@ async def test_drain_reconnect(
     assert ignored.ok, ignored.to_dict()
     assert ignored.close_reason == "disconnect"
     # It closed cleanly, so every frame it sent is stored, in order.
-    stored = await stored_session(redis_client, ignored.session_id)
-    assert stored.frames == [(frame.offset, frame.data) for frame in ignored.frames]
+    stored = await closed_session_stream(redis_client, ignored.session_id)
+    assert stored.offsets_and_audio == [(frame.offset, frame.data) for frame in ignored.frames]
     assert b'"frames_lost":0' in stored.closed[b"data"]
     assert b'"reason":"disconnect"' in stored.closed[b"data"]

@@ -22,21 +22,23 @@ import redis.asyncio
 from app.streams.control import APPLIED, ControlClient
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.resilience.helpers import (
-    DISCONNECTS,
     LIMITED_KEY,
     LIMITED_SECRET,
-    PROTOCOL_ERRORS,
-    REJECTED,
-    SESSIONS_ACTIVE,
     gateway_process,
-    metric,
     readyz,
     refused,
-    stored_session,
-    wait_for_metric,
 )
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import (
+    DISCONNECTS,
+    PROTOCOL_ERRORS,
+    REJECTED,
+    SESSIONS_ACTIVE,
+    metric_value,
+    wait_for_metric,
+)
+from tests.support.session_streams import closed_session_stream
 
 FRAME_BYTES = 3200  # 200 ms of stereo PCMU
 HANG_GUARD = 10.0
@@ -60,8 +62,8 @@ async def assert_healthy(
         await client.close()
     finally:
         await client.aclose()
-    stored = await stored_session(redis_client, client.session_id)
-    assert stored.frames == sent
+    stored = await closed_session_stream(redis_client, client.session_id)
+    assert stored.offsets_and_audio == sent
     assert gateway.process is not None
     assert gateway.process.poll() is None
 
@@ -103,10 +105,10 @@ async def test_max_sessions_per_replica(
     with gateway_process(redis_server, tmp_path, {"MAX_SESSIONS": "3"}) as gateway:
         clients = await open_sessions(gateway.ws_url, 3)
         try:
-            before = metric(gateway, REJECTED, cause="session_limit")
+            before = metric_value(gateway, REJECTED, cause="session_limit")
             answer = await refused(gateway.ws_url)
             assert answer.status == 503
-            assert metric(gateway, REJECTED, cause="session_limit") == before + 1
+            assert metric_value(gateway, REJECTED, cause="session_limit") == before + 1
             await close_all(clients[:1])
             await wait_for_metric(gateway, SESSIONS_ACTIVE, 2)
             await assert_healthy(gateway, redis_client)  # a freed slot is usable again
@@ -137,10 +139,10 @@ async def test_max_sessions_per_integration(
     with gateway_process(redis_server, tmp_path) as gateway:
         clients = await open_sessions(gateway.ws_url, 2, **limited)
         try:
-            before = metric(gateway, REJECTED, cause="integration_limit")
+            before = metric_value(gateway, REJECTED, cause="integration_limit")
             answer = await refused(gateway.ws_url, **limited)
             assert answer.status == 429
-            assert metric(gateway, REJECTED, cause="integration_limit") == before + 1
+            assert metric_value(gateway, REJECTED, cause="integration_limit") == before + 1
             await assert_healthy(gateway, redis_client)  # other integrations are not affected
             await close_all(clients[:1])
             await wait_for_metric(gateway, SESSIONS_ACTIVE, 1, integration="limited")
@@ -173,7 +175,7 @@ async def test_upgrades_per_second_per_source(
 ) -> None:
     settings = {"UPGRADES_PER_SECOND_PER_SOURCE": "0.2", "UPGRADE_BURST_PER_SOURCE": "3"}
     with gateway_process(redis_server, tmp_path, settings) as gateway:
-        before = metric(gateway, REJECTED, cause="rate_limited")
+        before = metric_value(gateway, REJECTED, cause="rate_limited")
         accepted: list[WireClient] = []
         statuses: list[int] = []
         try:
@@ -184,7 +186,7 @@ async def test_upgrades_per_second_per_source(
                     statuses.append(refusal.status)
             assert len(accepted) == 3  # the burst
             assert statuses == [429, 429, 429]
-            assert metric(gateway, REJECTED, cause="rate_limited") == before + 3
+            assert metric_value(gateway, REJECTED, cause="rate_limited") == before + 3
             # Checked before authentication: a request with a bad key is refused all the same.
             answer = await refused(gateway.ws_url, source="127.0.0.2", api_key="nobody")
             assert answer.status == 429
@@ -202,8 +204,8 @@ async def test_open_timeout(
 ) -> None:
     settings = {"OPEN_TIMEOUT_SECONDS": "0.5", "CLOSE_TIMEOUT_SECONDS": "0.5"}
     with gateway_process(redis_server, tmp_path, settings) as gateway:
-        before = metric(gateway, DISCONNECTS, reason="error")
-        timeouts_before = metric(gateway, PROTOCOL_ERRORS, kind="open_timeout")
+        before = metric_value(gateway, DISCONNECTS, reason="error")
+        timeouts_before = metric_value(gateway, PROTOCOL_ERRORS, kind="open_timeout")
         client = await WireClient.connect(gateway.ws_url)
         connected_at = time.monotonic()
         try:
@@ -218,8 +220,8 @@ async def test_open_timeout(
             assert client.close_code is not None
         finally:
             await client.aclose()
-        assert metric(gateway, DISCONNECTS, reason="error") == before + 1
-        assert metric(gateway, PROTOCOL_ERRORS, kind="open_timeout") == timeouts_before + 1
+        assert metric_value(gateway, DISCONNECTS, reason="error") == before + 1
+        assert metric_value(gateway, PROTOCOL_ERRORS, kind="open_timeout") == timeouts_before + 1
         await wait_for_metric(gateway, SESSIONS_ACTIVE, 0)
         await assert_healthy(gateway, redis_client)
 
@@ -267,7 +269,7 @@ async def test_client_that_stops_reading_is_dropped(
         "EVENT_MESSAGES_BURST": "100000",
     }
     with gateway_process(redis_server, tmp_path, settings) as gateway:
-        before = metric(gateway, REJECTED, cause="client_not_reading")
+        before = metric_value(gateway, REJECTED, cause="client_not_reading")
         # A tiny receive window, and from here on the client reads nothing at all.
         client = await WireClient.connect(gateway.ws_url, receive_buffer=4096)
         port = client.local_port
@@ -283,7 +285,7 @@ async def test_client_that_stops_reading_is_dropped(
                 await asyncio.sleep(0.05)
             sent = 1
             # The kernel buffers take a few MB; then the gateway's own queue fills.
-            while metric(gateway, REJECTED, cause="client_not_reading") == before:
+            while metric_value(gateway, REJECTED, cause="client_not_reading") == before:
                 for _ in range(10):
                     await control.send(client.session_id, "event", **event)
                 sent += 10
@@ -292,7 +294,7 @@ async def test_client_that_stops_reading_is_dropped(
             for _ in range(20):  # the consumer keeps sending after the overflow
                 await control.request(client.session_id, "event", **event)
             # One dropped client, counted once.
-            assert metric(gateway, REJECTED, cause="client_not_reading") == before + 1
+            assert metric_value(gateway, REJECTED, cause="client_not_reading") == before + 1
             # The session ends and the gateway lets go of the socket.
             await wait_for_metric(gateway, SESSIONS_ACTIVE, 0, timeout=HANG_GUARD)
             deadline = time.monotonic() + HANG_GUARD
@@ -311,7 +313,7 @@ async def test_max_frame_bytes(
     redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
 ) -> None:
     with gateway_process(redis_server, tmp_path, {"MAX_FRAME_BYTES": "8000"}) as gateway:
-        before = metric(gateway, PROTOCOL_ERRORS, kind="frame_too_large")
+        before = metric_value(gateway, PROTOCOL_ERRORS, kind="frame_too_large")
         client = await WireClient.connect(gateway.ws_url)
         try:
             await client.open()
@@ -324,9 +326,9 @@ async def test_max_frame_bytes(
             assert closed["type"] == "closed"
         finally:
             await client.aclose()
-        assert metric(gateway, PROTOCOL_ERRORS, kind="frame_too_large") == before + 1
-        stored = await stored_session(redis_client, client.session_id)
-        assert [len(audio) for _, audio in stored.frames] == [8000]
+        assert metric_value(gateway, PROTOCOL_ERRORS, kind="frame_too_large") == before + 1
+        stored = await closed_session_stream(redis_client, client.session_id)
+        assert [len(audio) for _, audio in stored.offsets_and_audio] == [8000]
         await assert_healthy(gateway, redis_client)
 
 
@@ -334,7 +336,7 @@ async def test_max_text_message_size(
     redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
 ) -> None:
     with gateway_process(redis_server, tmp_path) as gateway:
-        before = metric(gateway, PROTOCOL_ERRORS, kind="too_large")
+        before = metric_value(gateway, PROTOCOL_ERRORS, kind="too_large")
         client = await WireClient.connect(gateway.ws_url)
         try:
             await client.open()
@@ -348,7 +350,7 @@ async def test_max_text_message_size(
             await client.close("disconnect")
         finally:
             await client.aclose()
-        assert metric(gateway, PROTOCOL_ERRORS, kind="too_large") == before + 1
+        assert metric_value(gateway, PROTOCOL_ERRORS, kind="too_large") == before + 1
         await assert_healthy(gateway, redis_client)
 
 
@@ -370,7 +372,7 @@ async def test_message_beyond_the_websocket_limit(
                 assert await client.wait_closed(timeout=HANG_GUARD) in (1009, None)
             finally:
                 await client.aclose()
-            stored = await stored_session(redis_client, client.session_id)
-            assert stored.frames == []
+            stored = await closed_session_stream(redis_client, client.session_id)
+            assert stored.offsets_and_audio == []
         await wait_for_metric(gateway, SESSIONS_ACTIVE, 0)
         await assert_healthy(gateway, redis_client)
