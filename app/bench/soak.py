@@ -245,7 +245,15 @@ async def soak(
     plan: Plan, gateway_pid: int, redis_url: str | None
 ) -> tuple[Tally, list[Sample], Verdict]:
     gateway = psutil.Process(gateway_pid)
-    redis_client = redis.asyncio.Redis.from_url(redis_url) if redis_url else None
+    # A blocking pool: calls ending together queue their checks instead of failing with
+    # "Too many connections".
+    redis_client = (
+        redis.asyncio.Redis.from_pool(
+            redis.asyncio.BlockingConnectionPool.from_url(redis_url, max_connections=32)
+        )
+        if redis_url
+        else None
+    )
     tally, pacer = Tally(), Pacer()
     samples: list[Sample] = []
     audio = tone_source(float(plan.call_seconds))
