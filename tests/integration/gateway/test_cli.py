@@ -81,29 +81,25 @@ async def test_simulate_with_a_wrong_secret_fails(gateway: GatewayProcess) -> No
     assert "unauthorized" in out
 
 
-async def test_probe_cli_passes_against_the_gateway(gateway: GatewayProcess) -> None:
-    code, out, err = await _run(
+def _probe(gateway: GatewayProcess, *extra: str) -> list[str]:
+    return [
         "probe",
         gateway.ws_url,
         "--api-key",
         TEST_API_KEY,
         "--client-secret",
         TEST_CLIENT_SECRET,
-        "--probe-only",
-    )
+        *extra,
+    ]
+
+
+async def test_probe_cli_passes_against_the_gateway(gateway: GatewayProcess) -> None:
+    code, out, err = await _run(*_probe(gateway, "--probe-only"))
     assert code == 0, out + err
 
 
 async def test_full_probe_with_a_session_passes_every_check(gateway: GatewayProcess) -> None:
-    code, out, err = await _run(
-        "probe",
-        gateway.ws_url,
-        "--api-key",
-        TEST_API_KEY,
-        "--client-secret",
-        TEST_CLIENT_SECRET,
-        "--json",
-    )
+    code, out, err = await _run(*_probe(gateway, "--json"))
     assert code == 0, out + err
     report = json.loads(out)
     assert report["ok"] is True
