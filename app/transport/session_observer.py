@@ -170,7 +170,7 @@ class SessionObserver:
             media=event.media,
             encryption_key_id=integration.encryption_key_id if integration else None,
         )
-        return self.gateway.publisher.open_session(info, on_overflow=self._backlog_overflowed)
+        return self.gateway.publisher.open_session(info, on_overflow=self._publishing_failed)
 
     def closed(self, event: SessionClosed) -> None:
         self._report_audio()
@@ -264,8 +264,8 @@ class SessionObserver:
         self.event(output)
 
     # --- trouble ------------------------------------------------------------------------------
-    def _backlog_overflowed(self) -> None:
-        log.error("publish backlog overflowed; ending session", extra=self.log_fields)
+    def _publishing_failed(self) -> None:
+        # The publisher has logged and counted why (backlog overflow or a failed write).
         self.connection.end_with_error("Server Error: audio backlog overflow")
 
     def oversized_message(self) -> None:
