@@ -277,6 +277,28 @@ class Settings(BaseSettings):
         description="Bytes of server messages queued for a client that stops reading before "
         "its socket is closed.",
     )
+    max_audio_speed: float = Field(
+        4.0,
+        ge=0,
+        description="Audio a session may send, as a multiple of real time, once it is "
+        "`audio_burst_seconds` ahead of the wall clock; beyond it the session is ended with "
+        "`disconnect` error (it would push its own audio out of a trimmed stream). 0: no bound.",
+    )
+    audio_burst_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="Seconds of audio a session may send ahead of real time (a client catching "
+        "up after a network stall) before `max_audio_speed` applies.",
+    )
+    max_messages_per_second: float = Field(
+        100.0,
+        ge=0,
+        description="Messages of any kind (text or audio) a session may send per second after "
+        "`message_burst`; beyond it the session is ended with `disconnect` error. 0: no bound.",
+    )
+    message_burst: int = Field(
+        250, ge=0, description="Messages a session may send at once before the rate applies."
+    )
     event_messages_per_second: float = Field(
         20.0, description="Sustained `event` messages per second sent to one session."
     )

@@ -223,4 +223,8 @@ class Gateway:
             close_timeout=settings.close_timeout_seconds,
             max_frame_bytes=settings.max_frame_bytes,
             allowed_organizations=allowed_orgs,
+            max_audio_speed=settings.max_audio_speed,
+            audio_burst_seconds=settings.audio_burst_seconds,
+            max_messages_per_second=settings.max_messages_per_second,
+            message_burst=settings.message_burst,
         )

@@ -24,6 +24,7 @@ from app.observability.logging import configure_logging
 from app.streams.embedded_redis import EmbeddedRedis
 from app.transport.http import operational_app
 from app.transport.request_deadline import with_request_deadline
+from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 log = logging.getLogger("app.server")
 
@@ -58,7 +59,7 @@ def _uvicorn_config(app: object, host: str, port: int, settings: Settings) -> uv
         port=port,
         loop="none",
         http=with_request_deadline(settings.open_timeout_seconds),
-        ws="websockets-sansio",
+        ws=AudioHookWebSocketProtocol,
         # Never below max_frame_bytes, so the session's own limit answers oversized frames.
         ws_max_size=max(WS_MAX_MESSAGE_BYTES, settings.max_frame_bytes + 1),
         ws_per_message_deflate=False,

@@ -18,6 +18,9 @@ import orjson
 _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
 )
+# Longest string value written for a field or message: many come from client headers.
+MAX_VALUE_CHARS = 256
+MAX_MESSAGE_CHARS = 2048
 # uvicorn adds a terminal-coloured copy of some messages.
 _IGNORED_ATTRIBUTES = _STANDARD_ATTRIBUTES | {"color_message"}
 
@@ -29,14 +32,20 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _clip(record.getMessage(), MAX_MESSAGE_CHARS),
         }
         for key, value in record.__dict__.items():
             if key not in _IGNORED_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = _clip(value, MAX_VALUE_CHARS) if type(value) is str else value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
 def configure_logging(level: str) -> None:

@@ -64,6 +64,18 @@ PROTOCOL_ERRORS = Counter(
     "protocol_errors", "Protocol violations by the client, by kind.", ["kind"],
     namespace=NAMESPACE,
 )  # fmt: skip
+MESSAGES_AFTER_END = Counter(
+    "messages_after_end",
+    "Messages only counted, never answered or logged: received after the server ended the "
+    "session, or before an authentication failure was answered.",
+    ["integration"],
+    namespace=NAMESPACE,
+)
+LOG_LINES_SUPPRESSED = Counter(
+    "log_lines_suppressed",
+    "Per-session warning lines not written because the session used up its log budget.",
+    namespace=NAMESPACE,
+)
 OPEN_LATENCY = Histogram(
     "open_latency_seconds",
     "Time from receiving `open` to sending `opened`.",

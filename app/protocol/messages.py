@@ -40,6 +40,7 @@ ViolationKind: TypeAlias = Literal[
     "audio_not_allowed",
     "bad_frame_size",
     "frame_too_large",
+    "rate_exceeded",
 ]
 CloseReason: TypeAlias = Literal["end", "error", "disconnect", "reconnect"]
 DisconnectReason: TypeAlias = Literal["completed", "unauthorized", "error"]

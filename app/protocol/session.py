@@ -189,6 +189,11 @@ Output: TypeAlias = (
     | SessionClosed
 )
 
+# A client that was told to go (or was never trusted) gets this many more messages parsed,
+# enough for in-flight audio and its `close`; one more and the socket is closed at once, so
+# nothing it keeps sending costs more than counting.
+MAX_MESSAGES_AFTER_END: Final = 64
+
 
 # --- configuration -----------------------------------------------------------------------
 
@@ -203,6 +208,13 @@ class SessionConfig:
     close_timeout: float = 10.0  # after `closed` or a server `disconnect`, then CloseConnection
     max_frame_bytes: int = 65536
     allowed_organizations: frozenset[str] | None = None  # None = any org
+    # Rate bounds, well above what a real-time client sends; 0 turns a bound off. Audio may
+    # run ahead of the wall clock by `audio_burst_seconds`, then at `max_audio_speed` times
+    # real time; messages of any kind by `message_burst`, then `max_messages_per_second`.
+    max_audio_speed: float = 4.0
+    audio_burst_seconds: float = 20.0
+    max_messages_per_second: float = 100.0
+    message_burst: int = 250
 
     def __post_init__(self) -> None:
         for name in ("open_timeout", "idle_timeout", "close_timeout"):
@@ -210,6 +222,9 @@ class SessionConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.max_frame_bytes <= 0:
             raise ValueError("max_frame_bytes must be > 0")
+        for name in ("max_audio_speed", "audio_burst_seconds", "max_messages_per_second"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         if self.allowed_organizations is not None:
             # UUIDs compare case-insensitively.
             lowered = frozenset(org.lower() for org in self.allowed_organizations)
@@ -224,6 +239,8 @@ _CAN_DISCONNECT: Final = frozenset({_S.PREPARING, _S.OPENING, _S.ACTIVE, _S.PAUS
 _STREAMING: Final = frozenset({_S.ACTIVE, _S.PAUSED})
 _EVENT_STATES: Final = frozenset({_S.ACTIVE, _S.PAUSED, _S.CLOSING})
 _GONE: Final = frozenset({_S.FINALIZING, _S.DISCONNECTED})
+# The server has ended the session (or `closed` it): messages are only counted, within a budget.
+_ENDED: Final = frozenset({_S.SIGNALED_ERROR, _S.UNAUTHORIZED, _S.DISCONNECTING, _S.CLOSED})
 _DISCONNECT_STATE: Final[dict[str, SessionState]] = {
     "completed": _S.DISCONNECTING,
     "unauthorized": _S.UNAUTHORIZED,
@@ -247,11 +264,17 @@ class ServerSession:
         *,
         organization_header: str | None,
         authenticated: bool | None = True,
+        unauthorized_at: float | None = None,
     ) -> None:
+        """`authenticated=None` leaves verification pending (see complete_authentication).
+        `unauthorized_at`: verification already failed; the session answers `disconnect`
+        unauthorized when tick() reaches that time, and until then only counts what it gets."""
         if not is_uuid(session_id):
             raise ValueError("session_id must be a UUID")
         if authenticated is False:
-            raise ValueError("authenticated=False is not supported; use complete_authentication")
+            raise ValueError("authenticated=False is not supported; use unauthorized_at")
+        if unauthorized_at is not None:
+            authenticated = False
         self._session_id = session_id
         self._config = config
         self._policy = config.media_policy
@@ -280,6 +303,14 @@ class ServerSession:
         self._frames = 0
         self._frames_dropped = 0
         self._bytes = 0
+        self._unauthorized_at = unauthorized_at
+        self._messages_after_end = 0
+        # Rate bounds, as running totals against allowances that grow with time since connect.
+        self._samples_received = 0
+        self._messages = 0
+        self._sample_rate_bound = config.max_audio_speed * SAMPLE_RATE
+        self._sample_burst = int(config.audio_burst_seconds * SAMPLE_RATE)
+        self._message_rate_bound = config.max_messages_per_second
 
     # --- read-only properties ------------------------------------------------------------
 
@@ -320,6 +351,11 @@ class ServerSession:
         return self._bytes
 
     @property
+    def messages_after_end(self) -> int:
+        """Messages received before a pending `unauthorized` or after the session ended."""
+        return self._messages_after_end
+
+    @property
     def server_seq(self) -> int:
         return self._server_seq
 
@@ -343,6 +379,8 @@ class ServerSession:
             return None
         if self._close_deadline is not None:
             return self._close_deadline
+        if self._unauthorized_at is not None:
+            return self._unauthorized_at
         if self._state in (_S.PREPARING, _S.OPENING):
             return self._connected_at + self._config.open_timeout
         if self._state in _STREAMING:
@@ -353,24 +391,69 @@ class ServerSession:
 
     def receive_bytes(self, data: bytes, now: float) -> list[Output]:
         self._last_received_at = now
+        self._messages += 1
         if self._audio_ok:
             size = len(data)
             if size <= self._max_frame_bytes and size % self._group_bytes == 0:
                 count = size // self._group_bytes
-                offset = self._position
-                self._position = offset + count
-                self._frames += 1
-                self._bytes += size
-                return [AudioFrame(data, offset, count)]
+                self._samples_received += count
+                if self._within_rate_bounds(now):
+                    offset = self._position
+                    self._position = offset + count
+                    self._frames += 1
+                    self._bytes += size
+                    return [AudioFrame(data, offset, count)]
+                self._frames_dropped += 1
+                return self._rate_exceeded(now)
         return self._reject_audio(len(data), now)
+
+    def _within_rate_bounds(self, now: float) -> bool:
+        elapsed = now - self._connected_at
+        if self._sample_rate_bound and (
+            self._samples_received > self._sample_burst + elapsed * self._sample_rate_bound
+        ):
+            return False
+        return not self._message_rate_bound or (
+            self._messages <= self._config.message_burst + elapsed * self._message_rate_bound
+        )
+
+    def _rate_exceeded(self, now: float) -> list[Output]:
+        if self._state not in _CAN_DISCONNECT:
+            return self._count_after_end()
+        elapsed = now - self._connected_at
+        audio_allowed = self._sample_burst + elapsed * self._sample_rate_bound
+        too_much_audio = bool(self._sample_rate_bound) and self._samples_received > audio_allowed
+        info = (
+            "Client Error: Audio sent faster than real time"
+            if too_much_audio
+            else "Client Error: Too many messages"
+        )
+        return self._violation("rate_exceeded", info, now)
+
+    def _count_after_end(self) -> list[Output]:
+        """Count a message from a client that was told to go (or was never trusted); past the
+        budget, drop the connection."""
+        self._messages_after_end += 1
+        if self._messages_after_end <= MAX_MESSAGES_AFTER_END:
+            return []
+        self._socket_closing = True
+        self._audio_ok = False
+        self._unauthorized_at = None
+        out: list[Output] = [
+            CloseConnection(CLOSE_POLICY_VIOLATION, "too many messages after the session ended")
+        ]
+        out += self._session_closed(None)
+        return out
 
     def _reject_audio(self, size: int, now: float) -> list[Output]:
         if self.is_finished:
             return []
+        if self._unauthorized_at is not None:
+            return self._count_after_end()
         if not self._audio_ok:
             if self._state not in _CAN_DISCONNECT:
                 self._frames_dropped += 1  # in flight after the session was ended
-                return []
+                return self._count_after_end()
             if self._media is None and self._state is _S.ACTIVE:
                 info = "Client Error: Received audio but no media was selected"
             else:
@@ -386,6 +469,18 @@ class ServerSession:
         if self.is_finished:
             return []
         self._last_received_at = now
+        self._messages += 1
+        if self._unauthorized_at is not None:
+            # Verification failed: nothing is parsed. A well-behaved client numbers its text
+            # messages 1, 2, ..., so counting them keeps `clientseq` right for the answer.
+            self._client_seq += 1
+            return self._count_after_end()
+        if self._state in _ENDED:
+            # Still parsed (within the budget) for the `close` the client owes us, never
+            # reported: a client told to go cannot make the server log or publish anything.
+            return self._count_after_end() or self._receive_after_end(text, now)
+        if not self._within_rate_bounds(now):
+            return self._rate_exceeded(now)
         try:
             envelope = parse_envelope(text)
         except ProtocolError as exc:
@@ -406,6 +501,15 @@ class ServerSession:
         if failure is None or isinstance(parameters, CloseParameters):
             out += self._dispatch(parameters, now)
         return out
+
+    def _receive_after_end(self, text: str, now: float) -> list[Output]:
+        try:
+            envelope = parse_envelope(text)
+            self._check_sequence_and_id(envelope)
+            parameters = parse_parameters(envelope.type, envelope.parameters)
+        except ProtocolError:
+            return []
+        return self._dispatch(parameters, now)
 
     def _check_sequence_and_id(self, envelope: ClientEnvelope) -> ProtocolError | None:
         failure: ProtocolError | None = None
@@ -556,6 +660,9 @@ class ServerSession:
             out: list[Output] = [CloseConnection(self._close_code, reason)]
             out += self._session_closed(None)
             return out
+        if self._unauthorized_at is not None:
+            self._unauthorized_at = None
+            return self._disconnect("unauthorized", UNAUTHORIZED_INFO, now)
         if self._state in _STREAMING:
             return self._disconnect("error", "idle timeout", now, "idle_timeout")
         return self._disconnect("error", "open timeout", now, "open_timeout")
@@ -565,6 +672,7 @@ class ServerSession:
             return []
         self._pending_open = None
         self._close_deadline = None
+        self._unauthorized_at = None
         # The open transaction settles when authentication completes (then DISCONNECTED).
         self._set_state(_S.FINALIZING if self._authenticated is None else _S.DISCONNECTED)
         return list(self._session_closed(None))

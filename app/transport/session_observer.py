@@ -46,6 +46,9 @@ DEFAULT_RETRY_AFTER_SECONDS = 1.0
 # The error codes the protocol defines; anything else is counted as "other" (bounded labels).
 CLIENT_ERROR_CODES = frozenset({400, 405, 408, 409, 413, 415, 429, 500, 503})
 MAX_LOGGED_ERROR_CHARS = 500
+# Lines a session may log about its messages (errors, violations, disconnects) beyond the
+# one-per-session lifecycle lines; the rest are counted and summed up once at the end.
+SESSION_LOG_BUDGET = 20
 METRICS_FLUSH_FRAMES = 5  # audio metrics lag live traffic by at most this many frames
 AUTH_FAILURE_REASONS = {
     "org_mismatch": "organization header missing or different from open.organizationId",
@@ -57,6 +60,7 @@ class SessionObserver:
     __slots__ = (
         "_bytes",
         "_frames",
+        "_log_budget",
         "_open_received_at",
         "_registered",
         "_seconds",
@@ -89,6 +93,7 @@ class SessionObserver:
         self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(self.integration)
         self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
         self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
+        self._log_budget = SESSION_LOG_BUDGET
         metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
         log.info("session connected", extra=self.log_fields)
@@ -186,6 +191,21 @@ class SessionObserver:
 
     async def finished(self) -> None:
         self._report_audio()
+        after_end = self.connection.session.messages_after_end
+        if after_end:
+            metrics.MESSAGES_AFTER_END.labels(self.integration).inc(after_end)
+        suppressed = -self._log_budget if self._log_budget < 0 else 0
+        if suppressed:
+            metrics.LOG_LINES_SUPPRESSED.inc(suppressed)
+        if after_end or suppressed:
+            log.info(
+                "session ended noisily",
+                extra={
+                    **self.log_fields,
+                    "messages_after_end": after_end,
+                    "log_lines_suppressed": suppressed,
+                },
+            )
         if self._registered:
             self.gateway.control.unregister(self.admission.session_id)
         metrics.SESSIONS_ACTIVE.labels(self.integration).dec()
@@ -223,7 +243,8 @@ class SessionObserver:
                     "retry_after": output.retry_after_seconds,
                 },
             )
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "client reported an error",
                 extra={
                     **self.log_fields,
@@ -236,7 +257,8 @@ class SessionObserver:
                 metrics.CLIENT_RTT.observe(output.rtt_seconds)
         elif isinstance(output, ProtocolViolation):
             metrics.PROTOCOL_ERRORS.labels(output.kind).inc()
-            log.warning(
+            self._log(
+                logging.WARNING,
                 "protocol violation",
                 extra={**self.log_fields, "kind": output.kind, "info": output.info},
             )
@@ -244,10 +266,17 @@ class SessionObserver:
             metrics.DISCONNECTS_SENT.labels(self.integration, output.reason).inc()
             if output.cause is not None and output.reason == "error":  # open or idle timeout
                 metrics.PROTOCOL_ERRORS.labels(output.cause).inc()
-            log.info(
+            self._log(
+                logging.INFO,
                 "disconnect sent",
                 extra={**self.log_fields, "reason": output.reason, "info": output.info},
             )
+
+    def _log(self, level: int, message: str, extra: dict[str, Any]) -> None:
+        """A line about one of the client's messages, within the session's log budget."""
+        self._log_budget -= 1
+        if self._log_budget >= 0:
+            log.log(level, message, extra=extra)
 
     def _publish(self, event_type: str, fields: dict[str, Any]) -> None:
         if self.publisher is not None:

@@ -19,7 +19,6 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketState
 
 from app.protocol.session import (
-    UNAUTHORIZED_INFO,
     AudioFrame,
     ClientError,
     CloseConnection,
@@ -68,13 +67,11 @@ class Connection:
     """One live AudioHook session on this replica."""
 
     __slots__ = (
-        "_auth_failure_info",
         "_close_code",
         "_close_reason",
         "_outgoing",
         "_outgoing_bytes",
         "_overflowed",
-        "_reject_timer",
         "_send_not_before",
         "_sender",
         "_sending_over",
@@ -97,12 +94,15 @@ class Connection:
         self.gateway = gateway
         self.session_id: str = admission.session_id
         self.connected_at = connected_at
+        failure_delay = gateway.settings.auth_min_failure_delay_seconds
         self.session = ServerSession(
             admission.session_id,
             gateway.session_config_for(admission.integration),
             connected_at,
             organization_header=admission.organization_id,
-            authenticated=True if admission.authenticated else None,
+            # Verification failed: the session is told so (by the ticker) after the minimum
+            # failure delay, and until then only counts what the client sends.
+            unauthorized_at=None if admission.authenticated else connected_at + failure_delay,
         )
         self.observer = SessionObserver(gateway, admission, self)
         # (text, message type) waiting to be sent. A list, not a deque: rarely more than one
@@ -116,26 +116,15 @@ class Connection:
         self._close_code: int | None = None
         self._close_reason = ""
         self._send_not_before = 0.0
-        # Verification failed: the session is told so after the minimum failure delay.
-        self._auth_failure_info = None if admission.authenticated else UNAUTHORIZED_INFO
-        self._reject_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
         self.gateway.connection_started(self)
-        if self._auth_failure_info is not None:
-            # Verification failed: answer no sooner than the minimum failure delay.
-            delay = self.gateway.settings.auth_min_failure_delay_seconds
-            self._reject_timer = asyncio.get_running_loop().call_at(
-                self.connected_at + delay, self._reject_unauthorized
-            )
         try:
             await self._receive_loop()
         except Exception:
             log.exception("session receive loop failed", extra=self.observer.log_fields)
         finally:
-            if self._reject_timer is not None:
-                self._reject_timer.cancel()
             # Idempotent: reports the session closed if the client never sent `close`.
             self._dispatch(self.session.connection_lost(time.monotonic()))
             self._close_code = self._close_code or 1000
@@ -151,10 +140,6 @@ class Connection:
                     )
             self.gateway.connection_finished(self)
             await self.observer.finished()
-
-    def _reject_unauthorized(self) -> None:
-        info = self._auth_failure_info or UNAUTHORIZED_INFO
-        self._dispatch(self.session.complete_authentication(False, time.monotonic(), info))
 
     async def _receive_loop(self) -> None:
         # The server's own ASGI `receive`, not Starlette's WebSocket.receive: that wrapper only

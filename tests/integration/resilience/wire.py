@@ -74,6 +74,7 @@ class WireClient:
         client_secret: str | None = TEST_CLIENT_SECRET,
         source: str = "127.0.0.1",
         receive_buffer: int | None = None,
+        correlation_id: str | None = None,
         timeout: float = 5.0,
     ) -> WireClient:
         """Dial from `source` and upgrade; `Refused` for an HTTP answer other than 101."""
@@ -85,7 +86,7 @@ class WireClient:
             client_secret=client_secret,
             organization_id=TEST_ORG_ID,
             session_id=session_id,
-            correlation_id=str(uuid.uuid4()),
+            correlation_id=correlation_id or str(uuid.uuid4()),
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -145,6 +146,15 @@ class WireClient:
 
     async def send_text(self, text: str) -> None:
         self.protocol.send_text(text.encode())
+        await self._flush()
+
+    async def send_in_one_write(self, frames: list[str | bytes]) -> None:
+        """Text and binary frames in a single TCP write (one read for the server, mostly)."""
+        for frame in frames:
+            if isinstance(frame, str):
+                self.protocol.send_text(frame.encode())
+            else:
+                self.protocol.send_binary(frame)
         await self._flush()
 
     async def send_audio(self, frame: bytes) -> None:
