@@ -266,6 +266,12 @@ class Settings(BaseSettings):
         description="Sustained WebSocket upgrades per second allowed from one source address, "
         "checked before authentication; excess gets HTTP 429.",
     )
+    max_request_head_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="Largest HTTP request head (request line and headers) accepted; a larger "
+        "one gets HTTP 431 and is closed. Genesys upgrade requests are 1-2 KB.",
+    )
     upgrade_burst_per_source: int = Field(
         600,
         description="Burst of upgrades one source address may make before the rate applies. "

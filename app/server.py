@@ -21,9 +21,10 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from app.observability.logging import configure_logging
+from app.runtime import Gateway
 from app.streams.embedded_redis import EmbeddedRedis
 from app.transport.http import operational_app
-from app.transport.request_deadline import with_request_deadline
+from app.transport.http_guard import guarded_http_protocol
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 log = logging.getLogger("app.server")
@@ -52,13 +53,19 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _uvicorn_config(app: object, host: str, port: int, settings: Settings) -> uvicorn.Config:
+def _uvicorn_config(
+    app: object, host: str, port: int, settings: Settings, gateway: Gateway | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         loop="none",
-        http=with_request_deadline(settings.open_timeout_seconds),
+        # Every connection answered or closed in bounded time and memory (docs/http-guard.md);
+        # refusals on the main listener count against the source's upgrade rate limit.
+        http=guarded_http_protocol(
+            settings.max_request_head_bytes, settings.open_timeout_seconds, gateway
+        ),
         ws=AudioHookWebSocketProtocol,
         # Never below max_frame_bytes, so the session's own limit answers oversized frames.
         ws_max_size=max(WS_MAX_MESSAGE_BYTES, settings.max_frame_bytes + 1),
@@ -81,7 +88,9 @@ async def serve(settings: Settings) -> int:
     try:
         app = create_app(settings)
         _tune_gc()
-        main_server = _Server(_uvicorn_config(app, settings.host, settings.port, settings))
+        main_server = _Server(
+            _uvicorn_config(app, settings.host, settings.port, settings, app.state.gateway)
+        )
         servers = [main_server]
         if settings.metrics_port:
             metrics_app = operational_app(app.state.gateway)

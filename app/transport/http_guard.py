@@ -1,0 +1,211 @@
+"""The uvicorn HTTP protocol for the gateway's listeners: every connection is answered or
+closed in bounded time and bounded memory, whatever uvicorn's HTTP or WebSocket layer makes
+of the request (see docs/http-guard.md).
+
+- The request head is at most `max_head_bytes`, counted before bytes reach the parser
+  (httptools accumulates the URL and each header without a bound): 431 beyond it.
+- A deadline runs from connect until the application has taken over: the WebSocket
+  handshake answered (accepted or denied) or an HTTP response started. Then it is closed.
+- A WebSocket upgrade with a body (Content-Length, Transfer-Encoding) gets 400: llhttp hands
+  it over as an upgrade, and the websockets handshake parser then refuses it silently.
+- When that parser refuses a head for any other reason (a line over 8 KiB, too many headers,
+  HTTP/1.0, ...), uvicorn writes nothing and never closes: the guard answers 400 or 431.
+- One request per connection: the main listener exists for upgrades, the operational one for
+  probes and scrapes. Keep-alive and pipelining would reopen the head gaps, and a body that
+  never ends could hold the socket after its response; the connection closes after it.
+
+Each refusal is counted (`connections_rejected{cause}`), logged once, and charged to the
+source's upgrade rate limit. uvicorn internals relied on are marked "uvicorn:".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
+
+from app.observability import metrics
+from app.security.ipallow import contains
+
+if TYPE_CHECKING:
+    from app.runtime import Gateway
+
+log = logging.getLogger("app.transport.http_guard")
+
+LOGGED_CHARS = 80  # client-controlled values in log lines are cut to this
+REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing; the refusal is kept on the protocol
+    (httptools replaces a callback's exception with HttpParserCallbackError)."""
+
+
+def _clip(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text[:LOGGED_CHARS] + ("..." if len(text) > LOGGED_CHARS else "")
+
+
+def guarded_http_protocol(
+    max_head_bytes: int, deadline_seconds: float, gateway: Gateway | None = None
+) -> type[HttpToolsProtocol]:
+    """The uvicorn `http` protocol class; refusals are charged to `gateway.upgrade_limiter`."""
+
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _head_complete = False
+        _messages = 0
+        _finished = False  # refused, upgraded or past its one request: no more parsing
+        _ws: asyncio.BaseProtocol | None = None  # uvicorn's WebSocket protocol after upgrade
+        _refusal: tuple[int, str, str] | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            # Replaces uvicorn's data_received (feed, then upgrade or 400) entirely.
+            if self._finished:
+                return
+            self._unset_keepalive_if_required()
+            if not self._head_complete:
+                room = max_head_bytes - self._head_bytes
+                self._head_bytes += min(len(data), room)
+                if len(data) > room:
+                    self._feed(data[:room])
+                    if self._finished:
+                        return
+                    if not self._head_complete:
+                        self._refuse(431, "request_head_too_large", "request head too large")
+                        return
+                    data = data[room:]
+            self._feed(data)
+
+        def _feed(self, data: bytes) -> None:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._upgrade()
+            except httptools.HttpParserError:
+                refusal, self._refusal = self._refusal, None
+                if refusal is not None:
+                    self._refuse(*refusal)
+                elif self._messages > 1:  # a second request: let the first one's answer end it
+                    self._finished = True
+                else:
+                    self._refuse(400, "bad_request", "invalid HTTP request")
+
+        # Parser callbacks (uvicorn: on_message_begin resets self.url and self.headers).
+
+        def on_message_begin(self) -> None:
+            self._messages += 1
+            if self._messages > 1:
+                raise _Refused
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._head_complete = True
+            connection = [
+                token.strip().lower()
+                for name, value in self.headers
+                if name == b"connection"
+                for token in value.split(b",")
+            ]
+            upgrade = [value.strip().lower() for name, value in self.headers if name == b"upgrade"]
+            has_body = any(
+                name == b"transfer-encoding" or (name == b"content-length" and value != b"0")
+                for name, value in self.headers
+            )
+            if b"upgrade" in connection and upgrade == [b"websocket"] and has_body:
+                self._refusal = (400, "bad_request", "WebSocket upgrade with a body")
+                raise _Refused
+            super().on_headers_complete()
+            if self.cycle is not None:  # a plain HTTP request: one per connection
+                self.cycle.keep_alive = False
+
+        def _upgrade(self) -> None:
+            self._finished = True
+            if not self._should_upgrade():
+                # An Upgrade to anything else is ignored (RFC 9110 7.8): the request is
+                # answered as plain HTTP by the cycle uvicorn started in on_headers_complete.
+                return
+            self.handle_websocket_upgrade()
+            self._ws = self.transport.get_protocol()
+            # uvicorn: the sans-I/O WebSocket protocol sets `handshake_initiated` once the
+            # websockets parser accepted the head; if it refused it, nothing is sent.
+            if getattr(self._ws, "handshake_initiated", True):
+                return
+            error = getattr(getattr(self._ws, "conn", None), "handshake_exc", None)
+            if isinstance(error, RequestLineTooLong | HeaderLineTooLong | TooManyHeaders):
+                self._refuse(431, "request_head_too_large", "request line or header too large")
+            else:
+                self._refuse(400, "bad_request", f"refused by the handshake parser: {error}")
+
+        def _taken_over(self) -> bool:
+            if self._ws is not None:  # uvicorn: set once the handshake is answered or lost
+                return bool(getattr(self._ws, "handshake_complete", True))
+            return self.cycle is not None and self.cycle.response_started
+
+        def _deadline_passed(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or self._taken_over():
+                return
+            stage = "request head" if not self._head_complete else "handshake or response"
+            self._reject(None, "request_timeout", f"{stage} not complete in time")
+            self.transport.close()
+
+        def _refuse(self, status: int, cause: str, detail: str) -> None:
+            self._finished = True
+            self._reject(status, cause, detail)
+            if self.transport.is_closing():
+                return
+            body = f"{detail}\n".encode()
+            head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
+            head += b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            head += b"content-length: %d\r\n\r\n" % len(body)
+            self.transport.write(head + body)
+            self.transport.close()
+
+        def _reject(self, status: int | None, cause: str, detail: str) -> None:
+            """Count, log once and charge the source's upgrade budget."""
+            metrics.CONNECTIONS_REJECTED.labels(cause).inc()
+            peer = self.client[0] if self.client else None
+            client = peer
+            if gateway is not None:
+                forwarded = [
+                    value.decode("latin-1")
+                    for name, value in ((self.headers or []) if self._head_complete else [])
+                    if name == b"x-forwarded-for"
+                ]
+                allowlist = gateway.allowlist
+                address = allowlist.client_address(peer, forwarded)
+                client = str(address) if address is not None else "unknown"
+                # A trusted proxy that could not name its client is not charged for it.
+                if address is not None and not contains(allowlist.trusted_proxies, address):
+                    gateway.upgrade_limiter.allow(client)
+            log.warning(
+                "request refused before the application",
+                extra={
+                    "client_address": client,
+                    "status": status,
+                    "cause": cause,
+                    "detail": _clip(detail),
+                    "target": _clip(getattr(self, "url", None)),
+                    "head_bytes": self._head_bytes,
+                },
+            )
+
+    return GuardedHttpToolsProtocol

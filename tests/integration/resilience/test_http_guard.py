@@ -1,0 +1,255 @@
+"""Requests the HTTP layer accepts but the WebSocket layer refuses, heads that never end,
+bodies that never end: each is answered or closed, counted, and charged to its source, over
+raw sockets against the real gateway process (docs/http-guard.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.streams.embedded_redis import EmbeddedRedis
+from tests.integration.resilience.helpers import gateway_process, readyz
+from tests.integration.resilience.wire import Refused, WireClient
+from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import REJECTED, metric_value
+
+DEADLINE = 1.0  # OPEN_TIMEOUT_SECONDS: the deadline until the application takes over
+HANG_GUARD = 10.0  # generous bound on anything the server must do
+WS_PATH = b"/api/v1/audiohook/ws"
+UPGRADE = (
+    b"GET " + WS_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    name: str
+    request: bytes
+    status: bytes | None  # the expected status line prefix; None: closed, no answer
+    cause: str
+
+
+MALFORMED = [
+    Malformed(
+        "chunked upgrade", UPGRADE + b"Transfer-Encoding: chunked\r\n\r\n", b"400", "bad_request"
+    ),
+    Malformed("upgrade with a body", UPGRADE + b"Content-Length: 5\r\n\r\n", b"400", "bad_request"),
+    # Heads the HTTP parser takes for an upgrade but the WebSocket handshake parser refuses.
+    Malformed(
+        "request line over 8 KB",
+        UPGRADE.replace(WS_PATH, WS_PATH + b"?" + b"a" * 9000) + b"\r\n",
+        b"431",
+        "request_head_too_large",
+    ),
+    Malformed(
+        "129 headers",
+        UPGRADE + b"".join(b"X-H%d: 1\r\n" % n for n in range(129)) + b"\r\n",
+        b"431",
+        "request_head_too_large",
+    ),
+    Malformed(
+        "header line over 8 KB",
+        UPGRADE + b"X-Pad: " + b"a" * 9000 + b"\r\n\r\n",
+        b"431",
+        "request_head_too_large",
+    ),
+    # The server closes after 16 KiB with the rest unread, so the answer may be lost to a reset.
+    Malformed(
+        "1 MB URL",
+        b"GET " + WS_PATH + b"?" + b"a" * (1 << 20) + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        None,
+        "request_head_too_large",
+    ),
+    Malformed("head that never ends", UPGRADE, None, "request_timeout"),
+]
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    settings = {"OPEN_TIMEOUT_SECONDS": str(DEADLINE)}
+    with gateway_process(redis_server, tmp_path_factory.mktemp("guard"), settings) as process:
+        yield process
+
+
+def dial(gateway: GatewayProcess, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((source, 0))
+    sock.settimeout(DEADLINE + HANG_GUARD)
+    sock.connect(("127.0.0.1", gateway.port))
+    return sock
+
+
+def send(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(data)
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; AssertionError if it keeps the socket."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+            assert len(received) < 1 << 20, "an unbounded answer"
+    except TimeoutError:
+        raise AssertionError(f"the server kept the socket; received {received[:80]!r}") from None
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def open_fds(gateway: GatewayProcess) -> int:
+    assert gateway.process is not None
+    return len(os.listdir(f"/proc/{gateway.process.pid}/fd"))
+
+
+def settled_fds(gateway: GatewayProcess, at_most: int) -> int:
+    """The gateway's open descriptors once they fall to `at_most` (or after HANG_GUARD)."""
+    give_up = time.monotonic() + HANG_GUARD
+    while (count := open_fds(gateway)) > at_most and time.monotonic() < give_up:
+        time.sleep(0.1)
+    return count
+
+
+async def good_call(gateway: GatewayProcess, source: str = "127.0.0.1") -> None:
+    client = await WireClient.connect(gateway.ws_url, source=source)
+    try:
+        await client.open()
+        await client.send_audio(b"\xff" * 3200)
+        await client.close()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=[case.name for case in MALFORMED])
+async def test_malformed_request_is_answered_and_closed(
+    gateway: GatewayProcess, case: Malformed
+) -> None:
+    before = metric_value(gateway, REJECTED, cause=case.cause)
+    with dial(gateway) as sock:
+        send(sock, case.request)
+        answer = until_closed(sock)
+    if case.status is not None:
+        assert answer.startswith(b"HTTP/1.1 " + case.status), answer[:200]
+    else:
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
+    assert metric_value(gateway, REJECTED, cause=case.cause) == before + 1
+    assert readyz(gateway) == 200
+
+
+async def test_head_sent_one_byte_per_100_ms_is_closed(gateway: GatewayProcess) -> None:
+    before = metric_value(gateway, REJECTED, cause="request_timeout")
+    request = UPGRADE + b"X-Pad: " + b"a" * 1000  # more bytes than the deadline lets through
+    with dial(gateway) as sock:
+        closed = False
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+            sock.setblocking(False)
+            try:
+                closed = sock.recv(1024) == b""
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed = True
+            sock.settimeout(DEADLINE + HANG_GUARD)
+            if closed:
+                break
+        assert closed, "a head trickled one byte at a time was kept open"
+    assert metric_value(gateway, REJECTED, cause="request_timeout") == before + 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST " + WS_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET " + WS_PATH + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+        b"Content-Length: 1000000000\r\n\r\n",
+    ],
+    ids=["content-length", "chunked", "connection-upgrade-without-upgrade"],
+)
+async def test_plain_request_with_a_never_ending_body_is_answered_and_closed(
+    gateway: GatewayProcess, head: bytes
+) -> None:
+    chunked = b"chunked" in head
+    piece = b"1000\r\n" + b"x" * 4096 + b"\r\n" if chunked else b"x" * 4096
+    with dial(gateway) as sock:
+        send(sock, head)
+        answer, closed = b"", False
+        for _ in range(int((DEADLINE + HANG_GUARD) / 0.01)):  # the body never ends
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            sock.setblocking(False)
+            try:
+                chunk = sock.recv(65536)
+                answer += chunk
+                closed = chunk == b""
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed = True
+            sock.settimeout(DEADLINE + HANG_GUARD)
+            if closed:
+                break
+            time.sleep(0.01)
+        assert closed, f"a request with a never-ending body kept the socket; got {answer[:80]!r}"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
+
+
+async def test_many_malformed_sockets_at_once(gateway: GatewayProcess) -> None:
+    """200 malformed sockets at once: the gateway still serves a good call and /readyz, and
+    its open descriptors come back once every socket has been answered or closed."""
+    await good_call(gateway)  # any descriptors a first call opens (Redis pool) are in use
+    baseline = open_fds(gateway)
+    kinds = [case for case in MALFORMED if case.name != "1 MB URL"]
+    sockets = []
+    try:
+        for index in range(200):
+            sock = dial(gateway)
+            send(sock, kinds[index % len(kinds)].request)
+            sockets.append(sock)
+        await good_call(gateway)
+        assert readyz(gateway) == 200
+        for sock in sockets:
+            until_closed(sock)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert settled_fds(gateway, baseline + 5) <= baseline + 5
+    await good_call(gateway)
+    assert readyz(gateway) == 200
+
+
+async def test_malformed_requests_count_against_the_source_rate_limit(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    settings = {"UPGRADES_PER_SECOND_PER_SOURCE": "0.01", "UPGRADE_BURST_PER_SOURCE": "3"}
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        for case in MALFORMED[:3]:
+            with dial(gateway, source="127.0.0.5") as sock:
+                send(sock, case.request)
+                assert until_closed(sock).startswith(b"HTTP/1.1 4")
+        with pytest.raises(Refused) as refusal:
+            await good_call(gateway, source="127.0.0.5")
+        assert refusal.value.status == 429
+        await good_call(gateway, source="127.0.0.6")  # another source keeps its budget
