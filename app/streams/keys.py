@@ -13,7 +13,7 @@ a replica's inbox carries `{<replicaId>}`. Consumer authors: this is the layout 
 | audiohook:control:replies             | stream | every command's result (audit record)           |
 | audiohook:control:reply:{<commandId>} | list   | the one reply a waiting sender pops (TTL)       |
 | audiohook:ip-ranges                   | string | last good Genesys IP-range list (JSON)          |
-| audiohook:nonce:<nonce>               | string | signature nonce seen recently (SET NX EX)       |
+| audiohook:nonce:<nonce>               | string | token of the request that used this nonce (TTL) |
 """
 
 from __future__ import annotations
