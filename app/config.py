@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Connect and read timeout of Redis operations."
     )
+    redis_health_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Readiness pings Redis this often on a connection of its own, and a PING "
+        "unanswered for this long marks Redis down (new upgrades get 503 until it answers).",
+    )
     publish_backlog_seconds: float = Field(
         default=10.0,
         gt=0,

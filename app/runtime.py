@@ -25,6 +25,7 @@ from app.security.ipallow import IpAllowlist
 from app.streams.control import ControlPlane
 from app.streams.publisher import Publisher
 from app.streams.redis_client import close_redis, create_redis
+from app.streams.redis_health import RedisHealthCheck
 from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Gateway:
         self.settings = settings
         self.redis = create_redis(settings)
         self.publisher = Publisher(self.redis, settings)
+        self.redis_health = RedisHealthCheck(settings, self.publisher.health_checked)
         self.control = ControlPlane.from_settings(self.redis, settings)
         self.replica_id = self.control.replica_id
         self.integrations = IntegrationRegistry.from_settings(settings)
@@ -67,6 +69,7 @@ class Gateway:
         await self.allowlist.load_cached()
         self._spawn(self.allowlist.run(), "ip-ranges-refresh")
         self._spawn(self._tick_sessions(), "session-ticker")
+        self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(
             self.integrations.run_reload_loop(self.settings.integrations_reload_seconds),
             "integrations-reload",
