@@ -267,6 +267,13 @@ class Settings(BaseSettings):
     max_sessions: int = Field(
         2000, description="Concurrent sessions per replica; further upgrades get HTTP 503."
     )
+    max_pending_auth_failures: int = Field(
+        256,
+        ge=0,
+        description="Failed authentications answered `disconnect` unauthorized at once per "
+        "replica; they never hold a session slot. Past this, failures get HTTP 401 (still no "
+        "sooner than auth_min_failure_delay_seconds).",
+    )
     upgrades_per_second_per_source: float = Field(
         300.0,
         description="Sustained WebSocket upgrades per second allowed from one source address, "

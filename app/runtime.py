@@ -55,6 +55,9 @@ class Gateway:
         # awaits, so simultaneous upgrades cannot all slip under a limit.
         self.admitted_sessions = 0
         self.admitted_by_integration: Counter[str] = Counter()
+        # Failed authentications being answered `disconnect` unauthorized: bounded on their own
+        # and never counted as sessions, so failed logins cannot take real calls' slots.
+        self.pending_auth_failures = 0
         self.draining = False
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -200,10 +203,25 @@ class Gateway:
         self.admitted_sessions += 1
         return None
 
+    def admit_auth_failure(self) -> bool:
+        """Count a failed authentication that will be answered `disconnect` unauthorized;
+        False when max_pending_auth_failures is reached (answer HTTP 401 instead)."""
+        if self.pending_auth_failures >= self.settings.max_pending_auth_failures:
+            metrics.AUTH_FAILURES_OVER_LIMIT.inc()
+            return False
+        self.pending_auth_failures += 1
+        metrics.AUTH_FAILURES_PENDING.set(self.pending_auth_failures)
+        return True
+
     def release_session(self, integration: Integration | None) -> None:
+        """Release what admission counted. Only an authenticated connection has an
+        integration; `None` is a failed authentication (admit_auth_failure)."""
+        if integration is None:
+            self.pending_auth_failures -= 1
+            metrics.AUTH_FAILURES_PENDING.set(self.pending_auth_failures)
+            return
         self.admitted_sessions -= 1
-        if integration is not None:
-            self.admitted_by_integration[integration.name] -= 1
+        self.admitted_by_integration[integration.name] -= 1
 
     def session_config_for(self, integration: Integration | None) -> SessionConfig:
         settings = self.settings

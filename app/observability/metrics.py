@@ -60,6 +60,18 @@ CONNECTIONS_REJECTED = Counter(
     ["cause"],
     namespace=NAMESPACE,
 )
+AUTH_FAILURES_PENDING = Gauge(
+    "auth_failures_pending",
+    "Connections that failed authentication and are being answered `disconnect` unauthorized "
+    "(bounded by max_pending_auth_failures; they hold no session slot).",
+    namespace=NAMESPACE,
+)
+AUTH_FAILURES_OVER_LIMIT = Counter(
+    "auth_failures_over_limit",
+    "Failed authentications answered HTTP 401 because max_pending_auth_failures was reached "
+    "(each is also counted in connections_rejected by its auth cause).",
+    namespace=NAMESPACE,
+)
 PROTOCOL_ERRORS = Counter(
     "protocol_errors", "Protocol violations by the client, by kind.", ["kind"],
     namespace=NAMESPACE,

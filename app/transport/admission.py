@@ -5,7 +5,8 @@ WebSocket denial-response extension), a metric and a log line: 503 draining or n
 source address outside the allowlist, 429 too many upgrades from one source, 400 a malformed
 session id, 503/429 session limits. Authentication failures are answered after the upgrade
 with `disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or
-with HTTP 401 when configured so.
+with HTTP 401 when configured so or when max_pending_auth_failures are already pending; they
+never hold a session slot.
 """
 
 from __future__ import annotations
@@ -95,18 +96,39 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(503, "not_ready", "Service unavailable")
 
     if not decision.ok:
+        # A failure never takes a session slot: it is answered `disconnect` unauthorized under
+        # its own bound, or HTTP 401 when so configured or past that bound. Either answer
+        # waits for the minimum failure delay, so its timing tells nothing about which check
+        # failed (the bound is not a reason to answer faster: the wait costs a sleeping
+        # coroutine, not a slot, and the per-source rate limit bounds how many there are).
         metrics.CONNECTIONS_REJECTED.labels(decision.metric_label).inc()
+        disconnect = gateway.settings.auth_failure_response == "disconnect"
+        admitted = disconnect and gateway.admit_auth_failure()
         log.warning(
             "authentication failed",
-            extra={**fields, "outcome": str(decision.outcome), "reason": decision.reason},
+            extra={
+                **fields,
+                "outcome": str(decision.outcome),
+                "reason": decision.reason,
+                "answer": "disconnect" if admitted else "http_401",
+            },
         )
-        if gateway.settings.auth_failure_response == "http_401":
+        if not admitted:
             not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
             return Refusal(401, "Signature verification failed", not_before)
+        return Admission(
+            session_id=session_id,
+            correlation_id=headers.get("audiohook-correlation-id", ""),
+            organization_id=headers.get("audiohook-organization-id"),
+            client_address=client_address,
+            integration=None,
+            authenticated=False,
+        )
 
     # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
     # under a limit; the endpoint releases the slot when the connection ends.
-    integration = decision.integration if decision.ok else None
+    integration = decision.integration
+    assert integration is not None  # an accepted request always names its integration
     limit_reached = gateway.admit_session(integration)
     if limit_reached == "session_limit":
         return refuse(503, limit_reached, "Session limit reached")
@@ -119,5 +141,5 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         organization_id=headers.get("audiohook-organization-id"),
         client_address=client_address,
         integration=integration,
-        authenticated=decision.ok,
+        authenticated=True,
     )
