@@ -56,7 +56,7 @@ CONNECTIONS_REJECTED = Counter(
     "connections_rejected",
     "Connections refused or ended before a session could run, by cause "
     "(ip_not_allowed, auth_<outcome>, replayed_nonce, session_limit, integration_limit, "
-    "rate_limited, not_ready, draining).",
+    "rate_limited, not_ready, draining, duplicate_header, session_id_conflict).",
     ["cause"],
     namespace=NAMESPACE,
 )

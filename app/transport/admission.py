@@ -2,11 +2,11 @@
 
 `admit()` decides; the endpoint sends the answer. Each refusal is an HTTP status (the ASGI
 WebSocket denial-response extension), a metric and a log line: 503 draining or not ready, 403
-source address outside the allowlist, 429 too many upgrades from one source, 400 a malformed
-session id, 503/429 session limits. Authentication failures are answered after the upgrade
-with `disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or
-with HTTP 401 when configured so or when max_pending_auth_failures are already pending; they
-never hold a session slot.
+source address outside the allowlist, 429 too many upgrades from one source, 400 an identity
+header sent twice or a malformed session id, 503/429 session limits. Authentication failures
+are answered after the upgrade with `disconnect` reason `unauthorized` (what the Genesys
+connection probe shows an admin), or with HTTP 401 when configured so or when
+max_pending_auth_failures are already pending; they never hold a session slot.
 """
 
 from __future__ import annotations
@@ -27,6 +27,31 @@ if TYPE_CHECKING:
     from app.runtime import Gateway
 
 log = logging.getLogger("app.transport.admission")
+
+# Headers that identify the caller, the session or the signature: each must appear at most
+# once (a second copy could be read by one check and not another).
+SINGLE_VALUE_HEADERS = frozenset(
+    {
+        b"host",
+        b"audiohook-session-id",
+        b"audiohook-organization-id",
+        b"audiohook-correlation-id",
+        b"x-api-key",
+        b"signature",
+        b"signature-input",
+    }
+)
+
+
+def duplicated_header(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first identity header present more than once, if any (ASGI names are lower-case)."""
+    seen: set[bytes] = set()
+    for name, _ in raw_headers:
+        if name in SINGLE_VALUE_HEADERS:
+            if name in seen:
+                return name.decode("latin-1")
+            seen.add(name)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +104,10 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(429, "rate_limited", "Too many connection attempts")
     # The null UUID is refused too: the protocol would let the client's `open` pick the
     # session id, which is not covered by the signature.
+    duplicate = duplicated_header(websocket.scope["headers"])
+    if duplicate is not None:
+        fields["header"] = duplicate
+        return refuse(400, "duplicate_header", f"Duplicate {duplicate} header")
     if not is_uuid(session_id) or session_id == NULL_UUID:
         return refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
     if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
