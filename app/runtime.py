@@ -22,6 +22,7 @@ from app.protocol.session import SessionConfig
 from app.security.authenticator import Authenticator
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
+from app.security.session_owners import SessionOwners
 from app.streams.control import ControlPlane
 from app.streams.publisher import Publisher
 from app.streams.redis_client import close_redis, create_redis
@@ -47,6 +48,7 @@ class Gateway:
         self.integrations = IntegrationRegistry.from_settings(settings)
         self.authenticator = Authenticator.from_settings(settings, self.integrations, self.redis)
         self.allowlist = IpAllowlist.from_settings(settings, self.redis)
+        self.session_owners = SessionOwners(self.redis, settings.stream_ttl_seconds)
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )

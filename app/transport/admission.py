@@ -3,10 +3,11 @@
 `admit()` decides; the endpoint sends the answer. Each refusal is an HTTP status (the ASGI
 WebSocket denial-response extension), a metric and a log line: 503 draining or not ready, 403
 source address outside the allowlist, 429 too many upgrades from one source, 400 an identity
-header sent twice or a malformed session id, 503/429 session limits. Authentication failures
-are answered after the upgrade with `disconnect` reason `unauthorized` (what the Genesys
-connection probe shows an admin), or with HTTP 401 when configured so or when
-max_pending_auth_failures are already pending; they never hold a session slot.
+header sent twice or a malformed session id, 409 a session id used by another integration,
+503/429 session limits. Authentication failures are answered after the upgrade with
+`disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or with
+HTTP 401 when configured so or when max_pending_auth_failures are already pending; they never
+hold a session slot.
 """
 
 from __future__ import annotations
@@ -158,6 +159,13 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
     # under a limit; the endpoint releases the slot when the connection ends.
     integration = decision.integration
     assert integration is not None  # an accepted request always names its integration
+    try:
+        owned = await gateway.session_owners.claim(session_id, integration.name)
+    except NonceStoreUnavailable:
+        return refuse(503, "not_ready", "Service unavailable")
+    if not owned:
+        fields["integration"] = integration.name
+        return refuse(409, "session_id_conflict", "Session id belongs to another integration")
     limit_reached = gateway.admit_session(integration)
     if limit_reached == "session_limit":
         return refuse(503, limit_reached, "Session limit reached")
