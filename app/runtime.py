@@ -235,8 +235,8 @@ class Gateway:
             formats = tuple(integration.media_formats or formats)
             prefer = integration.media_prefer or prefer
             start_paused = integration.start_paused
-            if integration.allowed_organizations is not None:
-                allowed_orgs = frozenset(integration.allowed_organizations)
+            if not integration.any_organization:
+                allowed_orgs = frozenset(integration.allowed_organizations or ())
         return SessionConfig(
             media_policy=MediaPolicy(formats=formats, prefer=prefer),
             start_paused=start_paused,
