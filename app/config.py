@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Connect and read timeout of Redis operations."
     )
+    redis_health_check_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Readiness pings Redis this often on a connection of its own, and a PING "
+        "unanswered for this long marks Redis down (new upgrades get 503 until it answers).",
+    )
     publish_backlog_seconds: float = Field(
         default=10.0,
         gt=0,
@@ -260,6 +266,13 @@ class Settings(BaseSettings):
     # --- limits and drain --------------------------------------------------------------------
     max_sessions: int = Field(
         2000, description="Concurrent sessions per replica; further upgrades get HTTP 503."
+    )
+    max_pending_auth_failures: int = Field(
+        256,
+        ge=0,
+        description="Failed authentications answered `disconnect` unauthorized at once per "
+        "replica; they never hold a session slot. Past this, failures get HTTP 401 (still no "
+        "sooner than auth_min_failure_delay_seconds).",
     )
     upgrades_per_second_per_source: float = Field(
         300.0,

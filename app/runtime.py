@@ -22,9 +22,11 @@ from app.protocol.session import SessionConfig
 from app.security.authenticator import Authenticator
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
+from app.security.session_owners import SessionOwners
 from app.streams.control import ControlPlane
 from app.streams.publisher import Publisher
 from app.streams.redis_client import close_redis, create_redis
+from app.streams.redis_health import RedisHealthCheck
 from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
@@ -40,11 +42,13 @@ class Gateway:
         self.settings = settings
         self.redis = create_redis(settings)
         self.publisher = Publisher(self.redis, settings)
+        self.redis_health = RedisHealthCheck(settings, self.publisher.health_checked)
         self.control = ControlPlane.from_settings(self.redis, settings)
         self.replica_id = self.control.replica_id
         self.integrations = IntegrationRegistry.from_settings(settings)
         self.authenticator = Authenticator.from_settings(settings, self.integrations, self.redis)
         self.allowlist = IpAllowlist.from_settings(settings, self.redis)
+        self.session_owners = SessionOwners(self.redis, settings.stream_ttl_seconds)
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
@@ -53,6 +57,9 @@ class Gateway:
         # awaits, so simultaneous upgrades cannot all slip under a limit.
         self.admitted_sessions = 0
         self.admitted_by_integration: Counter[str] = Counter()
+        # Failed authentications being answered `disconnect` unauthorized: bounded on their own
+        # and never counted as sessions, so failed logins cannot take real calls' slots.
+        self.pending_auth_failures = 0
         self.draining = False
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -67,6 +74,7 @@ class Gateway:
         await self.allowlist.load_cached()
         self._spawn(self.allowlist.run(), "ip-ranges-refresh")
         self._spawn(self._tick_sessions(), "session-ticker")
+        self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(
             self.integrations.run_reload_loop(self.settings.integrations_reload_seconds),
             "integrations-reload",
@@ -197,10 +205,25 @@ class Gateway:
         self.admitted_sessions += 1
         return None
 
+    def admit_auth_failure(self) -> bool:
+        """Count a failed authentication that will be answered `disconnect` unauthorized;
+        False when max_pending_auth_failures is reached (answer HTTP 401 instead)."""
+        if self.pending_auth_failures >= self.settings.max_pending_auth_failures:
+            metrics.AUTH_FAILURES_OVER_LIMIT.inc()
+            return False
+        self.pending_auth_failures += 1
+        metrics.AUTH_FAILURES_PENDING.set(self.pending_auth_failures)
+        return True
+
     def release_session(self, integration: Integration | None) -> None:
+        """Release what admission counted. Only an authenticated connection has an
+        integration; `None` is a failed authentication (admit_auth_failure)."""
+        if integration is None:
+            self.pending_auth_failures -= 1
+            metrics.AUTH_FAILURES_PENDING.set(self.pending_auth_failures)
+            return
         self.admitted_sessions -= 1
-        if integration is not None:
-            self.admitted_by_integration[integration.name] -= 1
+        self.admitted_by_integration[integration.name] -= 1
 
     def session_config_for(self, integration: Integration | None) -> SessionConfig:
         settings = self.settings
@@ -212,8 +235,8 @@ class Gateway:
             formats = tuple(integration.media_formats or formats)
             prefer = integration.media_prefer or prefer
             start_paused = integration.start_paused
-            if integration.allowed_organizations is not None:
-                allowed_orgs = frozenset(integration.allowed_organizations)
+            if not integration.any_organization:
+                allowed_orgs = frozenset(integration.allowed_organizations or ())
         return SessionConfig(
             media_policy=MediaPolicy(formats=formats, prefer=prefer),
             start_paused=start_paused,

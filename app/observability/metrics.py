@@ -56,8 +56,21 @@ CONNECTIONS_REJECTED = Counter(
     "connections_rejected",
     "Connections refused or ended before a session could run, by cause "
     "(ip_not_allowed, auth_<outcome>, replayed_nonce, session_limit, integration_limit, "
-    "rate_limited, not_ready, draining, bad_request, request_head_too_large, request_timeout).",
+    "rate_limited, not_ready, draining, bad_request, request_head_too_large, request_timeout, "
+    "duplicate_header, session_id_conflict).",
     ["cause"],
+    namespace=NAMESPACE,
+)
+AUTH_FAILURES_PENDING = Gauge(
+    "auth_failures_pending",
+    "Connections that failed authentication and are being answered `disconnect` unauthorized "
+    "(bounded by max_pending_auth_failures; they hold no session slot).",
+    namespace=NAMESPACE,
+)
+AUTH_FAILURES_OVER_LIMIT = Counter(
+    "auth_failures_over_limit",
+    "Failed authentications answered HTTP 401 because max_pending_auth_failures was reached "
+    "(each is also counted in connections_rejected by its auth cause).",
     namespace=NAMESPACE,
 )
 PROTOCOL_ERRORS = Counter(

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ANY_ORGANIZATION = "*"
+
 # The reference client's API-key format.
 API_KEY_PATTERN = r"^[a-zA-Z0-9+/_-]+={0,2}$"
 
@@ -54,7 +56,8 @@ class Integration(BaseModel):
     api_key: str = Field(min_length=1, max_length=256, pattern=API_KEY_PATTERN, repr=False)
     # Base64 client secrets; any of them verifies (rotation). Empty: unsigned requests allowed.
     client_secrets: list[str] = Field(default_factory=list, repr=False)
-    # Organization ids allowed to use this key; None allows any organization.
+    # Organization ids allowed to use this key; ["*"] allows any organization explicitly.
+    # None (unset) allows any too, for compatibility, with a warning at start-up and reload.
     allowed_organizations: list[str] | None = None
     enabled: bool = True
     media_prefer: Literal["stereo", "mono"] | None = None
@@ -75,7 +78,12 @@ class Integration(BaseModel):
     @field_validator("allowed_organizations")
     @classmethod
     def _lower_case_orgs(cls, orgs: list[str] | None) -> list[str] | None:
-        return None if orgs is None else [org.strip().lower() for org in orgs]
+        if orgs is None:
+            return None
+        orgs = [org.strip().lower() for org in orgs]
+        if ANY_ORGANIZATION in orgs and len(orgs) > 1:
+            raise ValueError('"*" allows any organization and cannot be combined with ids')
+        return orgs
 
     def model_post_init(self, context: object, /) -> None:
         self._secret_keys = tuple(decode_secret(secret) for secret in self.client_secrets)
@@ -89,9 +97,14 @@ class Integration(BaseModel):
     def allows_unsigned(self) -> bool:
         return not self.client_secrets
 
+    @property
+    def any_organization(self) -> bool:
+        orgs = self.allowed_organizations
+        return orgs is None or orgs == [ANY_ORGANIZATION]
+
     def allows_organization(self, organization_id: str) -> bool:
         orgs = self.allowed_organizations
-        return orgs is None or organization_id.strip().lower() in orgs
+        return self.any_organization or organization_id.strip().lower() in (orgs or ())
 
 
 def _describe(exc: ValidationError) -> str:
@@ -120,6 +133,18 @@ def parse_integrations(text: str | bytes, source: str) -> list[Integration]:
     return integrations
 
 
+def warn_unrestricted(integrations: Iterable[Integration]) -> None:
+    """An integration without allowed_organizations lets its key claim any organization id in
+    `open`, and consumers trust that id: say so, by name, unless ["*"] was chosen explicitly."""
+    for integration in integrations:
+        if integration.allowed_organizations is None:
+            log.warning(
+                "integration accepts any organization: set allowed_organizations to its "
+                'organization ids (or ["*"] to allow any explicitly)',
+                extra={"integration": integration.name},
+            )
+
+
 def _index(integrations: Iterable[Integration]) -> dict[str, Integration]:
     by_key: dict[str, Integration] = {}
     names: set[str] = set()
@@ -142,6 +167,7 @@ class IntegrationRegistry:
         self._file_digest: bytes | None = None
         self._failed_digest: bytes | None = None
         self._by_key = _index(self._static)
+        warn_unrestricted(self._static)
         self.reloads = 0
         self.reload_failures = 0
         if file is not None:
@@ -177,6 +203,7 @@ class IntegrationRegistry:
         from_file = parse_integrations(content, self._file.name)
         self._by_key = _index((*self._static, *from_file))  # one assignment: atomic swap
         self._file_digest = hashlib.sha256(content).digest()
+        warn_unrestricted(from_file)
 
     def reload(self) -> bool:
         """Re-read the file; True when new content was applied. Invalid or unreadable content

@@ -57,6 +57,17 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _OBS_FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
 _MAX_SF_INTEGER = 999_999_999_999_999
 _MAX_NONCE_LENGTH = 256  # bounds the replay-cache key
+# Bounds checked before any parsing or crypto, so a hostile header costs microseconds. Genesys
+# sends one member of about 300 bytes covering six components; the structured-field parser
+# costs about half a microsecond per byte, so the byte cap bounds its work.
+MAX_SIGNATURE_FIELD_BYTES = 2048  # each of Signature and Signature-Input, all lines joined
+MAX_SIGNATURE_MEMBERS = 4  # labels per field (RFC 9421 allows several signatures)
+MAX_COVERED_COMPONENTS = 16
+# Cheap upper bounds on what an acceptable field holds, counted before parsing: every
+# component is an sf-string, a member has at most five parameters (keyid, nonce, alg, created,
+# expires), three of them strings; items are separated by spaces, parameters by semicolons.
+_MAX_SIGNATURE_QUOTES = 2 * MAX_SIGNATURE_MEMBERS * (MAX_COVERED_COMPONENTS + 3)
+_MAX_SIGNATURE_SEPARATORS = MAX_SIGNATURE_MEMBERS * (MAX_COVERED_COMPONENTS + 8)
 
 SignatureParam = tuple[str, str | int]
 
@@ -224,14 +235,35 @@ def _reject_duplicate(key: str, context: str) -> None:
     raise http_sf.StructuredFieldError(f"duplicate key in {context}")
 
 
-def _parse_dictionary(values: Sequence[str]) -> dict[str, Any]:
-    joined = ", ".join(values).encode("latin-1")
+def _bounded_field(values: Sequence[str]) -> str:
+    """The joined field value, refused before parsing when it is larger than any real signature
+    field: too many bytes, or more separators or strings than the member, component and
+    parameter caps allow. The counts are upper bounds (a comma or space inside a string counts
+    too, which real fields never have), so the parser only ever sees small inputs."""
+    if sum(len(value) for value in values) + 2 * (len(values) - 1) > MAX_SIGNATURE_FIELD_BYTES:
+        raise _Rejected(Outcome.INVALID, "signature field too large")
+    joined = ", ".join(values)
+    if joined.count(",") >= MAX_SIGNATURE_MEMBERS:
+        raise _Rejected(Outcome.INVALID, "too many signature members")
+    if joined.count('"') > _MAX_SIGNATURE_QUOTES:
+        raise _Rejected(Outcome.INVALID, "too many covered components")
+    separators = joined.count(" ") + joined.count(";") + joined.count("\t")
+    if separators > _MAX_SIGNATURE_SEPARATORS:
+        raise _Rejected(Outcome.INVALID, "too many signature items")
+    return joined
+
+
+def _parse_dictionary(joined: str) -> dict[str, Any]:
     try:
-        parsed = http_sf.parse(joined, tltype="dictionary", on_duplicate_key=_reject_duplicate)
+        parsed = http_sf.parse(
+            joined.encode("latin-1"), tltype="dictionary", on_duplicate_key=_reject_duplicate
+        )
     except (http_sf.StructuredFieldError, ValueError, UnicodeError) as exc:
         raise _Rejected(Outcome.INVALID, "malformed structured field") from exc
     if not isinstance(parsed, dict) or not parsed:
         raise _Rejected(Outcome.INVALID, "empty signature field")
+    if len(parsed) > MAX_SIGNATURE_MEMBERS:
+        raise _Rejected(Outcome.INVALID, "too many signature members")
     return parsed
 
 
@@ -246,8 +278,10 @@ class _Signature:
 
 
 def _parse_signature(input_values: Sequence[str], signature_values: Sequence[str]) -> _Signature:
-    inputs = _parse_dictionary(input_values)
-    signatures = _parse_dictionary(signature_values)
+    # Both fields are bounded before either is parsed.
+    input_text, signature_text = _bounded_field(input_values), _bounded_field(signature_values)
+    inputs = _parse_dictionary(input_text)
+    signatures = _parse_dictionary(signature_text)
     label = next(iter(inputs))
     if label not in signatures:
         raise _Rejected(Outcome.INVALID, "signature label missing from Signature")
@@ -256,6 +290,8 @@ def _parse_signature(input_values: Sequence[str], signature_values: Sequence[str
         raise _Rejected(Outcome.INVALID, "Signature member is not a byte sequence")
     if not (isinstance(inputs_member, tuple) and isinstance(inputs_member[0], list)):
         raise _Rejected(Outcome.INVALID, "Signature-Input member is not an inner list")
+    if len(inputs_member[0]) > MAX_COVERED_COMPONENTS:
+        raise _Rejected(Outcome.INVALID, "too many covered components")
     sig = _Signature(mac=mac_member[0])
     for item, item_params in inputs_member[0]:
         if type(item) is not str:

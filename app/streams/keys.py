@@ -9,11 +9,12 @@ a replica's inbox carries `{<replicaId>}`. Consumer authors: this is the layout 
 |                                       |        | app/streams/publisher.py)                       |
 | audiohook:{<sessionId>}:audio         | stream | one entry per audio frame, id `<n>-0`, n = 1, 2 |
 | audiohook:{<sessionId>}:owner         | string | replica id holding the live session (TTL)       |
+| audiohook:{<sessionId>}:integration   | string | integration the session id belongs to (TTL)     |
 | audiohook:control:inbox:{<replicaId>} | stream | commands for the sessions of one replica        |
 | audiohook:control:replies             | stream | every command's result (audit record)           |
 | audiohook:control:reply:{<commandId>} | list   | the one reply a waiting sender pops (TTL)       |
 | audiohook:ip-ranges                   | string | last good Genesys IP-range list (JSON)          |
-| audiohook:nonce:<nonce>               | string | signature nonce seen recently (SET NX EX)       |
+| audiohook:nonce:<nonce>               | string | token of the request that used this nonce (TTL) |
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def audio_stream(session_id: str) -> str:
 
 def session_owner(session_id: str) -> str:
     return f"{PREFIX}:{_tag(session_id)}:owner"
+
+
+def session_integration(session_id: str) -> str:
+    return f"{PREFIX}:{_tag(session_id)}:integration"
 
 
 def control_inbox(replica_id: str) -> str:

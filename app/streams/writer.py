@@ -271,6 +271,10 @@ class BatchWriter:
         self._set_ready(False)
         self._update_gauges()
 
+    def health_checked(self, up: bool) -> None:
+        """The outcome of the separate health check (a stall is seen before writes time out)."""
+        self._set_ready(up)
+
     def _set_ready(self, up: bool) -> None:
         if up and not self._ready:
             if self._was_up:

@@ -2,10 +2,12 @@
 
 `admit()` decides; the endpoint sends the answer. Each refusal is an HTTP status (the ASGI
 WebSocket denial-response extension), a metric and a log line: 503 draining or not ready, 403
-source address outside the allowlist, 429 too many upgrades from one source, 400 a malformed
-session id, 503/429 session limits. Authentication failures are answered after the upgrade
-with `disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or
-with HTTP 401 when configured so.
+source address outside the allowlist, 429 too many upgrades from one source, 400 an identity
+header sent twice or a malformed session id, 409 a session id used by another integration,
+503/429 session limits. Authentication failures are answered after the upgrade with
+`disconnect` reason `unauthorized` (what the Genesys connection probe shows an admin), or with
+HTTP 401 when configured so or when max_pending_auth_failures are already pending; they never
+hold a session slot.
 """
 
 from __future__ import annotations
@@ -26,6 +28,31 @@ if TYPE_CHECKING:
     from app.runtime import Gateway
 
 log = logging.getLogger("app.transport.admission")
+
+# Headers that identify the caller, the session or the signature: each must appear at most
+# once (a second copy could be read by one check and not another).
+SINGLE_VALUE_HEADERS = frozenset(
+    {
+        b"host",
+        b"audiohook-session-id",
+        b"audiohook-organization-id",
+        b"audiohook-correlation-id",
+        b"x-api-key",
+        b"signature",
+        b"signature-input",
+    }
+)
+
+
+def duplicated_header(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first identity header present more than once, if any (ASGI names are lower-case)."""
+    seen: set[bytes] = set()
+    for name, _ in raw_headers:
+        if name in SINGLE_VALUE_HEADERS:
+            if name in seen:
+                return name.decode("latin-1")
+            seen.add(name)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +105,10 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(429, "rate_limited", "Too many connection attempts")
     # The null UUID is refused too: the protocol would let the client's `open` pick the
     # session id, which is not covered by the signature.
+    duplicate = duplicated_header(websocket.scope["headers"])
+    if duplicate is not None:
+        fields["header"] = duplicate
+        return refuse(400, "duplicate_header", f"Duplicate {duplicate} header")
     if not is_uuid(session_id) or session_id == NULL_UUID:
         return refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
     if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
@@ -95,18 +126,46 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(503, "not_ready", "Service unavailable")
 
     if not decision.ok:
+        # A failure never takes a session slot: it is answered `disconnect` unauthorized under
+        # its own bound, or HTTP 401 when so configured or past that bound. Either answer
+        # waits for the minimum failure delay, so its timing tells nothing about which check
+        # failed (the bound is not a reason to answer faster: the wait costs a sleeping
+        # coroutine, not a slot, and the per-source rate limit bounds how many there are).
         metrics.CONNECTIONS_REJECTED.labels(decision.metric_label).inc()
+        disconnect = gateway.settings.auth_failure_response == "disconnect"
+        admitted = disconnect and gateway.admit_auth_failure()
         log.warning(
             "authentication failed",
-            extra={**fields, "outcome": str(decision.outcome), "reason": decision.reason},
+            extra={
+                **fields,
+                "outcome": str(decision.outcome),
+                "reason": decision.reason,
+                "answer": "disconnect" if admitted else "http_401",
+            },
         )
-        if gateway.settings.auth_failure_response == "http_401":
+        if not admitted:
             not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
             return Refusal(401, "Signature verification failed", not_before)
+        return Admission(
+            session_id=session_id,
+            correlation_id=headers.get("audiohook-correlation-id", ""),
+            organization_id=headers.get("audiohook-organization-id"),
+            client_address=client_address,
+            integration=None,
+            authenticated=False,
+        )
 
     # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
     # under a limit; the endpoint releases the slot when the connection ends.
-    integration = decision.integration if decision.ok else None
+    integration = decision.integration
+    assert integration is not None  # an accepted request always names its integration
+    try:
+        owned = await gateway.session_owners.claim(session_id, integration.name)
+    except NonceStoreUnavailable:
+        return refuse(503, "not_ready", "Service unavailable")
+    if not owned:
+        fields["integration"] = integration.name
+        return refuse(409, "session_id_conflict", "Session id belongs to another integration")
     limit_reached = gateway.admit_session(integration)
     if limit_reached == "session_limit":
         return refuse(503, limit_reached, "Session limit reached")
@@ -119,5 +178,5 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         organization_id=headers.get("audiohook-organization-id"),
         client_address=client_address,
         integration=integration,
-        authenticated=decision.ok,
+        authenticated=True,
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -39,6 +41,19 @@ async def redis_outage(server: EmbeddedRedis) -> AsyncIterator[None]:
         yield
     finally:
         await asyncio.to_thread(server.start)
+
+
+@contextmanager
+def redis_stalled(server: EmbeddedRedis) -> Iterator[None]:
+    """Freeze `server` with SIGSTOP for the duration of the block (connections stay open and
+    commands queue unanswered, as with a stalled host), then SIGCONT it."""
+    pid = server.pid
+    assert pid is not None, "the server is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 class RedisCluster:
