@@ -206,8 +206,8 @@ async def test_open_timeout(
     with gateway_process(redis_server, tmp_path, settings) as gateway:
         before = metric_value(gateway, DISCONNECTS, reason="error")
         timeouts_before = metric_value(gateway, PROTOCOL_ERRORS, kind="open_timeout")
+        connected_at = time.monotonic()  # before the gateway's own clock for the session starts
         client = await WireClient.connect(gateway.ws_url)
-        connected_at = time.monotonic()
         try:
             message = await client.receive(timeout=HANG_GUARD)  # never sends `open`
             waited = time.monotonic() - connected_at
