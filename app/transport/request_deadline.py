@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.observability import metrics
+from app.transport.load_shedding import CONNECTED_AT
 
 log = logging.getLogger("app.transport.request_deadline")
 
@@ -23,10 +25,18 @@ def with_request_deadline(seconds: float) -> type[HttpToolsProtocol]:
 
     class DeadlineHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _connected_at = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._connected_at = time.monotonic()
             self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+
+        def handle_websocket_upgrade(self) -> None:
+            # The connection's start reaches admission in scope["state"] (load shedding by
+            # handshake age); this protocol object is discarded after the upgrade.
+            self.app_state = {**self.app_state, CONNECTED_AT: self._connected_at}
+            super().handle_websocket_upgrade()
 
         def on_headers_complete(self) -> None:
             self._cancel_deadline()
