@@ -287,8 +287,9 @@ class Settings(BaseSettings):
     overload_max_handshake_age_seconds: float = Field(
         2.0,
         ge=0,
-        description="Load shedding: an upgrade that waited longer than this between its TCP "
-        "connection and admission gets HTTP 503 (Retry-After); 0 disables.",
+        description="Load shedding: an upgrade older than this at admission (since its TCP "
+        "connection, or since its signature's `created` beyond signature_clock_skew_seconds) "
+        "gets HTTP 503 (Retry-After); 0 disables.",
     )
     max_outgoing_queue_bytes: int = Field(
         1_048_576,

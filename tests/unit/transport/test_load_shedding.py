@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from app.config import Settings
 from app.transport.load_shedding import AGE, CONNECTED_AT, IN_FLIGHT, LAG, LoadShedder
@@ -59,6 +60,20 @@ def test_shed_reads_the_connection_start_from_the_scope() -> None:
     assert decider.shed({"state": {}}) is False
     assert decider.shed({}) is False
     assert decider.shed({"state": {CONNECTED_AT: 0.0}}) is True  # monotonic 0: long ago
+
+
+def test_an_upgrade_signed_long_ago_is_shed_beyond_the_clock_skew() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          clock_skew_seconds=3.0)  # fmt: skip
+    now = int(time.time())
+
+    def scope(created: int) -> dict[str, object]:
+        signature_input = f'sig1=("@request-target");keyid="k";created={created};expires=9'
+        return {"headers": [(b"signature-input", signature_input.encode())]}
+
+    assert decider.shed(scope(now - 4)) is False  # within skew + bound
+    assert decider.shed(scope(now - 20)) is True
+    assert decider.shed({"headers": [(b"signature-input", b"junk")]}) is False
 
 
 def test_defaults_shed_nothing_on_an_idle_loop() -> None:
