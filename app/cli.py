@@ -46,7 +46,7 @@ def _consume(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.bench import calls
+    from app.bench import calls, hostile
     from app.client import probe, simulate
     from app.streams import consumer
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure a gateway under concurrent real-time calls (figures, no asserts)"
     )
     calls.add_arguments(bench_parser)
+    hostile.add_arguments(bench_parser)
     bench_parser.set_defaults(handler=calls.run)
 
     consume_parser = commands.add_parser(

@@ -291,6 +291,25 @@ class Settings(BaseSettings):
         "Genesys connects from a few egress addresses per region, so this is sized for a "
         "large tenant's call ramp; it only stops floods before authentication work.",
     )
+    overload_max_event_loop_lag_seconds: float = Field(
+        0.1,
+        ge=0,
+        description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker's "
+        "smoothed event-loop lag is above this; 0 disables.",
+    )
+    overload_max_handshakes_in_flight: int = Field(
+        100,
+        ge=0,
+        description="Load shedding: most upgrades admitted at once (authenticating, claiming "
+        "the nonce); more get HTTP 503 (Retry-After); 0 disables.",
+    )
+    overload_max_handshake_age_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="Load shedding: an upgrade older than this at admission (since its TCP "
+        "connection, or since its signature's `created` beyond signature_clock_skew_seconds) "
+        "gets HTTP 503 (Retry-After); 0 disables.",
+    )
     max_outgoing_queue_bytes: int = Field(
         1_048_576,
         description="Bytes of server messages queued for a client that stops reading before "

@@ -27,6 +27,7 @@ from app.streams.control import ControlPlane
 from app.streams.publisher import Publisher
 from app.streams.redis_client import close_redis, create_redis
 from app.streams.redis_health import RedisHealthCheck
+from app.transport.load_shedding import LoadShedder
 from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Gateway:
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
+        self.load_shedder = LoadShedder.from_settings(settings)
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's
         # awaits, so simultaneous upgrades cannot all slip under a limit.
@@ -75,6 +77,7 @@ class Gateway:
         self._spawn(self.allowlist.run(), "ip-ranges-refresh")
         self._spawn(self._tick_sessions(), "session-ticker")
         self._spawn(self.redis_health.run(), "redis-health")
+        self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
             self.integrations.run_reload_loop(self.settings.integrations_reload_seconds),
             "integrations-reload",

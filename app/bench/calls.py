@@ -430,9 +430,17 @@ def _target(args: argparse.Namespace, stack: SpawnedStack | None, cores: Cores) 
                   args.gateway_pid, args.redis_pid, cores)  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
+def raise_open_files_limit() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def run(args: argparse.Namespace) -> int:
+    if getattr(args, "hostile", None):  # `bench --hostile KIND`: app/bench/hostile.py
+        from app.bench import hostile
+
+        return hostile.run(args)
+    raise_open_files_limit()
     cores = Cores.plan(pin=args.spawn and not args.no_pin)
     settings = dict(item.split("=", 1) for item in args.gateway_setting)
     stack = SpawnedStack(cores, settings).start() if args.spawn else None

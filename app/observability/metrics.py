@@ -57,7 +57,7 @@ CONNECTIONS_REJECTED = Counter(
     "Connections refused or ended before a session could run, by cause "
     "(ip_not_allowed, auth_<outcome>, replayed_nonce, session_limit, integration_limit, "
     "rate_limited, not_ready, draining, bad_request, request_head_too_large, request_timeout, "
-    "duplicate_header, session_id_conflict).",
+    "duplicate_header, session_id_conflict, overloaded).",
     ["cause"],
     namespace=NAMESPACE,
 )
@@ -193,6 +193,30 @@ IP_RANGES_REFRESHES = Counter(
     "ip_ranges_refreshes", "Genesys IP-range refresh attempts, by result.", ["result"],
     namespace=NAMESPACE,
 )  # fmt: skip
+
+# --- load shedding -----------------------------------------------------------------------------
+EVENT_LOOP_LAG = Gauge(
+    "event_loop_lag_seconds",
+    "How late the worker's event loop runs a timer (smoothed); every callback waits this long.",
+    namespace=NAMESPACE,
+)
+HANDSHAKES_IN_FLIGHT = Gauge(
+    "handshakes_in_flight", "WebSocket upgrades being admitted (authentication, nonce claim).",
+    namespace=NAMESPACE,
+)  # fmt: skip
+HANDSHAKE_QUEUE_SECONDS = Histogram(
+    "handshake_queue_seconds",
+    "Time from an upgrade's TCP connection to the start of its admission.",
+    buckets=FAST_LATENCY_BUCKETS,
+    namespace=NAMESPACE,
+)
+LOAD_SHED = Counter(
+    "load_shed",
+    "Upgrades refused as overloaded, by the signal that decided (event_loop_lag, "
+    "handshakes_in_flight, handshake_age).",
+    ["signal"],
+    namespace=NAMESPACE,
+)
 
 # --- lifecycle --------------------------------------------------------------------------------
 DRAINING = Gauge("draining", "1 while the replica drains for shutdown.", namespace=NAMESPACE)

@@ -99,6 +99,8 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(503, "draining", "Server is shutting down")
     if not gateway.ready_for_sessions():
         return refuse(503, "not_ready", "Service unavailable")
+    if gateway.load_shedder.shed(websocket.scope):  # counted and logged by the shedder
+        return Refusal(503, "Overloaded, retry later")
     if not gateway.allowlist.allows(address):
         return refuse(403, "ip_not_allowed", "Forbidden")
     if not gateway.upgrade_limiter.allow(client_address):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import httptools
@@ -30,6 +31,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 
 from app.observability import metrics
 from app.security.ipallow import contains
+from app.transport.load_shedding import CONNECTED_AT
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
@@ -65,9 +67,17 @@ def guarded_http_protocol(
         _finished = False  # refused, upgraded or past its one request: no more parsing
         _ws: asyncio.BaseProtocol | None = None  # uvicorn's WebSocket protocol after upgrade
         _refusal: tuple[int, str, str] | None = None
+        _connected_at = 0.0
+
+        def handle_websocket_upgrade(self) -> None:
+            # The connection's start reaches admission in scope["state"] (load shedding by
+            # handshake age). uvicorn: the WebSocket protocol copies app_state into the scope.
+            self.app_state = {**self.app_state, CONNECTED_AT: self._connected_at}
+            super().handle_websocket_upgrade()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._connected_at = time.monotonic()
             self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
 
         def connection_lost(self, exc: Exception | None) -> None:

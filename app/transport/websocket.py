@@ -41,18 +41,27 @@ log = logging.getLogger("app.transport.websocket")
 
 # uvicorn closes the socket with this code when a message exceeds its ws_max_size.
 CLOSE_MESSAGE_TOO_BIG = 1009
+RETRY_AFTER = {"Retry-After": "1"}
 
 
 async def audiohook_endpoint(websocket: WebSocket) -> None:
     gateway: Gateway = websocket.app.state.gateway
     connected_at = time.monotonic()
-    admission = await admit(websocket, gateway, connected_at)
+    shedder = gateway.load_shedder
+    shedder.handshake_started()
+    try:
+        admission = await admit(websocket, gateway, connected_at)
+    finally:
+        shedder.handshake_finished()
     if isinstance(admission, Refusal):
         delay = admission.not_before - time.monotonic()
         if delay > 0:  # failures are answered no sooner than the minimum delay
             await asyncio.sleep(delay)
+        # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
+        # on another replica if there is one.
+        headers = RETRY_AFTER if admission.status == 503 else None
         await websocket.send_denial_response(
-            PlainTextResponse(admission.text, status_code=admission.status)
+            PlainTextResponse(admission.text, status_code=admission.status, headers=headers)
         )
         return
     try:

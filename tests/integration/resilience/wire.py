@@ -37,10 +37,11 @@ STEREO_BYTES_PER_SAMPLE = 2  # one µ-law byte per channel
 class Refused(Exception):
     """The upgrade was answered with an HTTP status other than 101."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         super().__init__(f"HTTP {status}")
         self.status = status
         self.body = body
+        self.headers = headers or {}  # names in lower case
 
 
 class WireClient:
@@ -115,7 +116,8 @@ class WireClient:
             raise
         if response.status_code != 101:
             client.abort()
-            raise Refused(response.status_code, bytes(response.body or b""))
+            headers = {name.lower(): value for name, value in response.headers.raw_items()}
+            raise Refused(response.status_code, bytes(response.body or b""), headers)
         return client
 
     async def _read_response(self) -> Response:

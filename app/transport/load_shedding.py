@@ -1,0 +1,154 @@
+"""Load shedding: while the worker cannot keep up, new upgrades are refused at once (HTTP 503
+with `Retry-After`), so the client tries another replica and the calls already live keep
+their latency. Without it, an overloaded worker queues upgrades until their signatures
+expire and answers them `unauthorized`, and every live call's audio waits in the same queue.
+
+An upgrade is shed when any of three cheap signals says the worker is behind:
+
+- event-loop lag: a monitor task sleeps a short interval and measures how late it wakes
+  (smoothed). Every callback waits that long, the live calls' audio frames included.
+- handshakes in flight: upgrades between the start of admission and its answer (signature
+  check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
+- handshake age: time from the TCP connection to admission. An upgrade that already waited
+  this long in the worker's queues is refused rather than served late. Time spent in the
+  kernel's accept queue is invisible to the worker, so the age by the request's own
+  signature (`created` in Signature-Input) counts too, beyond the tolerated clock skew:
+  in a bench at about twice capacity, upgrades queued outside the worker until their
+  signatures expired while the in-worker age stayed small.
+
+Each bound set to 0 disables its signal. The decision is independent of the server: the
+connection's start time reaches admission in the ASGI scope's ``state`` (see
+``app/transport/request_deadline.py``); without it the age signal is simply not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from app.config import Settings
+from app.observability import metrics
+
+log = logging.getLogger("app.transport.load_shedding")
+
+# Key of the TCP connection's time.monotonic() in the ASGI scope's "state".
+CONNECTED_AT: Final = "audiohook_connected_at"
+MONITOR_INTERVAL_SECONDS: Final = 0.05
+# Weight of the newest lag sample: a lone 100 ms pause (a full garbage collection) moves the
+# smoothed lag by 30 ms; a loop that stays 100 ms late crosses 90 ms within six samples.
+LAG_SMOOTHING: Final = 0.3
+LOG_EVERY_SECONDS: Final = 1.0
+
+LAG, IN_FLIGHT, AGE = "event_loop_lag", "handshakes_in_flight", "handshake_age"
+_CREATED = re.compile(rb";\s*created=(\d{1,12})")
+
+
+def signature_created(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """`created` of the first signature in the Signature-Input header, if any (not verified:
+    only used to tell how long the request has been on its way)."""
+    for name, value in headers:
+        if name == b"signature-input":
+            found = _CREATED.search(value)
+            return int(found.group(1)) if found else None
+    return None
+
+
+class LoadShedder:
+    """Decides whether one more upgrade may start; one per worker process."""
+
+    def __init__(
+        self,
+        max_lag_seconds: float,
+        max_handshakes: int,
+        max_age_seconds: float,
+        clock_skew_seconds: float = 0.0,
+        interval: float = MONITOR_INTERVAL_SECONDS,
+    ) -> None:
+        self.max_lag_seconds = max_lag_seconds
+        self.max_handshakes = max_handshakes
+        self.max_age_seconds = max_age_seconds
+        self.clock_skew_seconds = clock_skew_seconds
+        self.interval = interval
+        self.lag = 0.0  # smoothed event-loop lag, seconds
+        self.handshakes = 0  # upgrades in admission now
+        self._shed_since_log = 0
+        self._last_log = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoadShedder:
+        return cls(
+            settings.overload_max_event_loop_lag_seconds,
+            settings.overload_max_handshakes_in_flight,
+            settings.overload_max_handshake_age_seconds,
+            settings.signature_clock_skew_seconds,
+        )
+
+    # --- the decision -------------------------------------------------------------------------
+    def reason(self, age: float | None) -> str | None:
+        """Which signal says the worker is behind (None: take the upgrade). `age`: seconds
+        since the upgrade's TCP connection, when known."""
+        if self.max_lag_seconds and self.lag > self.max_lag_seconds:
+            return LAG
+        if self.max_handshakes and self.handshakes > self.max_handshakes:
+            return IN_FLIGHT
+        if self.max_age_seconds and age is not None and age > self.max_age_seconds:
+            return AGE
+        return None
+
+    def shed(self, scope: Mapping[str, Any]) -> bool:
+        """Admission's check: True when this upgrade must be refused (counted and logged
+        here, the log at most once a second so an overload does not also flood the log)."""
+        now = time.monotonic()
+        connected_at = (scope.get("state") or {}).get(CONNECTED_AT)
+        age = None if connected_at is None else now - connected_at
+        if age is not None:
+            metrics.HANDSHAKE_QUEUE_SECONDS.observe(age)
+        created = signature_created(scope.get("headers") or [])
+        if created is not None:  # the signer's clock may be this far ahead: not counted
+            signed_age = time.time() - created - self.clock_skew_seconds
+            age = signed_age if age is None else max(age, signed_age)
+        reason = self.reason(age)
+        if reason is None:
+            return False
+        metrics.CONNECTIONS_REJECTED.labels("overloaded").inc()
+        metrics.LOAD_SHED.labels(reason).inc()
+        self._shed_since_log += 1
+        if now - self._last_log >= LOG_EVERY_SECONDS:
+            log.warning(
+                "overloaded: upgrades refused",
+                extra={
+                    "cause": "overloaded",
+                    "signal": reason,
+                    "refused": self._shed_since_log,
+                    "event_loop_lag_ms": round(self.lag * 1000, 1),
+                    "handshakes_in_flight": self.handshakes,
+                },
+            )
+            self._last_log = now
+            self._shed_since_log = 0
+        return True
+
+    # --- handshakes in flight (the endpoint brackets admission with these) --------------------
+    def handshake_started(self) -> None:
+        self.handshakes += 1
+        metrics.HANDSHAKES_IN_FLIGHT.set(self.handshakes)
+
+    def handshake_finished(self) -> None:
+        self.handshakes -= 1
+        metrics.HANDSHAKES_IN_FLIGHT.set(self.handshakes)
+
+    # --- the lag monitor ------------------------------------------------------------------------
+    def record_lag(self, sample: float) -> None:
+        self.lag += LAG_SMOOTHING * (max(0.0, sample) - self.lag)
+        metrics.EVENT_LOOP_LAG.set(self.lag)
+
+    async def run(self) -> None:
+        """Measure how late the loop wakes this task, forever (a gateway background task)."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.record_lag(time.monotonic() - started - self.interval)

@@ -1,0 +1,65 @@
+"""`audiohook-gateway bench --hostile`: cheap attack classes with tiny numbers print a table
+row per class and one JSON line with every figure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+ROW_KEYS = {
+    "kind",
+    "good_calls",
+    "good_calls_ended_early",
+    "frames_sent",
+    "frames_lost",
+    "new_calls",
+    "new_calls_failed",
+    "new_call_answers",
+    "new_open_ms_p50",
+    "new_open_ms_p99",
+    "gateway_cpu_pct",
+    "gateway_cpu_pct_max",
+    "gateway_rss_mib_peak",
+    "log_bytes",
+    "attack_seconds",
+    "attack",
+    "failures",
+}
+
+
+def hostile(kind: str, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "app.cli", "bench", "--spawn", "--hostile", kind]
+    command += ["--sessions", "3", "--attack-seconds", "2", "--new-call-rate", "2", *extra]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "frames lost" in completed.stdout
+    assert "log bytes" in completed.stdout
+    assert kind in completed.stdout
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])  # the one JSON line
+    row: dict[str, Any]
+    (row,) = summary["hostile"]
+    assert set(row) == ROW_KEYS
+    assert row["kind"] == kind
+    assert row["good_calls"] == 3
+    assert isinstance(row["log_bytes"], int)
+    assert row["log_bytes"] > 0
+    assert isinstance(row["new_calls"], int)
+    assert row["new_calls"] >= 1
+    return row
+
+
+def test_failed_logins_are_counted_and_good_calls_survive() -> None:
+    row = hostile("failed-logins", "--attack-rate", "10")
+    attack = row["attack"]
+    assert attack["attempts"] > 0
+    assert row["good_calls_ended_early"] == 0
+    assert row["frames_lost"] == 0
+
+
+def test_malformed_upgrades_hold_a_few_sockets() -> None:
+    row = hostile("malformed-upgrade", "--attack-connections", "3")
+    attack = row["attack"]
+    assert attack["sockets"] >= 3
+    assert row["frames_lost"] == 0

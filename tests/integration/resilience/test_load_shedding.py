@@ -1,0 +1,77 @@
+"""Load shedding against the real gateway process: while the worker is behind, new upgrades
+get a fast 503 with Retry-After and are counted, and a call already live loses nothing.
+
+"Behind" is made deterministic: Redis pauses write commands, so an upgrade claiming its nonce
+stays in admission; with at most one handshake in flight every further upgrade is shed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import redis.asyncio
+
+from app.streams.embedded_redis import EmbeddedRedis
+from tests.integration.gateway.helpers import alongside_good_call
+from tests.integration.resilience.helpers import gateway_process, refused
+from tests.integration.resilience.wire import WireClient
+from tests.support.metrics import REJECTED, Growth, scrape, wait_for_metric
+
+IN_FLIGHT = "audiohook_handshakes_in_flight"
+SHED = "audiohook_load_shed_total"
+QUEUE_AGE_COUNT = "audiohook_handshake_queue_seconds_count"
+
+
+async def test_upgrades_beyond_the_handshake_bound_are_shed_and_live_calls_keep_streaming(
+    redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    settings = {"OVERLOAD_MAX_HANDSHAKES_IN_FLIGHT": "1"}
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        async with alongside_good_call(gateway.ws_url, redis_client) as call:
+            before = await scrape(gateway)
+            await redis_client.client_pause(10_000, all=False)  # writes only
+            try:
+                stuck = asyncio.create_task(WireClient.connect(gateway.ws_url, timeout=15))
+                await wait_for_metric(gateway, IN_FLIGHT, 1)  # it waits on its nonce claim
+                answers = [await refused(gateway.ws_url) for _ in range(3)]
+            finally:
+                await redis_client.client_unpause()
+            late = await stuck  # admitted once Redis answers: shedding refuses only new ones
+            with contextlib.suppress(Exception):
+                await late.open()
+                await late.close()
+            await late.aclose()
+            await call.wait_frames(3)
+        grew = Growth(before, await scrape(gateway))
+    for answer in answers:
+        assert answer.status == 503
+        assert answer.headers.get("retry-after") == "1"
+    assert grew(REJECTED, cause="overloaded") == 3
+    assert grew(SHED, signal="handshakes_in_flight") == 3
+    assert grew(REJECTED) == 3  # nothing else was refused (no `unauthorized`, no not_ready)
+
+
+async def test_with_default_settings_a_normal_call_is_not_shed(
+    redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    with gateway_process(redis_server, tmp_path) as gateway:
+        async with alongside_good_call(gateway.ws_url, redis_client):
+            client = await WireClient.connect(gateway.ws_url)
+            try:
+                await client.open()
+                await client.close()
+            finally:
+                await client.aclose()
+        metrics = await scrape(gateway)
+    assert metrics.value(REJECTED, cause="overloaded") == 0
+    assert metrics.value(QUEUE_AGE_COUNT) == 2  # both upgrades' queue age was measured
+    assert metrics.value(IN_FLIGHT) == 0
+
+
+async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    with gateway_process(redis_server, tmp_path, {"MAX_SESSIONS": "0"}) as gateway:
+        answer = await refused(gateway.ws_url)
+    assert answer.status == 503
+    assert answer.headers.get("retry-after") == "1"

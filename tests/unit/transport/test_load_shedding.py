@@ -1,0 +1,88 @@
+"""The load-shedding decision: each signal alone refuses, 0 disables it, lag is smoothed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from app.config import Settings
+from app.transport.load_shedding import AGE, CONNECTED_AT, IN_FLIGHT, LAG, LoadShedder
+
+
+def shedder(lag: float = 0.1, handshakes: int = 10, age: float = 2.0) -> LoadShedder:
+    return LoadShedder(max_lag_seconds=lag, max_handshakes=handshakes, max_age_seconds=age)
+
+
+def test_an_idle_worker_takes_upgrades() -> None:
+    assert shedder().reason(age=0.001) is None
+    assert shedder().reason(age=None) is None
+
+
+def test_sustained_lag_sheds_and_a_lone_pause_does_not() -> None:
+    decider = shedder(lag=0.1)
+    decider.record_lag(0.25)  # one full collection's pause
+    assert decider.reason(age=None) is None
+    for _ in range(5):
+        decider.record_lag(0.25)
+    assert decider.lag > 0.1
+    assert decider.reason(age=None) == LAG
+    for _ in range(20):  # the loop catches up
+        decider.record_lag(0.0)
+    assert decider.reason(age=None) is None
+
+
+def test_handshakes_in_flight_above_the_bound_shed() -> None:
+    decider = shedder(handshakes=2)
+    decider.handshake_started()
+    decider.handshake_started()
+    assert decider.reason(age=None) is None
+    decider.handshake_started()
+    assert decider.reason(age=None) == IN_FLIGHT
+    decider.handshake_finished()
+    assert decider.reason(age=None) is None
+
+
+def test_an_old_handshake_is_shed() -> None:
+    assert shedder(age=2.0).reason(age=2.5) == AGE
+    assert shedder(age=2.0).reason(age=1.5) is None
+
+
+def test_zero_disables_each_signal() -> None:
+    decider = shedder(lag=0, handshakes=0, age=0)
+    for _ in range(10):
+        decider.record_lag(5.0)
+        decider.handshake_started()
+    assert decider.reason(age=60.0) is None
+
+
+def test_shed_reads_the_connection_start_from_the_scope() -> None:
+    decider = shedder(age=2.0)
+    assert decider.shed({"state": {}}) is False
+    assert decider.shed({}) is False
+    assert decider.shed({"state": {CONNECTED_AT: 0.0}}) is True  # monotonic 0: long ago
+
+
+def test_an_upgrade_signed_long_ago_is_shed_beyond_the_clock_skew() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          clock_skew_seconds=3.0)  # fmt: skip
+    now = int(time.time())
+
+    def scope(created: int) -> dict[str, object]:
+        signature_input = f'sig1=("@request-target");keyid="k";created={created};expires=9'
+        return {"headers": [(b"signature-input", signature_input.encode())]}
+
+    assert decider.shed(scope(now - 4)) is False  # within skew + bound
+    assert decider.shed(scope(now - 20)) is True
+    assert decider.shed({"headers": [(b"signature-input", b"junk")]}) is False
+
+
+def test_defaults_shed_nothing_on_an_idle_loop() -> None:
+    decider = LoadShedder.from_settings(Settings())
+
+    async def measure() -> None:
+        monitor = asyncio.create_task(decider.run())
+        await asyncio.sleep(decider.interval * 4)
+        monitor.cancel()
+
+    asyncio.run(measure())
+    assert decider.reason(age=0.0) is None
