@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from app.observability.metrics import LOG_LINES_SUPPRESSED
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys() | {"message", "asctime"}
@@ -21,6 +23,7 @@ _STANDARD_ATTRIBUTES = frozenset(
 # Longest string value written for a field or message: many come from client headers.
 MAX_VALUE_CHARS = 256
 MAX_MESSAGE_CHARS = 2048
+_MAX_THROTTLE_KEYS = 1024
 # uvicorn adds a terminal-coloured copy of some messages.
 _IGNORED_ATTRIBUTES = _STANDARD_ATTRIBUTES | {"color_message"}
 
@@ -65,3 +68,35 @@ def configure_logging(level: str) -> None:
     # every frame (audio): keep those loggers at INFO whatever the level.
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+
+
+class ThrottledLog:
+    """Lines about connections a client can open at will (refusals, failed logins): at most
+    `per_second` a second for each `key`, with a burst of as many. A line that is let through
+    says how many of its kind were left out before it; each left-out line is counted in
+    `audiohook_log_lines_suppressed_total`."""
+
+    def __init__(self, logger: logging.Logger, per_second: float = 20.0) -> None:
+        self._logger = logger
+        self._rate = per_second
+        # key -> [tokens, last refill time, lines left out since the last one written]
+        self._state: dict[str, list[float]] = {}
+
+    def log(self, level: int, key: str, message: str, extra: dict[str, Any]) -> None:
+        now = time.monotonic()
+        state = self._state.get(key)
+        if state is None:
+            if len(self._state) >= _MAX_THROTTLE_KEYS:
+                self._state.clear()  # keys are a small fixed set; this only bounds a mistake
+            state = self._state[key] = [self._rate, now, 0.0]
+        state[0] = min(self._rate, state[0] + (now - state[1]) * self._rate)
+        state[1] = now
+        if state[0] < 1.0:
+            state[2] += 1
+            LOG_LINES_SUPPRESSED.inc()
+            return
+        state[0] -= 1.0
+        if state[2]:
+            extra = {**extra, "similar_lines_suppressed": int(state[2])}
+            state[2] = 0.0
+        self._logger.log(level, message, extra=extra)

@@ -86,7 +86,8 @@ MESSAGES_AFTER_END = Counter(
 )
 LOG_LINES_SUPPRESSED = Counter(
     "log_lines_suppressed",
-    "Per-session warning lines not written because the session used up its log budget.",
+    "Log lines not written: a session's lines past its log budget, or refusal and "
+    "failed-login lines past their rate per cause.",
     namespace=NAMESPACE,
 )
 OPEN_LATENCY = Histogram(

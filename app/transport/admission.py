@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
+from app.observability.logging import ThrottledLog
 from app.protocol.messages import NULL_UUID, is_uuid
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from app.runtime import Gateway
 
 log = logging.getLogger("app.transport.admission")
+# Refusals and failed logins are one line per connection, and connections are the client's to
+# open: at most this many lines a second per cause, the rest counted.
+_refusal_log = ThrottledLog(log, per_second=20.0)
 
 # Headers that identify the caller, the session or the signature: each must appear at most
 # once (a second copy could be read by one check and not another).
@@ -92,7 +96,9 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
 
     def refuse(status: int, cause: str, text: str, not_before: float = 0.0) -> Refusal:
         metrics.CONNECTIONS_REJECTED.labels(cause).inc()
-        log.warning("upgrade refused", extra={**fields, "status": status, "cause": cause})
+        _refusal_log.log(
+            logging.WARNING, cause, "upgrade refused", {**fields, "status": status, "cause": cause}
+        )
         return Refusal(status, text, not_before)
 
     if gateway.draining:
@@ -105,12 +111,12 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(403, "ip_not_allowed", "Forbidden")
     if not gateway.upgrade_limiter.allow(client_address):
         return refuse(429, "rate_limited", "Too many connection attempts")
-    # The null UUID is refused too: the protocol would let the client's `open` pick the
-    # session id, which is not covered by the signature.
     duplicate = duplicated_header(websocket.scope["headers"])
     if duplicate is not None:
         fields["header"] = duplicate
         return refuse(400, "duplicate_header", f"Duplicate {duplicate} header")
+    # The null UUID is refused too: the protocol would let the client's `open` pick the
+    # session id, which is not covered by the signature.
     if not is_uuid(session_id) or session_id == NULL_UUID:
         return refuse(400, "bad_request", "Audiohook-Session-Id must be a UUID")
     if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
@@ -136,9 +142,11 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         metrics.CONNECTIONS_REJECTED.labels(decision.metric_label).inc()
         disconnect = gateway.settings.auth_failure_response == "disconnect"
         admitted = disconnect and gateway.admit_auth_failure()
-        log.warning(
+        _refusal_log.log(
+            logging.WARNING,
+            decision.metric_label,
             "authentication failed",
-            extra={
+            {
                 **fields,
                 "outcome": str(decision.outcome),
                 "reason": decision.reason,

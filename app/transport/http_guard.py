@@ -30,6 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 
 from app.observability import metrics
+from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains
 from app.transport.load_shedding import CONNECTED_AT
 
@@ -58,6 +59,7 @@ def guarded_http_protocol(
     max_head_bytes: int, deadline_seconds: float, gateway: Gateway | None = None
 ) -> type[HttpToolsProtocol]:
     """The uvicorn `http` protocol class; refusals are charged to `gateway.upgrade_limiter`."""
+    refusal_log = ThrottledLog(log, per_second=20.0)  # connections are the client's to open
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
@@ -206,9 +208,11 @@ def guarded_http_protocol(
                 # A trusted proxy that could not name its client is not charged for it.
                 if address is not None and not contains(allowlist.trusted_proxies, address):
                     gateway.upgrade_limiter.allow(client)
-            log.warning(
+            refusal_log.log(
+                logging.WARNING,
+                cause,
                 "request refused before the application",
-                extra={
+                {
                     "client_address": client,
                     "status": status,
                     "cause": cause,

@@ -14,11 +14,13 @@ An upgrade is shed when any of three cheap signals says the worker is behind:
   kernel's accept queue is invisible to the worker, so the age by the request's own
   signature (`created` in Signature-Input) counts too, beyond the tolerated clock skew:
   in a bench at about twice capacity, upgrades queued outside the worker until their
-  signatures expired while the in-worker age stayed small.
+  signatures expired while the in-worker age stayed small. That age is the client's word,
+  so it counts only while the worker shows strain (a quarter of the lag or handshake
+  bound): a caller whose clock runs behind is never refused by a gateway at ease.
 
 Each bound set to 0 disables its signal. The decision is independent of the server: the
 connection's start time reaches admission in the ASGI scope's ``state`` (see
-``app/transport/request_deadline.py``); without it the age signal is simply not used.
+``app/transport/http_guard.py``); without it the age signal is simply not used.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Final
 
 from app.config import Settings
 from app.observability import metrics
+from app.observability.logging import ThrottledLog
 
 log = logging.getLogger("app.transport.load_shedding")
 
@@ -41,7 +44,9 @@ MONITOR_INTERVAL_SECONDS: Final = 0.05
 # Weight of the newest lag sample: a lone 100 ms pause (a full garbage collection) moves the
 # smoothed lag by 30 ms; a loop that stays 100 ms late crosses 90 ms within six samples.
 LAG_SMOOTHING: Final = 0.3
-LOG_EVERY_SECONDS: Final = 1.0
+LOG_LINES_PER_SECOND: Final = 1.0
+# Share of the lag or handshake bound from which the signed age counts as well.
+STRAIN_FRACTION: Final = 0.25
 
 LAG, IN_FLIGHT, AGE = "event_loop_lag", "handshakes_in_flight", "handshake_age"
 _CREATED = re.compile(rb";\s*created=(\d{1,12})")
@@ -75,8 +80,7 @@ class LoadShedder:
         self.interval = interval
         self.lag = 0.0  # smoothed event-loop lag, seconds
         self.handshakes = 0  # upgrades in admission now
-        self._shed_since_log = 0
-        self._last_log = 0.0
+        self._log = ThrottledLog(log, LOG_LINES_PER_SECOND)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoadShedder:
@@ -99,6 +103,11 @@ class LoadShedder:
             return AGE
         return None
 
+    def _strained(self) -> bool:
+        return (
+            self.max_lag_seconds > 0 and self.lag >= STRAIN_FRACTION * self.max_lag_seconds
+        ) or (self.max_handshakes > 0 and self.handshakes >= STRAIN_FRACTION * self.max_handshakes)
+
     def shed(self, scope: Mapping[str, Any]) -> bool:
         """Admission's check: True when this upgrade must be refused (counted and logged
         here, the log at most once a second so an overload does not also flood the log)."""
@@ -107,7 +116,7 @@ class LoadShedder:
         age = None if connected_at is None else now - connected_at
         if age is not None:
             metrics.HANDSHAKE_QUEUE_SECONDS.observe(age)
-        created = signature_created(scope.get("headers") or [])
+        created = signature_created(scope.get("headers") or []) if self._strained() else None
         if created is not None:  # the signer's clock may be this far ahead: not counted
             signed_age = time.time() - created - self.clock_skew_seconds
             age = signed_age if age is None else max(age, signed_age)
@@ -116,20 +125,17 @@ class LoadShedder:
             return False
         metrics.CONNECTIONS_REJECTED.labels("overloaded").inc()
         metrics.LOAD_SHED.labels(reason).inc()
-        self._shed_since_log += 1
-        if now - self._last_log >= LOG_EVERY_SECONDS:
-            log.warning(
-                "overloaded: upgrades refused",
-                extra={
-                    "cause": "overloaded",
-                    "signal": reason,
-                    "refused": self._shed_since_log,
-                    "event_loop_lag_ms": round(self.lag * 1000, 1),
-                    "handshakes_in_flight": self.handshakes,
-                },
-            )
-            self._last_log = now
-            self._shed_since_log = 0
+        self._log.log(
+            logging.WARNING,
+            "overloaded",
+            "overloaded: upgrades refused",
+            {
+                "cause": "overloaded",
+                "signal": reason,
+                "event_loop_lag_ms": round(self.lag * 1000, 1),
+                "handshakes_in_flight": self.handshakes,
+            },
+        )
         return True
 
     # --- handshakes in flight (the endpoint brackets admission with these) --------------------
