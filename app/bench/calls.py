@@ -76,6 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--no-pin", action="store_true", help="with --spawn: do not pin processes to cores"
     )
+    target.add_argument(
+        "--gateway-python",
+        metavar="PATH",
+        help="with --spawn: run the gateway with this interpreter, i.e. the `app` installed in "
+        "its environment (another checkout's .venv/bin/python benches that commit)",
+    )
     load = parser.add_argument_group("load")
     load.add_argument("--sessions", type=int, default=100, help="concurrent calls (ramp: first)")
     load.add_argument(
@@ -443,7 +449,9 @@ def run(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     cores = Cores.plan(pin=args.spawn and not args.no_pin)
     settings = dict(item.split("=", 1) for item in args.gateway_setting)
-    stack = SpawnedStack(cores, settings).start() if args.spawn else None
+    stack = (
+        SpawnedStack(cores, settings, python=args.gateway_python).start() if args.spawn else None
+    )
     try:
         target = _target(args, stack, cores)
         print(f"cores: {os.cpu_count()}; {cores.describe()}", flush=True)

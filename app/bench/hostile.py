@@ -261,7 +261,11 @@ def run(args: argparse.Namespace) -> int:
     settings = production_limits() | dict(item.split("=", 1) for item in args.gateway_setting)
     rows: list[dict[str, Any]] = []
     for kind in kinds(args.hostile):
-        stack = SpawnedStack(cores, settings).start() if args.spawn else None
+        stack = (
+            SpawnedStack(cores, settings, python=args.gateway_python).start()
+            if args.spawn
+            else None
+        )
         try:
             target = _target(args, stack, cores)
             log_path = stack.log_path if stack is not None else None

@@ -75,12 +75,16 @@ def gateway_env(
     return {**os.environ, **{f"AUDIOHOOK_{key}": value for key, value in env.items()}}
 
 
-def spawn_gateway(env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """`audiohook-gateway serve` as a child process, its output appended to `log_path`."""
+def spawn_gateway(
+    env: Mapping[str, str], log_path: Path, python: str | None = None
+) -> subprocess.Popen[bytes]:
+    """`audiohook-gateway serve` as a child process, its output appended to `log_path`.
+    `python`: the interpreter (and so the installed `app`) to run it with; another checkout's
+    virtual environment benches that commit against this one's client."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
+        return subprocess.Popen(  # noqa: S603 - the operator's own interpreter path
+            [python or sys.executable, "-m", "app.cli", "serve"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -108,6 +112,7 @@ class SpawnedStack:
 
     cores: Cores
     settings: dict[str, str] = field(default_factory=dict)  # extra AUDIOHOOK_* without prefix
+    python: str | None = None  # the gateway's interpreter, when not this one
     client_secret: str = field(
         default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
     )
@@ -150,7 +155,7 @@ class SpawnedStack:
                 **self.settings,
             },
         )
-        self.gateway = spawn_gateway(env, self.log_path)
+        self.gateway = spawn_gateway(env, self.log_path, self.python)
         if self.cores.gateway:
             os.sched_setaffinity(self.gateway.pid, self.cores.gateway)
         if self.cores.others:
