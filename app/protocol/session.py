@@ -78,10 +78,12 @@ class SendText:
 
 @dataclass(frozen=True, slots=True)
 class CloseConnection:
-    """Close the WebSocket."""
+    """Close the WebSocket; with `abort`, drop the TCP connection at once (a client that
+    would not stop sending gets no close handshake to prolong)."""
 
     code: int
     reason: str
+    abort: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +442,9 @@ class ServerSession:
         self._audio_ok = False
         self._unauthorized_at = None
         out: list[Output] = [
-            CloseConnection(CLOSE_POLICY_VIOLATION, "too many messages after the session ended")
+            CloseConnection(
+                CLOSE_POLICY_VIOLATION, "too many messages after the session ended", abort=True
+            )
         ]
         out += self._session_closed(None)
         return out

@@ -62,6 +62,7 @@ class SessionObserver:
         "_frames",
         "_log_budget",
         "_open_received_at",
+        "_quiet",
         "_registered",
         "_seconds",
         "_unreported",
@@ -93,10 +94,15 @@ class SessionObserver:
         self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(self.integration)
         self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
         self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
+        # A connection that failed authentication was logged once (throttled) by admission;
+        # its lifecycle is counted in the metrics but not logged: connections are the
+        # client's to open, and nothing it sends may cost more than counting.
+        self._quiet = not admission.authenticated
         self._log_budget = SESSION_LOG_BUDGET
         metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
-        log.info("session connected", extra=self.log_fields)
+        if not self._quiet:
+            log.info("session connected", extra=self.log_fields)
 
     # --- the hot path -------------------------------------------------------------------------
     def audio(self, frame: AudioFrame) -> None:
@@ -187,7 +193,8 @@ class SessionObserver:
             counts["frames_dropped"] = event.frames_dropped
         if self.publisher is not None:
             self.publisher.close(event.reason, counts)
-        log.info("session closed", extra={**self.log_fields, "reason": outcome, **counts})
+        if not self._quiet:
+            log.info("session closed", extra={**self.log_fields, "reason": outcome, **counts})
 
     async def finished(self) -> None:
         self._report_audio()
@@ -197,7 +204,7 @@ class SessionObserver:
         suppressed = -self._log_budget if self._log_budget < 0 else 0
         if suppressed:
             metrics.LOG_LINES_SUPPRESSED.inc(suppressed)
-        if after_end or suppressed:
+        if (after_end or suppressed) and not self._quiet:
             log.info(
                 "session ended noisily",
                 extra={
@@ -274,6 +281,8 @@ class SessionObserver:
 
     def _log(self, level: int, message: str, extra: dict[str, Any]) -> None:
         """A line about one of the client's messages, within the session's log budget."""
+        if self._quiet:
+            return
         self._log_budget -= 1
         if self._log_budget >= 0:
             log.log(level, message, extra=extra)

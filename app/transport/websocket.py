@@ -78,9 +78,9 @@ class Connection:
     __slots__ = (
         "_close_code",
         "_close_reason",
+        "_dropped",
         "_outgoing",
         "_outgoing_bytes",
-        "_overflowed",
         "_send_not_before",
         "_sender",
         "_sending_over",
@@ -118,7 +118,7 @@ class Connection:
         # message waits, and an empty deque costs 600 bytes per session.
         self._outgoing: list[tuple[str, str]] = []
         self._outgoing_bytes = 0
-        self._overflowed = False  # the client stopped reading and is being dropped
+        self._dropped = False  # the connection is being dropped (client not reading, or abusive)
         # The sender task exists only while messages wait (most of a call has none to send).
         self._sender: asyncio.Task[None] | None = None
         self._sending_over = False  # socket closed or broken: nothing more is sent
@@ -184,6 +184,8 @@ class Connection:
             elif type(output) is CloseConnection:
                 self._close_code = output.code
                 self._close_reason = output.reason
+                if output.abort:
+                    self._drop_connection()
                 self._start_sender()
             elif type(output) is DisconnectSent and output.reason == "unauthorized":
                 # Every authentication failure is answered no sooner than the minimum delay.
@@ -201,7 +203,7 @@ class Connection:
                 self.observer.event(output)
 
     def _enqueue(self, text: str, message_type: str) -> None:
-        if self._overflowed:
+        if self._dropped:
             return
         self._outgoing.append((text, message_type))
         self._outgoing_bytes += len(text)
@@ -209,12 +211,16 @@ class Connection:
         if self._outgoing_bytes > self.gateway.settings.max_outgoing_queue_bytes:
             # The client stopped reading: drop it rather than buffer without bound.
             self.observer.outgoing_overflow()
-            self._overflowed = True
-            self._outgoing.clear()
-            self._outgoing_bytes = 0
             self._close_code = 1008
             self._close_reason = "client not reading"
-            self._abort_socket()
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Nothing more is sent: the TCP connection is dropped at once."""
+        self._dropped = True
+        self._outgoing.clear()
+        self._outgoing_bytes = 0
+        self._abort_socket()
 
     def _abort_socket(self) -> None:
         """Drop the TCP connection at once: a close frame would only queue behind the data
@@ -235,7 +241,7 @@ class Connection:
         """Send what is queued, close the socket if asked, and end once nothing is left."""
         websocket = self.websocket
         try:
-            while self._outgoing and not self._overflowed:
+            while self._outgoing and not self._dropped:
                 # Checked before every message: an unauthorized `disconnect` queued while this
                 # sender was already busy must still wait for the minimum failure delay.
                 wait = self._send_not_before - time.monotonic()

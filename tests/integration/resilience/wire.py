@@ -230,8 +230,8 @@ class WireClient:
     async def _read_some(self) -> None:
         try:
             data = await self.reader.read(READ_CHUNK)
-        except ConnectionResetError:
-            data = b""  # the server reset the connection: as good as closed
+        except ConnectionError:
+            data = b""  # the server reset (or dropped) the connection: as good as closed
         if data:
             self.protocol.receive_data(data)
         else:

@@ -79,7 +79,7 @@ def test_a_client_that_keeps_sending_after_the_end_is_dropped(state: SessionStat
         assert outputs == []
     outputs = client.send_raw("x")
     close = [output for output in outputs if isinstance(output, CloseConnection)]
-    assert close == [CloseConnection(1008, "too many messages after the session ended")]
+    assert close == [CloseConnection(1008, "too many messages after the session ended", abort=True)]
     assert session.is_finished
     assert session.messages_after_end == MAX_MESSAGES_AFTER_END + 1
     # Anything later is not even counted: the connection is being dropped.
