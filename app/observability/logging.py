@@ -45,6 +45,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+# uvicorn's and websockets' lines about each connection (under "uvicorn.error"). Connections
+# are the client's to open: the gateway's own lines say what matters, throttled where a client
+# can multiply them, so these would only let a flood of connections flood the log.
+_PER_CONNECTION_MESSAGES = frozenset(
+    {
+        "connection open",
+        "connection closed",
+        '%s - "WebSocket %s" [accepted]',
+        '%s - "WebSocket %s" 403',
+        '%s - "WebSocket %s" %d',
+    }
+)
+
+
+def _not_per_connection(record: logging.LogRecord) -> bool:
+    return record.msg not in _PER_CONNECTION_MESSAGES
+
+
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -68,6 +86,7 @@ def configure_logging(level: str) -> None:
     # every frame (audio): keep those loggers at INFO whatever the level.
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
+    logging.getLogger("uvicorn.error").addFilter(_not_per_connection)
 
 
 class ThrottledLog:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from pathlib import Path
 
 import redis.asyncio
@@ -153,3 +154,29 @@ async def test_a_client_flooding_after_the_close_frame_is_dropped(
             assert accepted < 20_000_000  # dropped long before, not read to the end
         finally:
             await client.aclose()
+
+
+async def test_a_burst_of_failed_logins_is_counted_in_full_and_logged_in_part(
+    gateway: GatewayProcess,
+) -> None:
+    attempts = 150
+    refused = MetricDelta(gateway, "audiohook_connections_rejected_total")
+    suppressed = MetricDelta(gateway, "audiohook_log_lines_suppressed_total")
+    log_before = log_size(gateway)
+
+    async def failed_login() -> None:
+        client = await WireClient.connect(gateway.ws_url, api_key="not-a-known-key")
+        await client.aclose()
+
+    await asyncio.gather(*(failed_login() for _ in range(attempts)))
+    assert refused.delta() == attempts
+    records = [
+        json.loads(line)
+        for line in gateway.log_path.read_bytes()[log_before:].decode().splitlines()
+    ]
+    failures = [r for r in records if r["message"] == "authentication failed"]
+    # At most 20 a second per cause: the burst, plus what the rate refilled meanwhile.
+    assert 20 <= len(failures) < attempts / 2
+    assert suppressed.delta() >= attempts - len(failures)
+    # No per-connection lines from the server library either.
+    assert not [r for r in records if r["logger"] == "uvicorn.error"]
