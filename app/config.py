@@ -297,6 +297,14 @@ class Settings(BaseSettings):
         description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker's "
         "smoothed event-loop lag is above this; 0 disables.",
     )
+    overload_max_cpu_utilization: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker "
+        "process uses more than this share of one core (smoothed over about a second): the "
+        "calls it already has keep their latency; 0 disables.",
+    )
     overload_max_handshakes_in_flight: int = Field(
         100,
         ge=0,

@@ -201,6 +201,11 @@ EVENT_LOOP_LAG = Gauge(
     "How late the worker's event loop runs a timer (smoothed); every callback waits this long.",
     namespace=NAMESPACE,
 )
+WORKER_CPU_UTILIZATION = Gauge(
+    "worker_cpu_utilization",
+    "Share of one core the worker process uses (smoothed over about a second).",
+    namespace=NAMESPACE,
+)
 HANDSHAKES_IN_FLIGHT = Gauge(
     "handshakes_in_flight", "WebSocket upgrades being admitted (authentication, nonce claim).",
     namespace=NAMESPACE,
@@ -214,7 +219,7 @@ HANDSHAKE_QUEUE_SECONDS = Histogram(
 LOAD_SHED = Counter(
     "load_shed",
     "Upgrades refused as overloaded, by the signal that decided (event_loop_lag, "
-    "handshakes_in_flight, handshake_age).",
+    "cpu_utilization, handshakes_in_flight, handshake_age).",
     ["signal"],
     namespace=NAMESPACE,
 )

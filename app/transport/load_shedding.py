@@ -3,10 +3,13 @@ with `Retry-After`), so the client tries another replica and the calls already l
 their latency. Without it, an overloaded worker queues upgrades until their signatures
 expire and answers them `unauthorized`, and every live call's audio waits in the same queue.
 
-An upgrade is shed when any of three cheap signals says the worker is behind:
+An upgrade is shed when any of four cheap signals says the worker is behind:
 
 - event-loop lag: a monitor task sleeps a short interval and measures how late it wakes
   (smoothed). Every callback waits that long, the live calls' audio frames included.
+- CPU: the share of one core the worker process used, smoothed over about a second. Lag
+  only grows once the core is saturated, when every queue is already filling; refusing new
+  calls just below saturation keeps the headroom the live calls' latency needs.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
 - handshake age: time from the TCP connection to admission. An upgrade that already waited
@@ -48,7 +51,15 @@ LOG_LINES_PER_SECOND: Final = 1.0
 # Share of the lag or handshake bound from which the signed age counts as well.
 STRAIN_FRACTION: Final = 0.25
 
-LAG, IN_FLIGHT, AGE = "event_loop_lag", "handshakes_in_flight", "handshake_age"
+# Weight of the newest CPU sample (one per monitor interval): a time constant of about 1 s.
+CPU_SMOOTHING: Final = 0.05
+
+LAG, CPU, IN_FLIGHT, AGE = (
+    "event_loop_lag",
+    "cpu_utilization",
+    "handshakes_in_flight",
+    "handshake_age",
+)
 _CREATED = re.compile(rb";\s*created=(\d{1,12})")
 
 
@@ -72,8 +83,11 @@ class LoadShedder:
         max_age_seconds: float,
         clock_skew_seconds: float = 0.0,
         interval: float = MONITOR_INTERVAL_SECONDS,
+        max_cpu: float = 0.0,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
+        self.max_cpu = max_cpu
+        self.cpu = 0.0  # smoothed share of one core used by this process
         self.max_handshakes = max_handshakes
         self.max_age_seconds = max_age_seconds
         self.clock_skew_seconds = clock_skew_seconds
@@ -89,6 +103,7 @@ class LoadShedder:
             settings.overload_max_handshakes_in_flight,
             settings.overload_max_handshake_age_seconds,
             settings.signature_clock_skew_seconds,
+            max_cpu=settings.overload_max_cpu_utilization,
         )
 
     # --- the decision -------------------------------------------------------------------------
@@ -97,6 +112,8 @@ class LoadShedder:
         since the upgrade's TCP connection, when known."""
         if self.max_lag_seconds and self.lag > self.max_lag_seconds:
             return LAG
+        if self.max_cpu and self.cpu > self.max_cpu:
+            return CPU
         if self.max_handshakes and self.handshakes > self.max_handshakes:
             return IN_FLIGHT
         if self.max_age_seconds and age is not None and age > self.max_age_seconds:
@@ -105,8 +122,12 @@ class LoadShedder:
 
     def _strained(self) -> bool:
         return (
-            self.max_lag_seconds > 0 and self.lag >= STRAIN_FRACTION * self.max_lag_seconds
-        ) or (self.max_handshakes > 0 and self.handshakes >= STRAIN_FRACTION * self.max_handshakes)
+            (self.max_lag_seconds > 0 and self.lag >= STRAIN_FRACTION * self.max_lag_seconds)
+            or (
+                self.max_handshakes > 0 and self.handshakes >= STRAIN_FRACTION * self.max_handshakes
+            )
+            or (self.max_cpu > 0 and self.cpu >= self.max_cpu * 0.8)
+        )
 
     def shed(self, scope: Mapping[str, Any]) -> bool:
         """Admission's check: True when this upgrade must be refused (counted and logged
@@ -133,6 +154,7 @@ class LoadShedder:
                 "cause": "overloaded",
                 "signal": reason,
                 "event_loop_lag_ms": round(self.lag * 1000, 1),
+                "cpu_utilization": round(self.cpu, 2),
                 "handshakes_in_flight": self.handshakes,
             },
         )
@@ -152,9 +174,19 @@ class LoadShedder:
         self.lag += LAG_SMOOTHING * (max(0.0, sample) - self.lag)
         metrics.EVENT_LOOP_LAG.set(self.lag)
 
+    def record_cpu(self, sample: float) -> None:
+        self.cpu += CPU_SMOOTHING * (sample - self.cpu)
+        metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
+
     async def run(self) -> None:
-        """Measure how late the loop wakes this task, forever (a gateway background task)."""
+        """Measure how late the loop wakes this task and how busy the process is, forever
+        (a gateway background task)."""
+        started, cpu_started = time.monotonic(), time.process_time()
         while True:
-            started = time.monotonic()
             await asyncio.sleep(self.interval)
-            self.record_lag(time.monotonic() - started - self.interval)
+            now, cpu_now = time.monotonic(), time.process_time()
+            elapsed = now - started
+            self.record_lag(elapsed - self.interval)
+            if elapsed > 0:
+                self.record_cpu((cpu_now - cpu_started) / elapsed)
+            started, cpu_started = now, cpu_now

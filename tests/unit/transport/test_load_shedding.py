@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from app.config import Settings
-from app.transport.load_shedding import AGE, CONNECTED_AT, IN_FLIGHT, LAG, LoadShedder
+from app.transport.load_shedding import AGE, CONNECTED_AT, CPU, IN_FLIGHT, LAG, LoadShedder
 
 
 def shedder(lag: float = 0.1, handshakes: int = 10, age: float = 2.0) -> LoadShedder:
@@ -91,3 +91,33 @@ def test_defaults_shed_nothing_on_an_idle_loop() -> None:
 
     asyncio.run(measure())
     assert decider.reason(age=0.0) is None
+
+
+def test_a_busy_core_sheds_before_the_loop_lags() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          max_cpu=0.9)  # fmt: skip
+    decider.record_cpu(1.0)  # one busy interval is not a trend
+    assert decider.reason(age=None) is None
+    for _ in range(60):  # three seconds of a saturated core
+        decider.record_cpu(1.0)
+    assert decider.cpu > 0.9
+    assert decider.reason(age=None) == CPU
+    for _ in range(60):
+        decider.record_cpu(0.5)
+    assert decider.reason(age=None) is None
+
+
+def test_the_monitor_measures_the_process_cpu() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          interval=0.01, max_cpu=0.9)  # fmt: skip
+
+    async def busy() -> None:
+        monitor = asyncio.create_task(decider.run())
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # the loop's own thread spins, between wake-ups
+            sum(range(20_000))
+            await asyncio.sleep(0)
+        monitor.cancel()
+
+    asyncio.run(busy())
+    assert decider.cpu > 0.3  # smoothed up from 0 towards a full core
