@@ -32,8 +32,8 @@ from typing import Any
 import redis.asyncio
 
 from app.bench import attacks
-from app.bench.calls import Monitor, Target, _mean, _mib, _ms, _pct
-from app.bench.streams import count_entries
+from app.bench.calls import Monitor, Target, _ingest_latencies, _mean, _mib, _ms, _pct
+from app.bench.streams import ArrivalSampler, count_entries
 from app.bench.wsload import FRAME_SECONDS, CallPlan, CallStats, FrameClock, run_call, silence_frame
 from app.client.upgrade import Endpoint
 from app.config import Settings
@@ -109,24 +109,34 @@ async def run_kind(
     warmup = sessions / start_rate + 2.0
     total = warmup + args.attack_seconds + 2.0
 
-    def plan(seconds: float) -> CallPlan:
+    def plan(seconds: float, sampled: bool = False) -> CallPlan:
         frames = max(1, round(seconds / FRAME_SECONDS))
-        return CallPlan(endpoint, target.api_key, target.client_secret, frames)
+        return CallPlan(
+            endpoint, target.api_key, target.client_secret, frames, record_send_times=sampled
+        )
 
     def call(call_plan: CallPlan) -> asyncio.Task[CallStats]:
         return asyncio.create_task(run_call(call_plan, clock, audio, limit_seconds=total + 60))
 
-    # The good calls, live before the attack starts.
+    # The good calls, live before the attack starts; every frame's ingest latency is sampled.
+    good_plans = [plan(total - index / start_rate, sampled=True) for index in range(sessions)]
+    sampler = None
+    if target.redis_url:
+        sampler = ArrivalSampler(
+            target.redis_url, [p.session_id for p in good_plans], target.cores.others
+        )
+        sampler.start()
     began = time.monotonic()
     good: list[asyncio.Task[CallStats]] = []
-    for index in range(sessions):
+    for index, good_plan in enumerate(good_plans):
         await _sleep_until(began + index / start_rate)
-        good.append(call(plan(total - index / start_rate)))
+        good.append(call(good_plan))
     await _sleep_until(began + warmup)
 
     monitor = Monitor(target.gateway_pid, target.redis_pid)
     log_before = _file_size(log_path)
     attack_counts: Counter[str] = Counter()
+    attack_started = time.time()
     deadline = time.monotonic() + args.attack_seconds
     ramp: list[asyncio.Task[CallStats]] = []
     if kind == "overload":
@@ -158,6 +168,11 @@ async def run_kind(
     new_stats = list(await asyncio.gather(*new))
     ramp_stats = list(await asyncio.gather(*ramp))
     await clock.stop()
+    arrivals = sampler.stop() if sampler else {}
+    # The good calls' frames sent while the attack ran (send times are wall-clock).
+    ingest = _ingest_latencies(
+        good_stats, arrivals, (attack_started, attack_started + args.attack_seconds)
+    )
     if kind == "overload":
         attack_counts.update(_answer(s) for s in ramp_stats)
 
@@ -188,6 +203,9 @@ async def run_kind(
         "good_calls_ended_early": len(ended_early),
         "frames_sent": sum(s.frames_sent for s in live),
         "frames_lost": lost,
+        "good_ingest_samples": len(ingest),
+        "good_ingest_ms_p50": _ms(_pct(ingest, 0.5)),
+        "good_ingest_ms_p99": _ms(_pct(ingest, 0.99)),
         "new_calls": len(new_stats),
         "new_calls_failed": len(new_failed),
         "new_call_answers": dict(Counter(_answer(s) for s in new_stats)),
@@ -230,6 +248,7 @@ _COLUMNS = (
     ("attack", "kind", 18),
     ("ended early", "good_calls_ended_early", 12),
     ("frames lost", "frames_lost", 12),
+    ("ingest p99 ms", "good_ingest_ms_p99", 14),
     ("new open p99 ms", "new_open_ms_p99", 16),
     ("new failed", "new_calls_failed", 11),
     ("CPU %", "gateway_cpu_pct", 8),

@@ -14,6 +14,9 @@ ROW_KEYS = {
     "good_calls_ended_early",
     "frames_sent",
     "frames_lost",
+    "good_ingest_samples",
+    "good_ingest_ms_p50",
+    "good_ingest_ms_p99",
     "new_calls",
     "new_calls_failed",
     "new_call_answers",
@@ -47,6 +50,8 @@ def hostile(kind: str, *extra: str) -> dict[str, Any]:
     assert row["log_bytes"] > 0
     assert isinstance(row["new_calls"], int)
     assert row["new_calls"] >= 1
+    assert row["good_ingest_samples"] > 0  # the good calls' frames during the attack
+    assert row["good_ingest_ms_p99"] >= row["good_ingest_ms_p50"] > 0
     return row
 
 
