@@ -24,6 +24,7 @@ from app.observability.logging import ThrottledLog
 from app.protocol.messages import NULL_UUID, is_uuid
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
+from app.transport.load_shedding import OVERLOADED_TEXT
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
@@ -105,8 +106,12 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         return refuse(503, "draining", "Server is shutting down")
     if not gateway.ready_for_sessions():
         return refuse(503, "not_ready", "Service unavailable")
-    if gateway.load_shedder.shed(websocket.scope):  # counted and logged by the shedder
-        return Refusal(503, "Overloaded, retry later")
+    shedder = gateway.load_shedder
+    connected_at = shedder.connected_at(websocket.scope)
+    if connected_at is not None:
+        metrics.HANDSHAKE_QUEUE_SECONDS.observe(time.monotonic() - connected_at)
+    if shedder.shed(websocket.scope["headers"], connected_at):  # counted and logged there
+        return Refusal(503, OVERLOADED_TEXT)
     if not gateway.allowlist.allows(address):
         return refuse(403, "ip_not_allowed", "Forbidden")
     if not gateway.upgrade_limiter.allow(client_address):

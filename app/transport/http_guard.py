@@ -32,7 +32,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from app.observability import metrics
 from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains
-from app.transport.load_shedding import CONNECTED_AT
+from app.transport.load_shedding import CONNECTED_AT, OVERLOADED_TEXT, RETRY_AFTER_SECONDS
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
@@ -40,7 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.transport.http_guard")
 
 LOGGED_CHARS = 80  # client-controlled values in log lines are cut to this
-REASONS = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}
+REASONS = {
+    400: b"Bad Request",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
 
 
 class _Refused(Exception):
@@ -154,6 +158,11 @@ def guarded_http_protocol(
                 # An Upgrade to anything else is ignored (RFC 9110 7.8): the request is
                 # answered as plain HTTP by the cycle uvicorn started in on_headers_complete.
                 return
+            if gateway is not None and gateway.load_shedder.shed(self.headers, self._connected_at):
+                # Overloaded (counted and logged by the shedder): the cheapest refusal there
+                # is, before the WebSocket layer and the application see the request.
+                self._answer(503, OVERLOADED_TEXT, b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS)
+                return
             self.handle_websocket_upgrade()
             self._ws = self.transport.get_protocol()
             # uvicorn: the sans-I/O WebSocket protocol sets `handshake_initiated` once the
@@ -182,12 +191,16 @@ def guarded_http_protocol(
         def _refuse(self, status: int, cause: str, detail: str) -> None:
             self._finished = True
             self._reject(status, cause, detail)
+            self._answer(status, detail)
+
+        def _answer(self, status: int, text: str, extra_headers: bytes = b"") -> None:
+            """Write a whole response and close: the connection ends with it."""
             if self.transport.is_closing():
                 return
-            body = f"{detail}\n".encode()
+            body = f"{text}\n".encode()
             head = b"HTTP/1.1 %d %s\r\n" % (status, REASONS[status])
             head += b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-            head += b"content-length: %d\r\n\r\n" % len(body)
+            head += extra_headers + b"content-length: %d\r\n\r\n" % len(body)
             self.transport.write(head + body)
             self.transport.close()
 

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from app.config import Settings
@@ -41,6 +41,9 @@ from app.observability.logging import ThrottledLog
 
 log = logging.getLogger("app.transport.load_shedding")
 
+# What a refused upgrade is told: try again (another replica) after this many seconds.
+RETRY_AFTER_SECONDS: Final = 1
+OVERLOADED_TEXT: Final = "Overloaded, retry later"
 # Key of the TCP connection's time.monotonic() in the ASGI scope's "state".
 CONNECTED_AT: Final = "audiohook_connected_at"
 MONITOR_INTERVAL_SECONDS: Final = 0.05
@@ -63,7 +66,7 @@ LAG, CPU, IN_FLIGHT, AGE = (
 _CREATED = re.compile(rb";\s*created=(\d{1,12})")
 
 
-def signature_created(headers: list[tuple[bytes, bytes]]) -> int | None:
+def signature_created(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     """`created` of the first signature in the Signature-Input header, if any (not verified:
     only used to tell how long the request has been on its way)."""
     for name, value in headers:
@@ -129,15 +132,14 @@ class LoadShedder:
             or (self.max_cpu > 0 and self.cpu >= self.max_cpu * 0.8)
         )
 
-    def shed(self, scope: Mapping[str, Any]) -> bool:
-        """Admission's check: True when this upgrade must be refused (counted and logged
-        here, the log at most once a second so an overload does not also flood the log)."""
-        now = time.monotonic()
-        connected_at = (scope.get("state") or {}).get(CONNECTED_AT)
-        age = None if connected_at is None else now - connected_at
-        if age is not None:
-            metrics.HANDSHAKE_QUEUE_SECONDS.observe(age)
-        created = signature_created(scope.get("headers") or []) if self._strained() else None
+    def shed(self, headers: Sequence[tuple[bytes, bytes]], connected_at: float | None) -> bool:
+        """True when this upgrade must be refused (counted and logged here, the log at most
+        once a second so an overload does not also flood the log). Asked twice per upgrade:
+        by the HTTP guard as soon as the head is in (the cheapest refusal), and by admission
+        (an upgrade may have waited in the worker since). `connected_at`: the TCP
+        connection's time.monotonic(), when known."""
+        age = None if connected_at is None else time.monotonic() - connected_at
+        created = signature_created(headers) if self._strained() else None
         if created is not None:  # the signer's clock may be this far ahead: not counted
             signed_age = time.time() - created - self.clock_skew_seconds
             age = signed_age if age is None else max(age, signed_age)
@@ -159,6 +161,11 @@ class LoadShedder:
             },
         )
         return True
+
+    def connected_at(self, scope: Mapping[str, Any]) -> float | None:
+        """The TCP connection's start, as the HTTP guard put it in the scope's state."""
+        value = (scope.get("state") or {}).get(CONNECTED_AT)
+        return value if isinstance(value, float) else None
 
     # --- handshakes in flight (the endpoint brackets admission with these) --------------------
     def handshake_started(self) -> None:

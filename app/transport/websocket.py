@@ -31,6 +31,7 @@ from app.protocol.session import (
     SessionOpened,
 )
 from app.transport.admission import Admission, Refusal, admit
+from app.transport.load_shedding import RETRY_AFTER_SECONDS
 from app.transport.session_observer import SessionObserver
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ log = logging.getLogger("app.transport.websocket")
 
 # uvicorn closes the socket with this code when a message exceeds its ws_max_size.
 CLOSE_MESSAGE_TOO_BIG = 1009
-RETRY_AFTER = {"Retry-After": "1"}
+RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 async def audiohook_endpoint(websocket: WebSocket) -> None:

@@ -75,3 +75,34 @@ async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_pa
         answer = await refused(gateway.ws_url)
     assert answer.status == 503
     assert answer.headers.get("retry-after") == "1"
+
+
+async def test_an_upgrade_older_than_the_age_bound_gets_503_before_the_websocket_layer(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """The HTTP guard asks the shedder as soon as the head is in: an upgrade whose head took
+    longer than the bound (as it does when it waited in an overloaded worker) is answered 503
+    with Retry-After and closed, without a handshake or authentication."""
+    settings = {"OVERLOAD_MAX_HANDSHAKE_AGE_SECONDS": "0.2"}
+    head = (
+        b"GET /api/v1/audiohook/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        before = await scrape(gateway)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        try:
+            writer.write(head[:20])
+            await asyncio.sleep(0.5)
+            writer.write(head[20:])
+            answer = await asyncio.wait_for(reader.read(), timeout=10)  # until it closes
+        finally:
+            writer.close()
+        grew = Growth(before, await scrape(gateway))
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 503 Service Unavailable"
+    assert b"\r\nretry-after: 1\r\n" in rest.lower()
+    assert grew(SHED, signal="handshake_age") == 1
+    assert grew(REJECTED, cause="overloaded") == 1
+    assert grew(QUEUE_AGE_COUNT) == 0  # never reached admission

@@ -55,11 +55,14 @@ def test_zero_disables_each_signal() -> None:
     assert decider.reason(age=60.0) is None
 
 
-def test_shed_reads_the_connection_start_from_the_scope() -> None:
+def test_the_connection_start_comes_from_the_scope_and_ages_the_upgrade() -> None:
     decider = shedder(age=2.0)
-    assert decider.shed({"state": {}}) is False
-    assert decider.shed({}) is False
-    assert decider.shed({"state": {CONNECTED_AT: 0.0}}) is True  # monotonic 0: long ago
+    assert decider.connected_at({"state": {}}) is None
+    assert decider.connected_at({}) is None
+    assert decider.connected_at({"state": {CONNECTED_AT: 12.5}}) == 12.5
+    assert decider.shed([], None) is False
+    assert decider.shed([], time.monotonic()) is False
+    assert decider.shed([], 0.0) is True  # monotonic 0: long ago
 
 
 def test_an_upgrade_signed_long_ago_is_shed_beyond_the_clock_skew() -> None:
@@ -67,18 +70,18 @@ def test_an_upgrade_signed_long_ago_is_shed_beyond_the_clock_skew() -> None:
                           clock_skew_seconds=3.0)  # fmt: skip
     now = int(time.time())
 
-    def scope(created: int) -> dict[str, object]:
+    def headers(created: int) -> list[tuple[bytes, bytes]]:
         signature_input = f'sig1=("@request-target");keyid="k";created={created};expires=9'
-        return {"headers": [(b"signature-input", signature_input.encode())]}
+        return [(b"signature-input", signature_input.encode())]
 
     # The signed age is the client's word: a gateway at ease never refuses for it (a caller
     # whose clock runs behind would otherwise be refused on every call).
-    assert decider.shed(scope(now - 20)) is False
+    assert decider.shed(headers(now - 20), None) is False
     for _ in range(3):  # a quarter of the handshake bound: strain
         decider.handshake_started()
-    assert decider.shed(scope(now - 4)) is False  # within skew + bound
-    assert decider.shed(scope(now - 20)) is True
-    assert decider.shed({"headers": [(b"signature-input", b"junk")]}) is False
+    assert decider.shed(headers(now - 4), None) is False  # within skew + bound
+    assert decider.shed(headers(now - 20), None) is True
+    assert decider.shed([(b"signature-input", b"junk")], None) is False
 
 
 def test_defaults_shed_nothing_on_an_idle_loop() -> None:
