@@ -169,10 +169,13 @@ async def run_kind(
     ramp_stats = list(await asyncio.gather(*ramp))
     await clock.stop()
     arrivals = sampler.stop() if sampler else {}
-    # The good calls' frames sent while the attack ran (send times are wall-clock).
-    ingest = _ingest_latencies(
-        good_stats, arrivals, (attack_started, attack_started + args.attack_seconds)
-    )
+    # The good calls' frames sent while the attack ran (send times are wall-clock), and in its
+    # second half: the steady state of an attack that builds up (an overload ramp fills the
+    # worker first, then every further call is refused).
+    attack_ended = attack_started + args.attack_seconds
+    ingest = _ingest_latencies(good_stats, arrivals, (attack_started, attack_ended))
+    halfway = attack_started + args.attack_seconds / 2
+    steady = _ingest_latencies(good_stats, arrivals, (halfway, attack_ended))
     if kind == "overload":
         attack_counts.update(_answer(s) for s in ramp_stats)
 
@@ -206,6 +209,7 @@ async def run_kind(
         "good_ingest_samples": len(ingest),
         "good_ingest_ms_p50": _ms(_pct(ingest, 0.5)),
         "good_ingest_ms_p99": _ms(_pct(ingest, 0.99)),
+        "good_steady_ingest_ms_p99": _ms(_pct(steady, 0.99)),
         "new_calls": len(new_stats),
         "new_calls_failed": len(new_failed),
         "new_call_answers": dict(Counter(_answer(s) for s in new_stats)),
@@ -249,6 +253,7 @@ _COLUMNS = (
     ("ended early", "good_calls_ended_early", 12),
     ("frames lost", "frames_lost", 12),
     ("ingest p99 ms", "good_ingest_ms_p99", 14),
+    ("2nd half p99", "good_steady_ingest_ms_p99", 13),
     ("new open p99 ms", "new_open_ms_p99", 16),
     ("new failed", "new_calls_failed", 11),
     ("CPU %", "gateway_cpu_pct", 8),

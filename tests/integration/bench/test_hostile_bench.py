@@ -17,6 +17,7 @@ ROW_KEYS = {
     "good_ingest_samples",
     "good_ingest_ms_p50",
     "good_ingest_ms_p99",
+    "good_steady_ingest_ms_p99",
     "new_calls",
     "new_calls_failed",
     "new_call_answers",
