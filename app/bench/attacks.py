@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict
 
@@ -160,11 +160,26 @@ async def log_flood(
     """A wrong API key with a 4,000-character correlation id, then 1-byte text frames as fast
     as the socket takes them; again on a new connection whenever the server closes it."""
     frame_batch = client_frame(_OP_TEXT, b"x") * 256
-    while time.monotonic() < deadline:
+
+    def upgrade() -> tuple[Ids, dict[str, str]]:
         ids = _ids(correlation_id="c" * 4000)
-        headers = upgrade_headers(
-            target.endpoint, api_key="wrong-" + uuid.uuid4().hex, client_secret=None, **ids
-        )
+        api_key = "wrong-" + uuid.uuid4().hex
+        return ids, upgrade_headers(target.endpoint, api_key=api_key, client_secret=None, **ids)
+
+    async for _ids_used, reader, writer in _upgraded(target, deadline, counts, upgrade):
+        await _flood(reader, writer, frame_batch, 256, deadline, counts)
+
+
+async def _upgraded(
+    target: AttackTarget,
+    deadline: float,
+    counts: Counter[str],
+    upgrade: Callable[[], tuple[Ids, dict[str, str]]],
+) -> AsyncIterator[tuple[Ids, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Connections upgraded with `upgrade()`'s headers, one after another until the deadline;
+    each is closed once the caller is done with it (a reset is counted, not raised)."""
+    while time.monotonic() < deadline:
+        ids, headers = upgrade()
         try:
             reader, writer = await _connect(target.endpoint)
         except (OSError, TimeoutError):
@@ -176,18 +191,37 @@ async def log_flood(
             writer.write(_request(target.endpoint, headers))
             status = await _status(reader)
             counts[f"status_{status}"] += 1
-            if status != "101":
-                continue
-            reading = asyncio.create_task(_until_closed(reader, deadline))
-            while time.monotonic() < deadline and not reading.done():
-                writer.write(frame_batch)
-                counts["frames"] += 256
-                await writer.drain()
-            reading.cancel()
+            if status == "101":
+                yield ids, reader, writer
+            else:
+                await asyncio.sleep(0.1)
         except ConnectionError:
             counts["reset"] += 1
         finally:
             _close(writer)
+
+
+async def _flood(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    batch: bytes,
+    frames_per_batch: int,
+    deadline: float,
+    counts: Counter[str],
+) -> None:
+    """Write `batch` as fast as the socket takes it until the server ends the connection."""
+    reading = asyncio.create_task(_until_closed(reader, deadline))
+    try:
+        while time.monotonic() < deadline and not reading.done() and not writer.is_closing():
+            writer.write(batch)
+            counts["frames"] += frames_per_batch
+            await writer.drain()
+    except ConnectionError:
+        counts["reset"] += 1
+    finally:
+        reading.cancel()
+    if time.monotonic() < deadline:
+        counts["ended_by_server"] += 1
 
 
 def _malformed_requests(target: AttackTarget) -> list[bytes]:
@@ -303,46 +337,25 @@ async def frame_flood(
     """An authenticated session that sends 200 ms stereo PCMU frames as fast as the socket
     takes them; again on a new session whenever the server ends it."""
     frame_batch = client_frame(_OP_BINARY, b"\xff" * 3200) * 50
-    while time.monotonic() < deadline:
+
+    def upgrade() -> tuple[Ids, dict[str, str]]:
         ids = _ids()
-        headers = upgrade_headers(
-            target.endpoint, api_key=target.api_key, client_secret=target.client_secret, **ids
+        secret = target.client_secret
+        return ids, upgrade_headers(
+            target.endpoint, api_key=target.api_key, client_secret=secret, **ids
         )
-        try:
-            reader, writer = await _connect(target.endpoint)
-        except (OSError, TimeoutError):
-            counts["connect_failed"] += 1
-            await asyncio.sleep(0.05)
-            continue
-        counts["sessions"] += 1
-        try:
-            writer.write(_request(target.endpoint, headers))
-            status = await _status(reader)
-            counts[f"status_{status}"] += 1
-            if status != "101":
-                await asyncio.sleep(0.1)
-                continue
-            writer.write(_open_message(ids["session_id"]))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ANSWER_TIMEOUT):
-                    seen = b""
-                    while b"opened" not in seen:
-                        chunk = await reader.read(4096)
-                        if not chunk:
-                            break
-                        seen = seen[-64:] + chunk
-            reading = asyncio.create_task(_until_closed(reader, deadline))
-            while time.monotonic() < deadline and not reading.done():
-                writer.write(frame_batch)
-                counts["frames"] += 50
-                await writer.drain()
-            reading.cancel()
-            if time.monotonic() < deadline:
-                counts["ended_by_server"] += 1
-        except ConnectionError:
-            counts["reset"] += 1
-        finally:
-            _close(writer)
+
+    async for ids, reader, writer in _upgraded(target, deadline, counts, upgrade):
+        writer.write(_open_message(ids["session_id"]))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                seen = b""
+                while b"opened" not in seen:
+                    chunk = await reader.read(4096)
+                    if not chunk:
+                        break
+                    seen = seen[-64:] + chunk
+        await _flood(reader, writer, frame_batch, 50, deadline, counts)
 
 
 ATTACKS: dict[str, Attack] = {
