@@ -95,6 +95,17 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         "correlation_id": headers.get("audiohook-correlation-id"),
     }
 
+    def admission(integration: Integration | None) -> Admission:
+        """Authenticated (with its integration) or not (None: answered `unauthorized`)."""
+        return Admission(
+            session_id=session_id,
+            correlation_id=headers.get("audiohook-correlation-id", ""),
+            organization_id=headers.get("audiohook-organization-id"),
+            client_address=client_address,
+            integration=integration,
+            authenticated=integration is not None,
+        )
+
     def refuse(status: int, cause: str, text: str, not_before: float = 0.0) -> Refusal:
         metrics.CONNECTIONS_REJECTED.labels(cause).inc()
         _refusal_log.log(
@@ -161,17 +172,8 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         if not admitted:
             not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
             return Refusal(401, "Signature verification failed", not_before)
-        return Admission(
-            session_id=session_id,
-            correlation_id=headers.get("audiohook-correlation-id", ""),
-            organization_id=headers.get("audiohook-organization-id"),
-            client_address=client_address,
-            integration=None,
-            authenticated=False,
-        )
+        return admission(None)
 
-    # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
-    # under a limit; the endpoint releases the slot when the connection ends.
     integration = decision.integration
     assert integration is not None  # an accepted request always names its integration
     try:
@@ -181,17 +183,11 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
     if not owned:
         fields["integration"] = integration.name
         return refuse(409, "session_id_conflict", "Session id belongs to another integration")
+    # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
+    # under a limit; the endpoint releases the slot when the connection ends.
     limit_reached = gateway.admit_session(integration)
     if limit_reached == "session_limit":
         return refuse(503, limit_reached, "Session limit reached")
     if limit_reached == "integration_limit":
         return refuse(429, limit_reached, "Integration session limit reached")
-
-    return Admission(
-        session_id=session_id,
-        correlation_id=headers.get("audiohook-correlation-id", ""),
-        organization_id=headers.get("audiohook-organization-id"),
-        client_address=client_address,
-        integration=integration,
-        authenticated=True,
-    )
+    return admission(integration)
