@@ -21,10 +21,9 @@ def _add_env_file(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.config import load_settings
+    from app import preflight
     from app.server import run
 
-    settings = load_settings(args.env_file)
     overrides = {
         key: value
         for key, value in (
@@ -34,8 +33,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    try:
+        settings = preflight.load_checked_settings(args.env_file, overrides)
+    except preflight.ConfigProblems as exc:
+        return preflight.report(exc.problems)
+    problems = preflight.serve_problems(settings)
+    if problems:
+        return preflight.report(problems)
     return run(settings)
 
 
