@@ -50,6 +50,7 @@ def _consume(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app import healthcheck
     from app.bench import calls, hostile
     from app.client import probe, simulate
     from app.streams import consumer
@@ -95,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_file(consume_parser)
     consumer.add_arguments(consume_parser)
     consume_parser.set_defaults(handler=_consume)
+
+    health_parser = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when a client can reach this host's (or container's) listeners",
+    )
+    healthcheck.add_arguments(health_parser)
+    health_parser.set_defaults(handler=healthcheck.run)
     return parser
 
 
