@@ -26,8 +26,10 @@ WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def client_address(configured: str) -> str:
+def client_address(configured: str, given: str | None = None) -> str:
     """The address a client outside this host or container would connect to."""
+    if given:
+        return given
     try:
         own = socket.gethostbyname(socket.gethostname())
     except OSError:
@@ -41,14 +43,22 @@ def _url_host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def check(host: str, port: int, metrics_host: str, metrics_port: int, timeout: float) -> str:
+def check(
+    host: str,
+    port: int,
+    metrics_host: str,
+    metrics_port: int,
+    timeout: float,
+    address: str | None = None,
+) -> str:
     """'' when healthy, else one line describing the problem."""
     health_port, health_var, health_host = (
         (metrics_port, "AUDIOHOOK_METRICS_HOST", metrics_host)
         if metrics_port
         else (port, "AUDIOHOOK_HOST", host)
     )
-    address = client_address(health_host)
+    given = address
+    address = client_address(health_host, given)
     url = f"http://{_url_host(address)}:{health_port}/healthz"
     try:
         with _NO_PROXY.open(url, timeout=timeout) as response:
@@ -63,7 +73,7 @@ def check(host: str, port: int, metrics_host: str, metrics_port: int, timeout: f
             "reach? Inside a container it must be 0.0.0.0"
         )
     if metrics_port:
-        address = client_address(host)
+        address = client_address(host, given)
         try:
             with socket.create_connection((address, port), timeout=timeout):
                 pass
@@ -84,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
     except preflight.ConfigProblems as exc:
         return preflight.report(exc.problems, "healthcheck")
     problem = check(
-        settings.host, settings.port, settings.metrics_host, settings.metrics_port, args.timeout
+        settings.host,
+        settings.port,
+        settings.metrics_host,
+        settings.metrics_port,
+        args.timeout,
+        args.address,
     )
     if problem:
         print(f"audiohook-gateway healthcheck: {problem}", file=sys.stderr)
@@ -93,6 +108,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Connect to this address (default: the one this host name resolves to, as a "
+        "client outside the container would; the configured one without such an address).",
+    )
     parser.add_argument(
         "--timeout", type=float, default=4.0, help="Seconds to wait for each listener."
     )

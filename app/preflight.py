@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,17 @@ def _validation_lines(exc: ValidationError, raw: Mapping[str, str]) -> list[str]
     return lines
 
 
+_FIELD_POSITIONS = {name: index for index, name in enumerate(Settings.model_fields)}
+_VARIABLE = re.compile(rf"{ENV_PREFIX}([A-Z0-9_]+)")
+
+
+def _field_position(line: str) -> int:
+    """Problems are listed in the order of the configuration reference."""
+    match = _VARIABLE.match(line)
+    name = match.group(1).lower() if match else ""
+    return _FIELD_POSITIONS.get(name, len(_FIELD_POSITIONS))
+
+
 def load_checked_settings(
     env_file: Path | None, overrides: Mapping[str, Any] | None = None
 ) -> Settings:
@@ -139,7 +151,7 @@ def load_checked_settings(
     )
     problems.extend(_payload_key_problems(raw.get("payload_encryption_keys", "")))
     if problems:
-        raise ConfigProblems(problems)
+        raise ConfigProblems(sorted(problems, key=_field_position))
     try:
         settings = Settings(_env_file=env_file, **(overrides or {}))
     except (SettingsError, ValidationError) as exc:  # not expected after the pass above
