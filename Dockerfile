@@ -2,7 +2,12 @@
 #
 # AudioHook gateway image.
 #   docker build -t audiohook-gateway .
-#   docker run --rm -p 8080:8080 -p 9090:9090 --env-file .env audiohook-gateway
+#   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 --env-file .env \
+#       -e AUDIOHOOK_REDIS_URL=redis://REDIS_HOST:6379/0 audiohook-gateway
+# (.env from .env.example works as is: the image listens on all interfaces, which a container
+# needs for its published ports; -p 127.0.0.1:... keeps them on the host's loopback.) There is
+# no Redis in the image: without AUDIOHOOK_REDIS_URL the gateway exits with one line saying so.
+# `docker compose up --build` runs the gateway with Redis, Prometheus and Grafana.
 #
 # Two stages: the builder installs the package into a virtual environment from binary wheels;
 # the final image copies only that environment onto a clean slim base (no compiler, no pip
@@ -42,7 +47,8 @@ LABEL org.opencontainers.image.title="audiohook-gateway" \
 # - X-Forwarded-For honoured only from private-network proxies (the ingress controller): the
 #   IP allowlist checks the rightmost hop outside those ranges. Narrow
 #   AUDIOHOOK_TRUSTED_PROXIES to your proxies' addresses where you can.
-# There is no embedded Redis in the image: set AUDIOHOOK_REDIS_URL.
+# There is no embedded Redis in the image: set AUDIOHOOK_REDIS_URL. An env file naming no
+# AUDIOHOOK_HOST keeps these (the package's own default, for a laptop, is 127.0.0.1).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -59,13 +65,19 @@ RUN groupadd --system --gid 10001 audiohook \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# A working directory the user can write (relative paths such as `consume --output-dir
+# recordings` land here), unless the container runs with a read-only root file system.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/audiohook
+WORKDIR /var/lib/audiohook
+
 USER 10001:10001
 EXPOSE 8080 9090
 
-# Liveness on the metrics port (or the main port when AUDIOHOOK_METRICS_PORT=0), with the
-# interpreter already in the image: urlopen raises, and so exits non-zero, unless 2xx.
+# Checks what a client reaches: /healthz of the metrics listener (or the main one when
+# AUDIOHOOK_METRICS_PORT=0) and a TCP connection to the AudioHook listener, both on the
+# container's own address, not its loopback: a listener bound to 127.0.0.1 is unhealthy.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; p = os.environ.get('AUDIOHOOK_METRICS_PORT', '9090'); p = p if p != '0' else os.environ.get('AUDIOHOOK_PORT', '8080'); urllib.request.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=4)"]
+    CMD ["audiohook-gateway", "healthcheck"]
 
 # SIGTERM starts the graceful drain (AUDIOHOOK_DRAIN_GRACE_SECONDS); give `docker stop` a
 # longer timeout than the drain, e.g. `docker stop -t 45`.

@@ -21,10 +21,9 @@ def _add_env_file(parser: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.config import load_settings
+    from app import preflight
     from app.server import run
 
-    settings = load_settings(args.env_file)
     overrides = {
         key: value
         for key, value in (
@@ -34,8 +33,13 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    try:
+        settings = preflight.load_checked_settings(args.env_file, overrides)
+    except preflight.ConfigProblems as exc:
+        return preflight.report(exc.problems)
+    problems = preflight.serve_problems(settings)
+    if problems:
+        return preflight.report(problems)
     return run(settings)
 
 
@@ -46,6 +50,7 @@ def _consume(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app import healthcheck
     from app.bench import calls, hostile
     from app.client import probe, simulate
     from app.streams import consumer
@@ -91,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_file(consume_parser)
     consumer.add_arguments(consume_parser)
     consume_parser.set_defaults(handler=_consume)
+
+    health_parser = commands.add_parser(
+        "healthcheck",
+        help="exit 0 when a client can reach this host's (or container's) listeners",
+    )
+    healthcheck.add_arguments(health_parser)
+    health_parser.set_defaults(handler=healthcheck.run)
     return parser
 
 

@@ -26,9 +26,16 @@ class Settings(BaseSettings):
     )
 
     # --- server -------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Address the AudioHook listener binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the AudioHook listener binds to. The container image sets "
+        "0.0.0.0 (all interfaces), which a container needs for its published ports.",
+    )
     port: int = Field(8080, description="Port of the AudioHook WebSocket listener.")
-    metrics_host: str = Field("0.0.0.0", description="Address the metrics listener binds to.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics listener binds to; the container image sets 0.0.0.0.",
+    )
     metrics_port: int = Field(
         9090,
         description="Port serving /metrics, /healthz and /readyz; 0 serves them on the main port.",

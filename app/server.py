@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Generator
 
@@ -20,9 +22,10 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
-from app.observability.logging import configure_logging
+from app.observability.logging import LISTENER, configure_logging
+from app.preflight import EXIT_START
 from app.runtime import Gateway
-from app.streams.embedded_redis import EmbeddedRedis
+from app.streams.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from app.transport.http import operational_app
 from app.transport.http_guard import guarded_http_protocol
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
@@ -46,11 +49,59 @@ def _tune_gc() -> None:
 
 
 class _Server(uvicorn.Server):
-    """A uvicorn server whose signals are handled by ``serve`` (drain first, then stop)."""
+    """A uvicorn server whose signals are handled by ``serve`` (drain first, then stop), on a
+    socket bound before anything started; its log lines name the listener."""
+
+    def __init__(self, config: uvicorn.Config, listener: str, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.listener = listener
+        self.socket = sock
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        LISTENER.set(self.listener)  # this task's context: uvicorn's lines get the field
+        host, port = self.socket.getsockname()[:2]
+        log.info("listening", extra={"listener": self.listener, "address": f"{host}:{port}"})
+        await super().serve(sockets or [self.socket])
+
+
+class ListenError(Exception):
+    """A listener's address cannot be bound; the message is one line naming the setting."""
+
+
+def bind_listener(variable: str, host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (not yet listening), as uvicorn would bind it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        why = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            why = "address already in use (another gateway or program listens there)"
+        raise ListenError(f"{variable}={port}: cannot listen on {address}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def bind_listeners(settings: Settings) -> dict[str, socket.socket]:
+    """The main listener's socket and, unless it is 0, the metrics listener's."""
+    sockets = {"audiohook": bind_listener("AUDIOHOOK_PORT", settings.host, settings.port)}
+    if settings.metrics_port:
+        try:
+            sockets["metrics"] = bind_listener(
+                "AUDIOHOOK_METRICS_PORT", settings.metrics_host, settings.metrics_port
+            )
+        except ListenError:
+            sockets["audiohook"].close()
+            raise
+    return sockets
 
 
 def _uvicorn_config(
@@ -78,27 +129,36 @@ def _uvicorn_config(
     )
 
 
-async def serve(settings: Settings) -> int:
+async def serve(settings: Settings, sockets: dict[str, socket.socket] | None = None) -> int:
+    if sockets is None:
+        sockets = bind_listeners(settings)
     embedded: EmbeddedRedis | None = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(data_dir=settings.redis_embedded_dir, appendonly=True)
-        embedded.start()
+        try:
+            embedded.start()  # logs its own line, with the URL
+        except (EmbeddedRedisError, OSError) as exc:
+            log.error("embedded redis did not start: %s", " ".join(str(exc).split()))
+            return EXIT_START
         settings = settings.model_copy(update={"redis_url": embedded.url})
-        log.info("embedded redis started", extra={"redis_url": embedded.url})
     try:
         app = create_app(settings)
         _tune_gc()
         main_server = _Server(
-            _uvicorn_config(app, settings.host, settings.port, settings, app.state.gateway)
+            _uvicorn_config(app, settings.host, settings.port, settings, app.state.gateway),
+            "audiohook",
+            sockets["audiohook"],
         )
         servers = [main_server]
-        if settings.metrics_port:
+        if "metrics" in sockets:
             metrics_app = operational_app(app.state.gateway)
             servers.append(
                 _Server(
                     _uvicorn_config(
                         metrics_app, settings.metrics_host, settings.metrics_port, settings
-                    )
+                    ),
+                    "metrics",
+                    sockets["metrics"],
                 )
             )
             servers[-1].config.lifespan = "off"
@@ -134,12 +194,19 @@ async def serve(settings: Settings) -> int:
 
 
 def run(settings: Settings) -> int:
+    # Both addresses are bound before anything starts (the embedded Redis included): a port
+    # in use is one line and exit code 1, whichever listener it is.
+    try:
+        sockets = bind_listeners(settings)
+    except ListenError as exc:
+        print(f"audiohook-gateway serve: {exc}", file=sys.stderr)
+        return EXIT_START
     configure_logging(settings.log_level)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-        return asyncio.run(serve(settings))
+        return asyncio.run(serve(settings, sockets))
     if sys.version_info >= (3, 12):  # pragma: no cover
-        return asyncio.run(serve(settings), loop_factory=uvloop.new_event_loop)
+        return asyncio.run(serve(settings, sockets), loop_factory=uvloop.new_event_loop)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(serve(settings))
+        return runner.run(serve(settings, sockets))

@@ -7,6 +7,7 @@ integration, reason, ...). Audio, secrets and signature values are never passed 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import time
@@ -52,6 +53,7 @@ _PER_CONNECTION_MESSAGES = frozenset(
     {
         "connection open",
         "connection closed",
+        "connection rejected (%d %s)",
         '%s - "WebSocket %s" [accepted]',
         '%s - "WebSocket %s" 403',
         '%s - "WebSocket %s" %d',
@@ -59,8 +61,26 @@ _PER_CONNECTION_MESSAGES = frozenset(
 )
 
 
-def _not_per_connection(record: logging.LogRecord) -> bool:
-    return record.msg not in _PER_CONNECTION_MESSAGES
+# Which listener (audiohook, metrics) a uvicorn line is about: set in each server's task.
+LISTENER: contextvars.ContextVar[str | None] = contextvars.ContextVar("listener", default=None)
+# Set when the application answered an upgrade with a refusal (403, 429, 503, ...): uvicorn
+# then says "ASGI callable returned without completing handshake" at ERROR, but a refusal is
+# normal and already logged by the gateway with its cause.
+UPGRADE_REFUSED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "upgrade_refused", default=False
+)
+_HANDSHAKE_NOT_COMPLETED = "ASGI callable returned without completing handshake."
+
+
+def _uvicorn_line(record: logging.LogRecord) -> bool:
+    if record.msg == _HANDSHAKE_NOT_COMPLETED and UPGRADE_REFUSED.get():
+        return False
+    if record.msg in _PER_CONNECTION_MESSAGES:
+        return False
+    listener = LISTENER.get()
+    if listener is not None and not hasattr(record, "listener"):
+        record.listener = listener
+    return True
 
 
 def _clip(text: str, limit: int) -> str:
@@ -86,7 +106,8 @@ def configure_logging(level: str) -> None:
     # every frame (audio): keep those loggers at INFO whatever the level.
     for name in ("uvicorn.error", "websockets"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
-    logging.getLogger("uvicorn.error").addFilter(_not_per_connection)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.filters[:] = [_uvicorn_line]
 
 
 class ThrottledLog:

@@ -10,8 +10,9 @@ Also the reference for consumer authors. The pattern:
    the session stream has them too. A consumer that restarts under the same name re-reads its
    unacknowledged `opened` events and records those sessions again from the start.
 
-Output per session: `<sessionId>.wav` (PCMU as µ-law WAV, L16 as 16-bit PCM, channels in the
-selected order) and `<sessionId>.json` (session ids, media, events, audio statistics).
+Output per session: `<sessionId>.wav` (16-bit PCM, which every player opens; PCMU is expanded
+from µ-law unless `--wav-encoding mulaw` keeps it as a µ-law WAV; channels in the selected
+order) and `<sessionId>.json` (session ids, media, events, audio statistics).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
 from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.streams.redis_client import RedisClient
 from app.streams.tasks import stop_task
-from app.streams.wav import WavWriter
+from app.streams.wav import WAV_ENCODINGS, WavEncoding, WavWriter
 
 log = logging.getLogger("app.streams.consumer")
 
@@ -190,7 +192,9 @@ class _Recorder:
         fill_gaps: bool,
         idle_timeout: float,
         block_ms: int,
+        wav_encoding: WavEncoding = "pcm16",
     ) -> None:
+        self._wav_encoding: WavEncoding = wav_encoding
         self._redis = redis
         self._opened = opened
         self.session_id: str = opened["session_id"]
@@ -207,7 +211,13 @@ class _Recorder:
         assembler: AudioAssembler | None = None
         if self._media is not None:
             path = self._output_dir / f"{self.session_id}.wav"
-            wav = WavWriter(path, self._media.format, self._media.channel_count, self._media.rate)
+            wav = WavWriter(
+                path,
+                self._media.format,
+                self._media.channel_count,
+                self._media.rate,
+                encoding=self._wav_encoding,
+            )
             assembler = AudioAssembler(
                 self._media, self.session_id, self._keys, fill_gaps=self._fill_gaps
             )
@@ -279,6 +289,7 @@ class _Recorder:
             "stream": self._stream,
             "media": opened["data"].get("media"),
             "wav": wav.path.name if wav else None,
+            "wav_encoding": wav.encoding if wav else None,
             "complete": complete,
             "audio": stats.as_dict(),
             "events": [_sidecar_event(e) for e in events],
@@ -319,6 +330,7 @@ async def run_consumer(
     fill_gaps: bool = False,
     idle_timeout: float = 300.0,
     block_seconds: float = 1.0,
+    wav_encoding: WavEncoding = "pcm16",
 ) -> list[SessionRecording]:
     """Record sessions until `stop` is set or `sessions_limit` sessions are recorded.
 
@@ -361,7 +373,8 @@ async def run_consumer(
                     continue
                 started.add(session_id)
                 recorder = _Recorder(redis, event, output_dir, keys, fill_gaps=fill_gaps,
-                                     idle_timeout=idle_timeout, block_ms=block_ms)  # fmt: skip
+                                     idle_timeout=idle_timeout, block_ms=block_ms,
+                                     wav_encoding=wav_encoding)  # fmt: skip
                 running[asyncio.create_task(recorder.run())] = entry_id
             for task in [t for t in running if t.done()]:
                 entry_id = running.pop(task)
@@ -412,24 +425,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Finish a recording whose stream has been silent this long without `closed`.",
     )  # fmt: skip
     parser.add_argument(
+        "--wav-encoding", choices=WAV_ENCODINGS, default="pcm16",
+        help="pcm16 (default): 16-bit PCM WAV that every player opens, PCMU expanded from "
+        "µ-law; mulaw: keep PCMU as it came, a µ-law WAV (format 7) half the size.",
+    )  # fmt: skip
+    parser.add_argument(
         "--keys-file", type=Path, default=None,
         help="JSON map key id -> base64 key for decryption (default: "
         "AUDIOHOOK_PAYLOAD_ENCRYPTION_KEYS).",
     )  # fmt: skip
 
 
+def _fail(message: str, code: int) -> int:
+    print(f"audiohook-gateway consume: {message}", file=sys.stderr)
+    return code
+
+
 def main(args: argparse.Namespace) -> int:
-    from app.config import load_settings
+    from app import preflight
     from app.streams.embedded_redis import running_server_url
     from app.streams.redis_client import blocking_read_seconds, create_redis
 
-    settings = load_settings(getattr(args, "env_file", None))
+    env_file: Path | None = getattr(args, "env_file", None)
+    try:
+        settings = preflight.load_checked_settings(env_file)
+    except preflight.ConfigProblems as exc:
+        return preflight.report(exc.problems, "consume")
     url = args.redis_url or settings.redis_url
-    if not url and settings.redis_embedded_dir is not None:
-        url = running_server_url(settings.redis_embedded_dir)  # the gateway's embedded Redis
+    data_dir = settings.redis_embedded_dir
+    if not url and data_dir is not None:
+        url = running_server_url(data_dir)  # the gateway's embedded Redis
+        if not url:
+            serve = f"audiohook-gateway serve --env-file {env_file}" if env_file else "the gateway"
+            return _fail(
+                f"the gateway's embedded Redis ({data_dir}) is not running: start {serve} first "
+                "(consume reads what it publishes), or pass --redis-url",
+                preflight.EXIT_START,
+            )
     if not url:
-        print("consume: no Redis URL (use --redis-url or AUDIOHOOK_REDIS_URL)")
-        return 2
+        return _fail(
+            "no Redis to read: pass --redis-url or set AUDIOHOOK_REDIS_URL; to follow a local "
+            "gateway's embedded Redis, give its env file (--env-file .env.example)",
+            preflight.EXIT_CONFIG,
+        )
     if args.cluster is not None:
         settings = settings.model_copy(update={"redis_cluster": args.cluster})
     raw_keys = (
@@ -453,6 +491,7 @@ def main(args: argparse.Namespace) -> int:
                 stop=stop, sessions_limit=args.sessions,
                 start_id="$" if args.new_only else "0",
                 fill_gaps=args.fill_gaps, idle_timeout=args.idle_timeout,
+                wav_encoding=args.wav_encoding,
                 block_seconds=blocking_read_seconds(settings.redis_timeout_seconds),
             )  # fmt: skip
         finally:

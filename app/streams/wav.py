@@ -1,8 +1,10 @@
 """Minimal WAV writing and reading for session recordings.
 
-PCMU is stored as it came, as a µ-law WAV (format tag 7, 8 bits, with the `fact` chunk
-non-PCM formats carry); L16 as PCM (format tag 1, 16-bit little-endian). Frames are already
-sample-interleaved, which is WAV's layout too.
+By default every recording is 16-bit PCM (format tag 1, little-endian), which every player,
+browser, editor and Python's `wave` opens: PCMU audio is expanded from µ-law (G.711) on the
+way. With `encoding="mulaw"` PCMU is stored as it came instead, as a µ-law WAV (format tag 7,
+8 bits, with the `fact` chunk non-PCM formats carry): half the size, but many tools refuse it.
+L16 is always PCM. Frames are already sample-interleaved, which is WAV's layout too.
 """
 
 from __future__ import annotations
@@ -12,10 +14,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, Literal
 
+WavEncoding = Literal["pcm16", "mulaw"]
+WAV_ENCODINGS: Final[tuple[WavEncoding, ...]] = ("pcm16", "mulaw")
+
 WAVE_FORMAT_PCM: Final = 1
 WAVE_FORMAT_MULAW: Final = 7
 
 _FORMATS: Final = {"PCMU": (WAVE_FORMAT_MULAW, 8), "L16": (WAVE_FORMAT_PCM, 16)}
+
+
+def _ulaw_to_linear(value: int) -> int:
+    """G.711 µ-law byte -> 16-bit linear sample."""
+    value = ~value & 0xFF
+    magnitude = ((((value & 0x0F) << 3) + 0x84) << ((value >> 4) & 0x07)) - 0x84
+    return -magnitude if value & 0x80 else magnitude
+
+
+_ULAW_TO_PCM16: Final = tuple(struct.pack("<h", _ulaw_to_linear(b)) for b in range(256))
+
+
+def ulaw_to_pcm16(data: bytes) -> bytes:
+    """µ-law bytes -> 16-bit little-endian PCM (two bytes per sample)."""
+    return b"".join(map(_ULAW_TO_PCM16.__getitem__, data))
+
+
+def stored_format(audio_format: str, encoding: WavEncoding) -> str:
+    """The format the WAV file holds: PCMU stays µ-law only when asked for."""
+    if audio_format not in _FORMATS:
+        raise ValueError(f"unsupported audio format {audio_format!r}")
+    if encoding not in WAV_ENCODINGS:
+        raise ValueError(f"unsupported WAV encoding {encoding!r}")
+    return "PCMU" if audio_format == "PCMU" and encoding == "mulaw" else "L16"
 
 
 def _header(audio_format: str, channels: int, rate: int, data_bytes: int) -> bytes:
@@ -41,11 +70,22 @@ def wav_bytes(audio_format: Literal["PCMU", "L16"], channels: int, rate: int, da
 
 
 class WavWriter:
-    """Streams samples into a WAV file; the header sizes are fixed up by close()."""
+    """Streams samples of `audio_format` into a WAV file of `encoding` (16-bit PCM unless
+    "mulaw" keeps PCMU as it came); the header sizes are fixed up by close()."""
 
-    def __init__(self, path: Path, audio_format: str, channels: int, rate: int = 8000) -> None:
-        if audio_format not in _FORMATS:
-            raise ValueError(f"unsupported audio format {audio_format!r}")
+    def __init__(
+        self,
+        path: Path,
+        audio_format: str,
+        channels: int,
+        rate: int = 8000,
+        *,
+        encoding: WavEncoding = "pcm16",
+    ) -> None:
+        stored = stored_format(audio_format, encoding)
+        self._expand = audio_format == "PCMU" and stored == "L16"
+        self.encoding: WavEncoding = "mulaw" if stored == "PCMU" else "pcm16"
+        audio_format = stored
         self.path = path
         self._format = audio_format
         self._channels = channels
@@ -56,6 +96,8 @@ class WavWriter:
         self.data_bytes = 0
 
     def write(self, data: bytes) -> None:
+        if self._expand:
+            data = ulaw_to_pcm16(data)
         self._file.write(data)
         self.data_bytes += len(data)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
-from app.observability.logging import ThrottledLog
+from app.observability.logging import UPGRADE_REFUSED, ThrottledLog
 from app.protocol.messages import NULL_UUID, is_uuid
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
@@ -79,6 +79,9 @@ class Refusal:
     status: int
     text: str
     not_before: float = 0.0
+
+    def __post_init__(self) -> None:
+        UPGRADE_REFUSED.set(True)  # in the connection's task: a refusal is not an ASGI error
 
 
 async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | Refusal:

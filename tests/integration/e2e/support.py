@@ -164,11 +164,21 @@ def l16_samples(data: bytes) -> tuple[int, ...]:
     return struct.unpack(f"<{len(data) // 2}h", data)
 
 
-def assert_same_audio(wav_path: Path, fmt: AudioFormat, channels: int, expected: bytes) -> None:
-    """The consumer's WAV holds exactly the input's audio, in the input's format."""
+def assert_same_audio(
+    wav_path: Path,
+    fmt: AudioFormat,
+    channels: int,
+    expected: bytes,
+    encoding: Literal["pcm16", "mulaw"] = "pcm16",
+) -> None:
+    """The consumer's WAV holds exactly the input's audio: 16-bit PCM (PCMU expanded by the
+    G.711 table), or PCMU as it came when `encoding` is "mulaw"."""
     out = read_wav(wav_path)
     assert (out.channels, out.rate) == (channels, 8000)
-    if fmt == "PCMU":
+    if fmt == "PCMU" and encoding == "pcm16":
+        assert (out.format_tag, out.bits_per_sample) == (WAVE_FORMAT_PCM, 16)
+        assert l16_samples(out.data) == tuple(ulaw_decode_byte(b) for b in expected)
+    elif fmt == "PCMU":
         assert (out.format_tag, out.bits_per_sample) == (WAVE_FORMAT_MULAW, 8)
         assert len(out.data) == len(expected)
         assert out.data == expected

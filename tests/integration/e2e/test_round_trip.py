@@ -152,7 +152,8 @@ async def test_encrypted_audio_round_trips_through_the_consume_cli(
     out_dir = tmp_path / "out"
     code, out, err = await run_cli(
         ["consume", "--redis-url", gateway.env["AUDIOHOOK_REDIS_URL"], "--output-dir",
-         str(out_dir), "--group", group, "--consumer", "cli", "--sessions", str(len(CASES))],
+         str(out_dir), "--group", group, "--consumer", "cli", "--sessions", str(len(CASES)),
+         "--wav-encoding", "mulaw"],
         env=cli_env(PAYLOAD_ENCRYPTION_KEYS=TEST_KEYS_JSON),
     )  # fmt: skip
     assert code == 0, err
@@ -161,7 +162,7 @@ async def test_encrypted_audio_round_trips_through_the_consume_cli(
     for ((fmt, channels), (_, data)), result in zip(inputs.items(), results, strict=True):
         assert printed[result.session_id]["complete"] is True
         assert printed[result.session_id]["samples"] == SAMPLES
-        assert_same_audio(out_dir / f"{result.session_id}.wav", fmt, channels, data)
+        assert_same_audio(out_dir / f"{result.session_id}.wav", fmt, channels, data, "mulaw")
         sidecar = json.loads((out_dir / f"{result.session_id}.json").read_text())
         assert sidecar["audio"]["undecryptable"] == 0
         assert sidecar["integration"] == "secure"

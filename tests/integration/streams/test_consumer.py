@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import json
+import struct
 import time
+import wave
 from pathlib import Path
 
 import redis.asyncio
 from redis.exceptions import ResponseError
 
+from app.client.audio import ulaw_decode_byte
 from app.protocol.media import MediaFormat
 from app.streams import keys as redis_keys
 from app.streams.consumer import add_arguments, main, run_consumer
@@ -55,6 +58,12 @@ async def _until_pending(redis_client: Redis, group: str, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
+def _as_pcm16(ulaw_frames: list[bytes]) -> bytes:
+    """µ-law frames as the 16-bit little-endian PCM a default recording holds."""
+    ulaw = b"".join(ulaw_frames)
+    return struct.pack(f"<{len(ulaw)}h", *(ulaw_decode_byte(b) for b in ulaw))
+
+
 async def test_consume_writes_wav_and_sidecar_per_session(
     redis_client: Redis, tmp_path: Path
 ) -> None:
@@ -83,11 +92,11 @@ async def test_consume_writes_wav_and_sidecar_per_session(
     )
     assert all(r.complete for r in recordings)
 
-    pcmu_wav = read_wav(tmp_path / f"{pcmu_info.session_id}.wav")
-    assert (pcmu_wav.format_tag, pcmu_wav.channels, pcmu_wav.rate, pcmu_wav.bits_per_sample) == (
-        WAVE_FORMAT_MULAW, 2, 8000, 8,
-    )  # fmt: skip
-    assert pcmu_wav.data == b"".join(pcmu_frames)
+    # PCMU is recorded as 16-bit PCM by default: Python's `wave` (like most players) opens it.
+    with wave.open(str(tmp_path / f"{pcmu_info.session_id}.wav"), "rb") as played:
+        assert (played.getnchannels(), played.getframerate(), played.getsampwidth()) == (2, 8000, 2)
+        pcm = played.readframes(played.getnframes())
+    assert pcm == _as_pcm16(pcmu_frames)
     l16_wav = read_wav(tmp_path / f"{l16_info.session_id}.wav")
     assert (l16_wav.format_tag, l16_wav.channels, l16_wav.bits_per_sample) == (
         WAVE_FORMAT_PCM, 1, 16,
@@ -110,8 +119,35 @@ async def test_consume_writes_wav_and_sidecar_per_session(
     assert sidecar["audio"]["undecryptable"] == 0
     assert sidecar["audio"]["missing_entries"] == 0
     assert sidecar["wav"] == f"{pcmu_info.session_id}.wav"
+    assert sidecar["wav_encoding"] == "pcm16"
     # Everything was acknowledged: nothing pending for the group.
     assert (await redis_client.xpending(redis_keys.EVENTS_STREAM, "g"))["pending"] == 0
+
+
+async def test_consume_keeps_pcmu_as_mulaw_wav_when_asked(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    pcmu = MediaFormat("PCMU", ("internal", "external"))
+    info = session_info(pcmu)
+    frames = audio_frames(pcmu, 10, 160, seed=5)
+    await _publish(publisher, info, frames, 160)
+    await publisher.stop(flush_timeout=10)
+
+    recordings = await asyncio.wait_for(
+        run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={},
+                     sessions_limit=1, block_seconds=0.1, wav_encoding="mulaw"),
+        timeout=20,
+    )  # fmt: skip
+    assert [r.session_id for r in recordings] == [info.session_id]
+    kept = read_wav(tmp_path / f"{info.session_id}.wav")
+    assert (kept.format_tag, kept.channels, kept.rate, kept.bits_per_sample) == (
+        WAVE_FORMAT_MULAW, 2, 8000, 8,
+    )  # fmt: skip
+    assert kept.data == b"".join(frames)
+    sidecar = json.loads((tmp_path / f"{info.session_id}.json").read_text())
+    assert sidecar["wav_encoding"] == "mulaw"
 
 
 async def test_consumer_follows_a_live_session_and_stops_on_request(
@@ -142,7 +178,7 @@ async def test_consumer_follows_a_live_session_and_stops_on_request(
     stop.set()
     recordings = await asyncio.wait_for(consumer, timeout=10)
     assert [r.session_id for r in recordings] == [info.session_id]
-    assert read_wav(tmp_path / f"{info.session_id}.wav").data == b"".join(frames)
+    assert read_wav(tmp_path / f"{info.session_id}.wav").data == _as_pcm16(frames)
 
 
 async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
@@ -179,7 +215,7 @@ async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
         timeout=10,
     )  # fmt: skip
     assert [r.session_id for r in recordings] == [info.session_id]
-    assert read_wav(tmp_path / f"{info.session_id}.wav").data == b"".join(frames)
+    assert read_wav(tmp_path / f"{info.session_id}.wav").data == _as_pcm16(frames)
 
 
 def test_command_line_records_and_decrypts_with_a_keys_file(redis_url: str, tmp_path: Path) -> None:
