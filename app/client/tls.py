@@ -73,7 +73,7 @@ def public_ca_context() -> tuple[ssl.SSLContext, str]:
         if cafile or capath:
             context.load_verify_locations(cafile=cafile, capath=capath)
         return context, "the system CA store"
-    return ssl.create_default_context(cafile=certifi.where()), "the public CA bundle (certifi)"
+    return ssl.create_default_context(cafile=certifi.where()), "certifi's public CA bundle"
 
 
 def private_ca_context(ca_file: str) -> ssl.SSLContext:

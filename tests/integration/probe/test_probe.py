@@ -474,9 +474,9 @@ async def test_ssl_cert_file_does_not_make_a_private_ca_public(
     assert transport["status"] == "fail"
     (finding,) = transport["findings"]
     assert finding["rule"] == "tls-verify"
-    assert "public CA bundle (certifi)" in finding["message"]
+    assert "certifi's public CA bundle" in finding["message"]
     assert "SSL_CERT_FILE is not used" in finding["message"]
-    assert transport["details"]["trust"] == "the public CA bundle (certifi)"
+    assert transport["details"]["trust"] == "certifi's public CA bundle"
 
 
 async def test_simulate_verifies_against_the_ca_file(
