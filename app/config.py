@@ -135,7 +135,9 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="CIDRs of proxies whose X-Forwarded-For is trusted; the client address is "
-        "the rightmost hop outside these (JSON list).",
+        "the rightmost hop outside these (JSON list). Keep it to your proxies' own addresses "
+        '(e.g. ["10.0.3.7/32"]): anything else inside these ranges that reaches the gateway can '
+        "choose its address with X-Forwarded-For.",
     )
     genesys_region: str = Field(
         default="mypurecloud.com",

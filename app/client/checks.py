@@ -1,4 +1,4 @@
-"""Checks of server messages as strict as the Genesys client's (PROTOCOL.md §8-9).
+"""Checks of server messages as strict as the Genesys client's (docs/protocol.md §6-7).
 
 Sans-I/O: the session tells the checker what it sent (`sent`) and hands it every frame it
 receives; the checker tracks the client's view of the session and returns findings, each

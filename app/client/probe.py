@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, TextIO, TypeAlias
 from app.client.audio import tone_source
 from app.client.checks import Finding, describe_media
 from app.client.session import SessionConfig, SessionResult, run_session
-from app.client.tls import TlsReport, check_tls
+from app.client.tls import TlsReport, check_tls, private_ca_context
 from app.client.upgrade import Endpoint
 
 Status: TypeAlias = Literal["pass", "warn", "fail", "skip"]
@@ -46,8 +46,12 @@ class ProbeOptions:
     ping_interval: float = 5.0  # also the time allowed for each pong
     linger: float = 0.5  # listen this long after `closed` for stray messages
     slow_open_warning: float = 2.0
-    # CAs treated as "public" (None: the system store, as Genesys uses); tests pass their own.
+    # CAs treated as "public" (None: the public CA bundle, never SSL_CERT_FILE); tests pass
+    # their own.
     trust: ssl.SSLContext | None = None
+    # A private CA (PEM) for a staging endpoint: the sessions verify against it, and the TLS
+    # step says the chain is private (a warning) instead of failing.
+    ca_file: str | None = None
 
 
 @dataclass(slots=True)
@@ -146,16 +150,32 @@ def _transport_tls(report: TlsReport) -> StepReport:
     if report.subject:
         parts.append(f"certificate for {report.subject} issued by {report.issuer}")
     if report.verified:
-        parts.append("chain verifies against public CAs")
+        parts.append(f"chain verifies against public CAs ({report.trust})")
+    elif report.private_ca_verified:
+        parts.append("chain verifies against --ca-file only")
+        findings.append(
+            Finding(
+                "tls-private-ca",
+                "tls.certificate",
+                f"the chain verifies against --ca-file but not against public CAs "
+                f"({report.trust}): {report.verify_error}",
+                "Genesys Cloud accepts only certificates chained to a public CA; a private CA "
+                "is fine for a staging endpoint that only your own tools reach",
+                severity="warning",
+            )
+        )
     else:
         hint = "Genesys accepts only certificates chained to a public CA"
         if report.self_signed:
             hint += "; this one is self-signed"
+        if report.private_ca_verified is False:
+            hint += "; it does not verify against --ca-file either"
         findings.append(
             Finding(
                 "tls-verify",
                 "tls.certificate",
-                f"the certificate chain does not verify: {report.verify_error}",
+                f"the certificate chain does not verify against public CAs ({report.trust}; "
+                f"SSL_CERT_FILE is not used for this verdict): {report.verify_error}",
                 hint,
             )
         )
@@ -299,12 +319,19 @@ async def run_probe(options: ProbeOptions) -> ProbeReport:
         return report
     context: ssl.SSLContext | None = None
     if endpoint.secure:
+        private = private_ca_context(options.ca_file) if options.ca_file else None
         tls = await check_tls(
-            endpoint.host, endpoint.port, limit=options.connect_timeout, context=options.trust
+            endpoint.host,
+            endpoint.port,
+            limit=options.connect_timeout,
+            context=options.trust,
+            private=private,
         )
         report.steps.append(_transport_tls(tls))
         context = options.trust
-        if tls.connected and not tls.verified:
+        if tls.private_ca_verified:
+            context = private
+        elif tls.connected and not tls.verified:
             # Genesys would stop here; carry on unverified to diagnose the AudioHook side too.
             context = ssl.create_default_context()
             context.check_hostname = False
@@ -372,6 +399,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--language", default=_DEFAULT_LANGUAGE, help="language of the real session's open"
     )
+    parser.add_argument(
+        "--ca-file",
+        help="PEM file of a private CA (a staging endpoint): the sessions verify against it; "
+        "the TLS verdict still uses public CAs only (certifi's bundle, never SSL_CERT_FILE)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> ProbeOptions:
@@ -385,6 +417,7 @@ def options_from_args(args: argparse.Namespace) -> ProbeOptions:
         connect_timeout=args.connect_timeout,
         open_timeout=args.timeout,
         close_timeout=args.close_timeout,
+        ca_file=args.ca_file,
     )
     if args.org:
         options.organization_id = args.org
@@ -396,6 +429,12 @@ async def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not args.api_key:
         print("probe: --api-key is required", file=sys.stderr)
         return 2
+    if args.ca_file:
+        try:
+            private_ca_context(args.ca_file)
+        except OSError as exc:
+            print(f"probe: --ca-file {args.ca_file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     report = await run_probe(options_from_args(args))
     if args.json:
         stream.write(json.dumps(report.to_dict(), indent=2, default=str) + "\n")

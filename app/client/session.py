@@ -1,7 +1,7 @@
 """A Genesys-like AudioHook client session on the `websockets` asyncio client.
 
 `ClientSession(config).run()` dials, opens, streams, pings, answers the server and closes
-the way the Genesys client does (PROTOCOL.md §9), judges every server message with
+the way the Genesys client does (docs/protocol.md §7), judges every server message with
 `ServerMessageChecker`, and returns a `SessionResult` holding everything that happened:
 the server messages with receive times, every frame sent (offset, bytes, send time), the
 client messages, timings and findings. One receive loop per session plus a streaming and a

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import statistics
 import sys
 import uuid
@@ -24,6 +25,7 @@ from app.client.session import (
     media_offers,
     run_session,
 )
+from app.client.tls import private_ca_context
 
 DEFAULT_URI = "ws://127.0.0.1:8080/api/v1/audiohook/ws"
 
@@ -135,6 +137,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--close-timeout", type=float, default=10.0, help="seconds for closed (10)")
     parser.add_argument("--ping-interval", type=float, default=5.0, help="seconds between pings")
     parser.add_argument("--json", action="store_true", help="print one JSON result per session")
+    parser.add_argument(
+        "--ca-file",
+        help="PEM file of a private CA to verify a wss:// endpoint against (a staging "
+        "endpoint); default: the system's CAs",
+    )
 
 
 def build_configs(args: argparse.Namespace) -> list[SessionConfig]:
@@ -145,6 +152,12 @@ def build_configs(args: argparse.Namespace) -> list[SessionConfig]:
         else:
             source = tone_source(10.0 if args.seconds is None else args.seconds)
     organization_id = args.org_id or str(uuid.uuid4())
+    context: ssl.SSLContext | None = None
+    if args.ca_file:
+        try:
+            context = private_ca_context(args.ca_file)
+        except OSError as exc:  # ssl.SSLError too: the file holds no certificate
+            raise OSError(f"--ca-file {args.ca_file}: {exc.strerror or exc}") from exc
     configs = []
     for _ in range(max(1, args.sessions)):
         if args.probe:
@@ -164,6 +177,7 @@ def build_configs(args: argparse.Namespace) -> list[SessionConfig]:
         config.open_timeout = args.open_timeout
         config.close_timeout = args.close_timeout
         config.ping_interval = args.ping_interval
+        config.ssl_context = context
         configs.append(config)
     return configs
 

@@ -1,4 +1,4 @@
-"""The signed WebSocket upgrade request a Genesys-like client sends (PROTOCOL.md §1-2)."""
+"""The signed WebSocket upgrade request a Genesys-like client sends (docs/protocol.md §1-2)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from app.security.signature import (
     Outcome,
     SignatureVerifier,
     SignedRequest,
+    authority_variants,
     canonical_authority,
     collect_headers,
     request_target,
@@ -70,6 +71,26 @@ class Authenticator:
         nonces = NonceCache(redis_client, margin_seconds=settings.signature_clock_skew_seconds)
         return cls(verifier, nonces, public_authority=settings.public_authority)
 
+    def _authority_diagnosis(self, signed: str, used: str | None, host: str | None) -> str:
+        """The log line's reason when the signature verifies only under another authority:
+        what the client signed, what the gateway compared it with, and the fix."""
+        fix = f"set AUDIOHOOK_PUBLIC_AUTHORITY={signed}"
+        if self._public_authority is not None:
+            return (
+                f"signed for {signed} but AUDIOHOOK_PUBLIC_AUTHORITY is {used}: {fix}"
+                if canonical_authority(host) != signed
+                else f"signed for {signed} (the Host header) but AUDIOHOOK_PUBLIC_AUTHORITY is "
+                f"{used}: {fix} or unset it"
+            )
+        received = f"received Host {used}" if used is not None else "received no Host"
+        if used is not None and signed.startswith(used + ":"):
+            forward = "forward Host with its port (nginx: proxy_set_header Host $http_host)"
+        else:
+            forward = (
+                "forward the client's Host unchanged (nginx: proxy_set_header Host $http_host)"
+            )
+        return f"signed for {signed} but {received}: {fix} or {forward}"
+
     async def authenticate(
         self,
         headers: HeaderPairs,
@@ -85,18 +106,28 @@ class Authenticator:
         collected = collect_headers(pairs)
         if host is None and collected.get("host"):
             host = collected["host"][0]
+        authority = self._public_authority or canonical_authority(host)
         request = SignedRequest(
             request_target=request_target(raw_path, query_string),
-            authority=self._public_authority or canonical_authority(host),
+            authority=authority,
             headers=collected,
+            authority_variants=authority_variants(
+                authority,
+                host,
+                collected.get("x-forwarded-host", ()),
+                collected.get("x-forwarded-port", ()),
+            ),
         )
         result = self._verifier.verify(request, now)
         if not result.accepted:
+            reason = result.reason
+            if result.signed_authority is not None:
+                reason = self._authority_diagnosis(result.signed_authority, authority, host)
             return AuthDecision(
                 ok=False,
                 integration=None,
                 outcome=result.outcome,
-                reason=result.reason,
+                reason=reason,
                 metric_label=f"auth_{result.outcome.value.lower()}",
             )
         nonce, nonce_expires_at = result.nonce, result.nonce_expires_at

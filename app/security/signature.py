@@ -57,6 +57,12 @@ _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _OBS_FOLD = re.compile(r"[ \t]*\r\n[ \t]+")
 _MAX_SF_INTEGER = 999_999_999_999_999
 _MAX_NONCE_LENGTH = 256  # bounds the replay-cache key
+# After a failed MAC for a known API key, the verifier tries a few other `@authority` values
+# (Host with or without its port, X-Forwarded-Host) to name the cause in the log. The work is
+# bounded: at most this many extra HMACs, for a known and enabled integration only.
+MAX_AUTHORITY_DIAGNOSIS_MACS = 2
+_MAX_AUTHORITY_LENGTH = 255
+_DEFAULT_PORTS = frozenset({"80", "443"})
 # Bounds checked before any parsing or crypto, so a hostile header costs microseconds. Genesys
 # sends one member of about 300 bytes covering six components; the structured-field parser
 # costs about half a microsecond per byte, so the byte cap bounds its work.
@@ -196,6 +202,59 @@ def canonical_authority(host: str | None) -> str | None:
     return host or None
 
 
+def _split_port(authority: str) -> tuple[str, str | None]:
+    """`host[:port]` -> (host, port or None); an IPv6 literal keeps its brackets."""
+    head, sep, tail = authority.rpartition(":")
+    if sep and tail.isdigit() and (not head.startswith("[") or head.endswith("]")):
+        return head, tail
+    return authority, None
+
+
+def authority_variants(
+    used: str | None,
+    host: str | None,
+    forwarded_host: Sequence[str] = (),
+    forwarded_port: Sequence[str] = (),
+    *,
+    limit: int = MAX_AUTHORITY_DIAGNOSIS_MACS,
+) -> tuple[str, ...]:
+    """Other `@authority` values a client may have signed when `used` does not verify, most
+    likely first: the Host header (when a configured public authority was used instead),
+    X-Forwarded-Host (completed with X-Forwarded-Port when it has no port, then as sent),
+    Host completed with X-Forwarded-Port, or Host without its port. Only for diagnosis: a
+    signature that verifies under one is still refused."""
+    found: list[str] = []
+
+    def add(value: str | None) -> None:
+        candidate = canonical_authority(value)
+        if (
+            candidate is not None
+            and candidate != used
+            and candidate not in found
+            and len(candidate) <= _MAX_AUTHORITY_LENGTH
+            and _PRINTABLE_ASCII.fullmatch(candidate)
+        ):
+            found.append(candidate)
+
+    first_forwarded = (
+        canonical_authority(forwarded_host[0].split(",")[0]) if forwarded_host else None
+    )
+    port = forwarded_port[0].split(",")[0].strip() if forwarded_port else ""
+    port = port if port.isascii() and port.isdigit() and port not in _DEFAULT_PORTS else ""
+    add(host)
+    if first_forwarded is not None:
+        if port and _split_port(first_forwarded)[1] is None:
+            add(f"{first_forwarded}:{port}")
+        add(first_forwarded)
+    if host is not None:
+        bare, host_port = _split_port(canonical_authority(host) or "")
+        if host_port is None and port:
+            add(f"{bare}:{port}")
+        elif host_port is not None:
+            add(bare)
+    return tuple(found[:limit])
+
+
 @dataclass(frozen=True, slots=True)
 class SignedRequest:
     """What the verifier needs from an upgrade request."""
@@ -204,6 +263,8 @@ class SignedRequest:
     authority: str | None
     headers: Mapping[str, Sequence[str]]  # lower-case names, every value in order
     method: str = "GET"
+    # Tried only to explain a failed MAC (see `authority_variants`); never to accept.
+    authority_variants: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +279,9 @@ class VerificationResult:
     # Latest wall-clock second at which this signature could still be accepted anywhere;
     # the replay cache must remember the nonce at least until then.
     nonce_expires_at: float | None = None
+    # On a failed MAC: the other `@authority` under which this signature verifies, if one of
+    # the request's variants does (the client signed for it; a proxy changed Host).
+    signed_authority: str | None = None
 
 
 def _fail(outcome: Outcome, reason: str) -> VerificationResult:
@@ -313,7 +377,7 @@ def _parse_signature(input_values: Sequence[str], signature_values: Sequence[str
 
 
 class SignatureVerifier:
-    """Verifies a request against the integration that owns its API key (PROTOCOL.md §2.5).
+    """Verifies a request against the integration that owns its API key (docs/protocol.md §2.3).
 
     Acceptance window, the clock skew allowed in the lenient direction on every bound: `created`
     may be up to `clock_skew` seconds in the future (PRECONDITION beyond that); the signature is
@@ -389,7 +453,14 @@ class SignatureVerifier:
         if not keys:
             return _fail(Outcome.FAILED, "integration has no secret to verify a signature")
         if not matched:
-            return _fail(Outcome.FAILED, "signatures do not match")
+            signed_for = self._signed_authority(
+                keys, component_values, params_value, sig.mac, request
+            )
+            return VerificationResult(
+                outcome=Outcome.FAILED,
+                reason="signatures do not match",
+                signed_authority=signed_for,
+            )
         return VerificationResult(
             outcome=Outcome.VERIFIED,
             reason="signature verified",
@@ -406,6 +477,34 @@ class SignatureVerifier:
         for key in keys:
             matched |= hmac.compare_digest(compute_mac(key, base), mac)
         return matched
+
+    @staticmethod
+    def _signed_authority(
+        keys: Sequence[bytes],
+        component_values: Sequence[tuple[str, str]],
+        params_value: str,
+        mac: bytes,
+        request: SignedRequest,
+    ) -> str | None:
+        """The first of the request's authority variants under which the MAC verifies, trying
+        at most MAX_AUTHORITY_DIAGNOSIS_MACS (variant, key) pairs. Diagnosis only."""
+        budget = MAX_AUTHORITY_DIAGNOSIS_MACS
+        for variant in request.authority_variants:
+            values = [
+                (name, variant if name == "@authority" else value)
+                for name, value in component_values
+            ]
+            try:
+                base = signature_base(values, params_value)
+            except ValueError:
+                continue
+            for key in keys:
+                if budget <= 0:
+                    return None
+                budget -= 1
+                if hmac.compare_digest(compute_mac(key, base), mac):
+                    return variant
+        return None
 
     def _unsigned(self, api_key: str) -> VerificationResult:
         integration = self._lookup(api_key)

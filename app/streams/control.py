@@ -19,7 +19,7 @@ Consumer side:
     reply = await control.request(session_id, "pause")
     assert reply.result == "applied"
     await control.request(session_id, "resume")
-    transcript = {"type": "transcript", "data": {...}}   # PROTOCOL 5.1 entity
+    transcript = {"type": "transcript", "data": {...}}   # docs/protocol.md §3.4
     reply = await control.request(session_id, "event", entities=[transcript])
     if reply.result == "rate_limited":
         ...                                 # reply.detail says when to try again

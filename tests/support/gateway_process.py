@@ -13,7 +13,7 @@ import httpx
 from app.bench.spawn import gateway_env, spawn_gateway, wait_ready
 from app.streams.embedded_redis import free_port
 
-# A demo integration for tests: the API key and secret of PROTOCOL.md's test vector.
+# A demo integration for tests: the API key and secret of the test vector of docs/protocol.md §2.8.
 TEST_API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 TEST_CLIENT_SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
 TEST_ORG_ID = "d7934305-0972-4844-938e-9060eef73d05"

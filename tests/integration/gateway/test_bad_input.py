@@ -207,7 +207,7 @@ async def test_a_text_of_exactly_65535_chars_is_accepted(gateway: GatewayProcess
         {"Audiohook-Session-Id": None},
         {"Audiohook-Session-Id": "not-a-uuid"},
         {"Audiohook-Session-Id": ""},
-        # UUID versions 6-8 fail the protocol's UUID rule (PROTOCOL.md §4), as the session
+        # UUID versions 6-8 fail the protocol's UUID rule (docs/protocol.md §3.1), as the session
         # would reject the id in every message: refused before the upgrade.
         {"Audiohook-Session-Id": "01890a5d-ac96-774b-bcce-b302099a8057"},
         {"Audiohook-Session-Id": "30b0e395-84d3-4570-7c13-9a62d8f514c0"},

@@ -1,4 +1,4 @@
-"""The Monitor-applicable cases of the AudioHook conformance suite (PROTOCOL.md §8), run
+"""The Monitor-applicable cases of the AudioHook conformance suite (docs/protocol.md §6), run
 against the real gateway process with signed upgrades, plus a full call landing in Redis."""
 
 from __future__ import annotations

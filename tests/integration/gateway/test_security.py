@@ -34,6 +34,7 @@ from tests.integration.gateway.helpers import (
     session_log_text,
     wait_for_log,
 )
+from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import (
     TEST_API_KEY,
     TEST_CLIENT_SECRET,
@@ -364,6 +365,92 @@ async def test_replay_against_another_replica_is_rejected(
     await wait_for_log(
         second_replica,
         lambda r: r.get("session_id") == request.session_id and r.get("reason") == "replayed nonce",
+    )
+
+
+# --- behind a proxy that changes Host ------------------------------------------------------------
+
+PUBLIC_HOST = "audiohook.test"
+PUBLIC_AUTHORITY = f"{PUBLIC_HOST}:8443"
+
+
+async def _authority_failure(
+    gateway: GatewayProcess, headers: dict[str, str], *, client_secret: str = TEST_CLIENT_SECRET
+) -> dict[str, object]:
+    """Upgrade signed for PUBLIC_AUTHORITY with the given headers (Host as a proxy forwards
+    it): the session is refused like any failed signature; returns the log record."""
+    session_id = new_id()
+    rejected = MetricDelta(gateway, REJECTED, cause="auth_failed")
+    client = await WireClient.connect(
+        gateway.ws_url,
+        session_id=session_id,
+        authority=PUBLIC_AUTHORITY,
+        client_secret=client_secret,
+        headers=headers,
+    )
+    try:
+        await client.send_open()
+        disconnect = await client.expect("disconnect")
+        assert disconnect["parameters"]["reason"] == "unauthorized"
+        assert disconnect["parameters"].get("info") in (None, GENERIC_INFO)
+    finally:
+        await client.aclose()
+    assert rejected.delta() == 1
+    return await wait_for_log(
+        gateway,
+        lambda r: r.get("session_id") == session_id and r.get("message") == "authentication failed",
+    )
+
+
+async def test_port_dropped_by_a_proxy_is_named_in_the_log(gateway: GatewayProcess) -> None:
+    # nginx `proxy_set_header Host $host; proxy_set_header X-Forwarded-Port $server_port;`
+    record = await _authority_failure(gateway, {"Host": PUBLIC_HOST, "X-Forwarded-Port": "8443"})
+    assert str(record["reason"]).startswith(
+        f"signed for {PUBLIC_AUTHORITY} but received Host {PUBLIC_HOST}: "
+        f"set AUDIOHOOK_PUBLIC_AUTHORITY={PUBLIC_AUTHORITY} or forward Host with its port"
+    ), record
+    assert record["outcome"] == "FAILED"
+
+
+async def test_host_rewritten_by_a_proxy_is_named_in_the_log(gateway: GatewayProcess) -> None:
+    # nginx's default Host (the upstream's address) with X-Forwarded-Host $http_host
+    record = await _authority_failure(
+        gateway, {"Host": "127.0.0.1:8080", "X-Forwarded-Host": PUBLIC_AUTHORITY}
+    )
+    assert str(record["reason"]).startswith(
+        f"signed for {PUBLIC_AUTHORITY} but received Host 127.0.0.1:8080"
+    ), record
+
+
+async def test_without_the_secret_there_is_no_authority_diagnosis(
+    gateway: GatewayProcess,
+) -> None:
+    record = await _authority_failure(
+        gateway,
+        {"Host": PUBLIC_HOST, "X-Forwarded-Port": "8443"},
+        client_secret=secret("not the integration's"),
+    )
+    assert record["reason"] == "signatures do not match"
+
+
+async def test_a_wrong_public_authority_setting_is_named_in_the_log(
+    gateway: GatewayProcess, second_replica: GatewayProcess
+) -> None:
+    # The replica verifies the first gateway's authority; sign for its own Host instead.
+    request = RawClient.request(second_replica.ws_url)
+    async with await RawClient.connect(request) as client:
+        await client.send_open()
+        await _expect_unauthorized(client)
+    own = Endpoint.parse(second_replica.ws_url).authority
+    configured = Endpoint.parse(gateway.ws_url).authority
+    await wait_for_log(
+        second_replica,
+        lambda r: (
+            r.get("session_id") == request.session_id
+            and r.get("reason")
+            == f"signed for {own} (the Host header) but AUDIOHOOK_PUBLIC_AUTHORITY is "
+            f"{configured}: set AUDIOHOOK_PUBLIC_AUTHORITY={own} or unset it"
+        ),
     )
 
 

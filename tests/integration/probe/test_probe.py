@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from app.client import simulate
 from app.client.checks import Finding
 from app.client.probe import ProbeOptions, ProbeReport, add_arguments, run, run_probe
+from app.client.tls import check_tls
 from app.protocol.messages import NULL_UUID
 from tests.integration.probe.conftest import API_KEY, SECRET, StartServer
 from tests.integration.probe.servers import Faults
@@ -406,3 +409,94 @@ async def test_concurrent_probes_do_not_interfere(start_server: StartServer) -> 
     )
     assert all(report.ok for report in reports)
     assert len({c.headers["Audiohook-Session-Id"] for c in server.connections}) == 10
+
+
+# --- a private CA: --ca-file, and SSL_CERT_FILE never passes the public verdict ---------------
+
+
+def _private_ca_server_files(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A private CA and a server context whose leaf it signed; returns the CA's PEM path."""
+    ca_path, _, ca_cert, ca_key = _certificate(tmp_path, days=365, common_name="Staging CA")
+    leaf_dir = tmp_path / "leaf"
+    leaf_dir.mkdir()
+    cert_path, key_path, _, _ = _certificate(leaf_dir, days=90, issuer_key=ca_key, issuer=ca_cert)
+    return ca_path, _server_context(cert_path, key_path)
+
+
+async def test_ca_file_verifies_a_staging_endpoint_and_says_it_is_private(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    ca_path, context = _private_ca_server_files(tmp_path)
+    server = await start_server(serve={"ssl": context})
+    code, data = await probe_json(server.url, "--ca-file", str(ca_path))
+    assert code == 0, data
+    transport = data["steps"][0]
+    assert transport["status"] == "warn"
+    assert [f["rule"] for f in transport["findings"]] == ["tls-private-ca"]
+    assert "chain verifies against --ca-file only" in transport["summary"]
+    assert transport["details"]["private_ca_verified"] is True
+    assert transport["details"]["verified"] is False
+    assert [step["status"] for step in data["steps"][1:]] == ["pass", "pass"]
+
+
+async def test_ca_file_of_another_ca_still_fails(start_server: StartServer, tmp_path: Path) -> None:
+    _, context = _private_ca_server_files(tmp_path)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other_ca, _, _, _ = _certificate(other_dir, days=365, common_name="Other CA")
+    server = await start_server(serve={"ssl": context})
+    code, data = await probe_json(server.url, "--probe-only", "--ca-file", str(other_ca))
+    assert code == 1
+    (finding,) = data["steps"][0]["findings"]
+    assert finding["rule"] == "tls-verify"
+    assert "--ca-file either" in finding["hint"]
+
+
+async def test_unreadable_ca_file_is_a_usage_error(tmp_path: Path) -> None:
+    code, _ = await probe_cli("wss://127.0.0.1:1/ws", "--ca-file", str(tmp_path / "missing.pem"))
+    assert code == 2
+
+
+async def test_ssl_cert_file_does_not_make_a_private_ca_public(
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca_path, context = _private_ca_server_files(tmp_path)
+    server = await start_server(serve={"ssl": context})
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_path))
+    # The override is in force: Python's default context now trusts the private CA ...
+    host, port = server.url.removeprefix("wss://").split("/")[0].split(":")
+    overridden = await check_tls(host, int(port), context=ssl.create_default_context())
+    assert overridden.verified
+    # ... but the probe's public verdict ignores it, and says which CAs it used.
+    code, data = await probe_json(server.url, "--probe-only")
+    assert code == 1
+    transport = data["steps"][0]
+    assert transport["status"] == "fail"
+    (finding,) = transport["findings"]
+    assert finding["rule"] == "tls-verify"
+    assert "certifi's public CA bundle" in finding["message"]
+    assert "SSL_CERT_FILE is not used" in finding["message"]
+    assert transport["details"]["trust"] == "certifi's public CA bundle"
+
+
+async def test_simulate_verifies_against_the_ca_file(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    ca_path, context = _private_ca_server_files(tmp_path)
+    server = await start_server(serve={"ssl": context})
+
+    async def simulate_cli(*extra: str) -> tuple[int, str]:
+        parser = argparse.ArgumentParser()
+        simulate.add_arguments(parser)
+        argv = ["--uri", server.url, "--api-key", API_KEY, "--client-secret", SECRET]
+        args = parser.parse_args([*argv, "--probe", "--close-timeout", "2", *extra])
+        out = io.StringIO()
+        return await simulate.run(args, out), out.getvalue()
+
+    code, text = await simulate_cli("--ca-file", str(ca_path))
+    assert code == 0, text
+    assert "closed 1, ok 1" in text
+    code, text = await simulate_cli()  # the system's CAs do not know the private one
+    assert code == 1
+    assert "ok 0" in text
+    assert [c.signature_ok for c in server.connections] == [True]

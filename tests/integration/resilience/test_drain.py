@@ -163,7 +163,7 @@ async def test_drain_reconnect(
             client = await WireClient.connect(gateway.ws_url)
             await client.open()
             honouring.append(ReconnectingCall(client, seed))
-        # The project's client only records `reconnect` and streams on (PROTOCOL.md §9: the
+        # The project's client only records `reconnect` and streams on (docs/protocol.md §7: the
         # reference client just logs it), so after the close wait the gateway follows up with
         # `disconnect` completed, which it honours.
         ignoring = call(gateway.ws_url, 60.0)

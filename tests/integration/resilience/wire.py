@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import socket
 import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -77,12 +79,17 @@ class WireClient:
         receive_buffer: int | None = None,
         correlation_id: str | None = None,
         timeout: float = 5.0,
+        session_id: str | None = None,
+        authority: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> WireClient:
-        """Dial from `source` and upgrade; `Refused` for an HTTP answer other than 101."""
+        """Dial from `source` and upgrade; `Refused` for an HTTP answer other than 101.
+        `authority` signs for another host[:port]; `headers` replace any request header,
+        Host included (as a proxy in front of the gateway may)."""
         endpoint = Endpoint.parse(uri)
-        session_id = str(uuid.uuid4())
-        headers = upgrade_headers(
-            endpoint,
+        session_id = session_id or str(uuid.uuid4())
+        signed = upgrade_headers(
+            endpoint if authority is None else replace(endpoint, authority=authority),
             api_key=api_key,
             client_secret=client_secret,
             organization_id=TEST_ORG_ID,
@@ -104,7 +111,9 @@ class WireClient:
         protocol = ClientProtocol(parse_uri(uri), max_size=None)
         client = cls(reader, writer, protocol, session_id)
         request = protocol.connect()
-        for name, value in headers.items():
+        for name, value in (signed | dict(headers or {})).items():
+            with contextlib.suppress(KeyError):
+                del request.headers[name]
             request.headers[name] = value
         protocol.send_request(request)
         try:
@@ -116,8 +125,8 @@ class WireClient:
             raise
         if response.status_code != 101:
             client.abort()
-            headers = {name.lower(): value for name, value in response.headers.raw_items()}
-            raise Refused(response.status_code, bytes(response.body or b""), headers)
+            answer = {name.lower(): value for name, value in response.headers.raw_items()}
+            raise Refused(response.status_code, bytes(response.body or b""), answer)
         return client
 
     async def _read_response(self) -> Response:

@@ -43,7 +43,7 @@ def _g191_compress(x: int) -> int:
 
 
 def _protocol_decode(byte: int) -> int:
-    """PROTOCOL.md §7.1: invert; exponent bits 4-6, mantissa bits 0-3; sign bit 7."""
+    """G.711 µ-law (docs/protocol.md §5.1): invert; exponent bits 4-6, mantissa 0-3; sign bit 7."""
     inverted = ~byte & 0xFF
     exponent, mantissa = (inverted >> 4) & 0x7, inverted & 0xF
     magnitude = ((mantissa * 8 + 132) << exponent) - 132

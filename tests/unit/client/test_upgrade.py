@@ -4,7 +4,7 @@ import pytest
 
 from app.client.upgrade import Endpoint, upgrade_headers
 
-# PROTOCOL.md §3 test vector.
+# docs/protocol.md §2.8 test vector.
 API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"
 SECRET = "TXlTdXBlclNlY3JldEtleVRlbGxOby0xITJAMyM0JDU="
 ORG = "d7934305-0972-4844-938e-9060eef73d05"

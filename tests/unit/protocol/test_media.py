@@ -1,4 +1,4 @@
-"""Media formats, negotiation and frame arithmetic (PROTOCOL.md §7)."""
+"""Media formats, negotiation and frame arithmetic (docs/protocol.md §5)."""
 
 from __future__ import annotations
 

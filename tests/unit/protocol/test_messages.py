@@ -1,4 +1,4 @@
-"""Message parsing, validation and serialisation (PROTOCOL.md §4-5)."""
+"""Message parsing, validation and serialisation (docs/protocol.md §3)."""
 
 from __future__ import annotations
 

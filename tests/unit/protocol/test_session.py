@@ -1,4 +1,4 @@
-"""ServerSession state machine (PROTOCOL.md §6) and its deliberate improvements."""
+"""ServerSession state machine (docs/protocol.md §4) and its deliberate improvements."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def test_config_validation(kwargs: dict[str, Any]) -> None:
         SessionConfig(**kwargs)
 
 
-# --- §6 table: open ----------------------------------------------------------------------
+# --- docs/protocol.md §4.2: open -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -407,7 +407,7 @@ def test_connection_lost_while_auth_pending() -> None:
     assert session.state is S.DISCONNECTED
 
 
-# --- §6 table: close ---------------------------------------------------------------------
+# --- docs/protocol.md §4.2: close ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -467,7 +467,7 @@ def test_nothing_after_closed() -> None:
     assert session.state is S.CLOSED
 
 
-# --- §6 table: ping ----------------------------------------------------------------------
+# --- docs/protocol.md §4.2: ping -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -492,7 +492,7 @@ def test_ping_is_answered_in_state(state: SessionState) -> None:
     assert session.state is state
 
 
-# --- §6 table: update --------------------------------------------------------------------
+# --- docs/protocol.md §4.2: update -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("state", [S.ACTIVE, S.PAUSED])
@@ -515,7 +515,7 @@ def test_update_is_ignored(state: SessionState) -> None:
     assert session.state is state
 
 
-# --- §6 table: paused / resumed ----------------------------------------------------------
+# --- docs/protocol.md §4.2: paused / resumed -------------------------------------------------
 
 
 def test_paused_and_resumed() -> None:
@@ -550,7 +550,7 @@ def test_paused_and_resumed_ignored_outside_streaming(state: SessionState) -> No
     assert session.state is state
 
 
-# --- §6 table: discarded / error ---------------------------------------------------------
+# --- docs/protocol.md §4.2: discarded / error ------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -589,7 +589,7 @@ def test_error_then_close_is_not_aborted() -> None:
     assert server_messages(outputs)[0]["clientseq"] == 3
 
 
-# --- §6 table: binary frames -------------------------------------------------------------
+# --- docs/protocol.md §4.2: binary frames ----------------------------------------------------
 
 
 def test_audio_position_and_counters() -> None:

@@ -1,4 +1,4 @@
-"""Signature signing and verification: the PROTOCOL.md §3 vectors and every failure mode."""
+"""Signature signing and verification: the docs/protocol.md §2.8 vectors and every failure mode."""
 
 from __future__ import annotations
 

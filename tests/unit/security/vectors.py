@@ -1,4 +1,4 @@
-"""PROTOCOL.md §3 test vector and helpers to sign arbitrary variants of it."""
+"""docs/protocol.md §2.8 test vector and helpers to sign arbitrary variants of it."""
 
 from __future__ import annotations
 
