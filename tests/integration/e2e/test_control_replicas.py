@@ -147,7 +147,8 @@ async def test_pause_resume_event_and_disconnect_reach_the_call_on_either_gatewa
     # The pause is a gap on the timeline, which the consumer can fill with silence.
     recordings = await asyncio.wait_for(
         run_consumer(redis_conn, tmp_path, group=group, consumer="c", keys={},
-                     sessions_limit=len(results), fill_gaps=True, block_seconds=0.1),
+                     sessions_limit=len(results), fill_gaps=True, block_seconds=0.1,
+                     wav_encoding="mulaw"),
         timeout=10,
     )  # fmt: skip
     assert sorted(r.session_id for r in recordings) == sorted(r.session_id for r in results)

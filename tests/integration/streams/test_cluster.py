@@ -80,7 +80,7 @@ async def test_sessions_spread_over_the_masters_and_round_trip(
 
     recordings = await asyncio.wait_for(
         run_consumer(cluster_client, tmp_path, group="g", consumer="c", keys=TEST_KEYS,
-                     sessions_limit=len(cases), block_seconds=0.1),
+                     sessions_limit=len(cases), block_seconds=0.1, wav_encoding="mulaw"),
         timeout=20,
     )  # fmt: skip
     assert len(recordings) == len(cases)
