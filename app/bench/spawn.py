@@ -84,7 +84,9 @@ def spawn_gateway(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         return subprocess.Popen(  # noqa: S603 - the operator's own interpreter path
-            [python or sys.executable, "-m", "app.cli", "serve"],
+            # -P: `app` comes from the interpreter's environment, never from the current
+            # directory (which may be another checkout).
+            [python or sys.executable, "-P", "-m", "app.cli", "serve"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
