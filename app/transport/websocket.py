@@ -4,10 +4,11 @@ One audio frame's path: the WebSocket protocol, switched to direct mode once the
 accepted (app/transport/ws_protocol.py), parses it in the read callback and calls
 ``message_received``; ``ServerSession`` validates it and returns an ``AudioFrame``;
 ``_dispatch`` hands it to the session's publisher queue (never awaiting Redis). All of it runs
-synchronously in the read callback: no task wakes up per frame. Every server message goes
-through one ordered outgoing queue drained by ``_send_loop`` (a task that runs only while
-messages wait), so ``seq`` never skips or reorders even when a consumer command and a
-received message produce messages at the same time.
+synchronously in the read callback: no task wakes up per frame. A server message is written
+at once when nothing waits before it (and the socket takes it); otherwise it joins one
+ordered outgoing queue drained by ``_send_loop`` (a task that runs only while messages wait),
+so ``seq`` never skips or reorders even when a consumer command and a received message
+produce messages at the same time.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Connection:
         "_outgoing",
         "_outgoing_bytes",
         "_overflowed",
+        "_protocol",
         "_send_not_before",
         "_sender",
         "_sending_over",
@@ -120,6 +122,7 @@ class Connection:
         self._send_not_before = 0.0
         # Direct mode: set once nothing more is read for the session (socket gone or closing).
         self._done: asyncio.Future[None] | None = None
+        self._protocol: AudioHookWebSocketProtocol | None = None  # in direct mode
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -127,6 +130,7 @@ class Connection:
         try:
             protocol = getattr(self.websocket._receive, "__self__", None)
             if isinstance(protocol, AudioHookWebSocketProtocol):
+                self._protocol = protocol
                 self._done = asyncio.get_running_loop().create_future()
                 protocol.take_over(self)  # messages now arrive via message_received
                 await self._done
@@ -158,7 +162,11 @@ class Connection:
         now = time.monotonic()
         try:
             if isinstance(data, bytes):
-                self._dispatch(self.session.receive_bytes(data, now))
+                outputs = self.session.receive_bytes(data, now)
+                if len(outputs) == 1 and type(outputs[0]) is AudioFrame:
+                    self.observer.audio(outputs[0], now)  # nearly every message of a call
+                else:
+                    self._dispatch(outputs)
             else:
                 self._dispatch(self.session.receive_text(data, now))
         except Exception:
@@ -211,7 +219,7 @@ class Connection:
         """Apply a session's outputs in order. Never awaits: ordering is decided here."""
         for output in outputs:
             if type(output) is AudioFrame:
-                self.observer.audio(output)
+                self.observer.audio(output, time.monotonic())
             elif type(output) is SendText:
                 self._enqueue(output.text, output.message_type)
             elif type(output) is CloseConnection:
@@ -235,6 +243,18 @@ class Connection:
 
     def _enqueue(self, text: str, message_type: str) -> None:
         if self._overflowed:
+            return
+        if (
+            self._protocol is not None
+            and self._sender is None  # nothing queued or being sent: order is kept
+            and not self._outgoing
+            and not self._sending_over
+            and message_type != "disconnect"  # may have to wait for the failure delay
+            and time.monotonic() >= self._send_not_before
+            and self._protocol.send_text_now(text)
+        ):
+            if message_type == "opened":
+                self.observer.opened_sent(time.monotonic())
             return
         self._outgoing.append((text, message_type))
         self._outgoing_bytes += len(text)

@@ -65,7 +65,7 @@ class FrameParser:
         "_max_size",
         "_need",
         "_on_control",
-        "_on_message",
+        "on_message",
     )
 
     def __init__(
@@ -75,7 +75,7 @@ class FrameParser:
         on_control: Callable[[int, bytes], None],
     ) -> None:
         self._max_size = max_size
-        self._on_message = on_message
+        self.on_message = on_message  # replaceable: the protocol mutes it when the connection ends
         self._on_control = on_control
         self._buffer = bytearray()  # an incomplete frame carried over from earlier reads
         self._need = 0  # buffered bytes needed before parsing is worth trying again
@@ -157,13 +157,13 @@ class FrameParser:
                     self._fragments_size = 0
                     self._fragment_opcode = 0
                 if opcode == OP_BINARY:
-                    self._on_message(payload)
+                    self.on_message(payload)
                 else:
                     try:
                         text = payload.decode()
                     except UnicodeDecodeError:
                         raise FrameError(CLOSE_INVALID_DATA, "invalid UTF-8 text") from None
-                    self._on_message(text)
+                    self.on_message(text)
             else:
                 if opcode != OP_CONTINUATION:
                     self._fragment_opcode = opcode
@@ -173,6 +173,10 @@ class FrameParser:
     def _keep(self, data: bytes, pos: int, need: int) -> None:
         self._buffer += memoryview(data)[pos:]
         self._need = need
+
+
+def _ignore(data: bytes | str) -> None:
+    pass
 
 
 class MessageSink(Protocol):
@@ -215,14 +219,10 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.disconnected or self.close_sent:
             self._end(CLOSE_ABNORMAL)
             return
-        self._parser = FrameParser(self.config.ws_max_size, self._message, self._control)
+        # Messages go straight to the sink; once the connection ends, nowhere (_end).
+        self._parser = FrameParser(self.config.ws_max_size, sink.message_received, self._control)
         if self._early_data or self.conn.reader.buffer or not self.queue.empty():
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
-
-    def _message(self, data: bytes | str) -> None:
-        sink = self._sink
-        if sink is not None and not self.close_sent:
-            sink.message_received(data)
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
@@ -250,6 +250,22 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
             self._end(code)
 
+    def send_text_now(self, text: str) -> bool:
+        """Write a text message at once, unless a close was sent or the transport is closing
+        or paused (the client is not reading): then False, and the caller queues it."""
+        if self.close_sent or not self.writable.is_set() or self.transport.is_closing():
+            return False
+        payload = text.encode()
+        size = len(payload)
+        if size < 126:
+            header = bytes((0x80 | OP_TEXT, size))
+        elif size < 65_536:
+            header = b"\x81\x7e" + size.to_bytes(2)
+        else:
+            header = b"\x81\x7f" + size.to_bytes(8)
+        self.transport.write(header + payload)
+        return True
+
     def _fail(self, code: int, reason: str) -> None:
         """Section 7.1.7: send a close frame with `code` and drop the connection."""
         if not self.close_sent:
@@ -265,6 +281,8 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         sink = self._sink
         if sink is not None:
             self._sink = None
+            if self._parser is not None:
+                self._parser.on_message = _ignore
             sink.connection_ended(code)
 
     def connection_lost(self, exc: Exception | None) -> None:
