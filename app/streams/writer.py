@@ -26,6 +26,7 @@ from app.observability.metrics import (
     REDIS_ERRORS,
     REDIS_RECONNECTS,
     REDIS_UP,
+    observe_many,
 )
 from app.streams import keys
 from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
@@ -245,6 +246,7 @@ class BatchWriter:
         all_done = True
         now = self._clock()
         published = 0
+        latencies: list[float] = []
         for session, per_item in outcomes:
             for item, status in per_item:
                 if status == DUPLICATE:
@@ -259,7 +261,7 @@ class BatchWriter:
                     if status == OK:
                         published += 1
                         session.frames_published += 1
-                        PUBLISH_LATENCY.observe(now - item.received_at)
+                        latencies.append(now - item.received_at)
                     else:
                         session._lose(1)
                         session._fail("audio entry refused by redis")
@@ -274,6 +276,7 @@ class BatchWriter:
                 self._pending[session] = None
         if published:
             FRAMES_PUBLISHED.inc(published)
+            observe_many(PUBLISH_LATENCY, latencies)
         if all_done:
             self._set_ready(True)
         else:  # reachable but refusing writes (e.g. OOM, failover): not ready either
