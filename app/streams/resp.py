@@ -16,14 +16,14 @@ _RESP_FORMATS: dict[int, bytes] = {}
 
 
 def pack_commands(commands: list[Any]) -> list[bytes]:
-    """The commands (argument tuples, or bytes packed already) in RESP, one bytes object
-    each: for tuples, the same bytes as redis-py's pack_commands() for str/bytes/int
-    arguments, at a third of its cost (one %-format per command with a format cached by
-    argument count, instead of several joins per argument)."""
+    """The commands (argument tuples, or lists of bytes packed already) in RESP, as bytes
+    to write in order. A tuple gives one bytes object, the same bytes as redis-py's
+    pack_commands() for str/bytes/int arguments, at a third of its cost (one %-format per
+    command with a format cached by argument count, instead of several joins per argument)."""
     packed: list[bytes] = []
     for args in commands:
-        if args.__class__ is bytes:  # packed already
-            packed.append(args)
+        if args.__class__ is list:  # packed already, in pieces
+            packed += args
             continue
         count = len(args)
         template = _RESP_FORMATS.get(count)
@@ -65,13 +65,8 @@ class PipelineConnection:
         self._client = client
         self._connection: Any = None
 
-    @property
-    def takes_packed(self) -> bool:
-        """Commands may be given already packed (bytes) rather than as argument tuples."""
-        return isinstance(self._client, redis.asyncio.Redis)
-
     async def execute(self, commands: list[Any], read_timeout: float) -> list[Any]:
-        """Send `commands` (argument tuples, or packed bytes when `takes_packed`) in one
+        """Send `commands` (argument tuples; standalone Redis also takes packed pieces) in one
         pipeline; replies in order, Redis error replies as ResponseError objects."""
         client = self._client
         if not isinstance(client, redis.asyncio.Redis):

@@ -37,11 +37,12 @@ F_KID: Final = b"kid"
 F_NONCE: Final = b"nonce"
 
 _EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
-# The RESP of an audio XADD after its head (command, key, trim): id and fields, in the order of
-# the fields dict, packed with one %-format as the frame is queued.
+# The RESP of an audio XADD after its head (command, key, trim) up to the audio itself: id and
+# fields in the order of the fields dict, packed with one %-format as the frame is queued. The
+# audio follows as a piece of its own, so it is never copied on its way to the socket.
 _AUDIO_ENTRY: Final = (
     b"%b$%d\r\n%b\r\n"  # head, entry id
-    b"$6\r\noffset\r\n$%d\r\n%b\r\n$7\r\nsamples\r\n$%d\r\n%b\r\n$5\r\naudio\r\n$%d\r\n%b\r\n"
+    b"$6\r\noffset\r\n$%d\r\n%b\r\n$7\r\nsamples\r\n$%d\r\n%b\r\n$5\r\naudio\r\n$%d\r\n"
 )
 
 
@@ -66,13 +67,13 @@ class QueuedAudio:
         fields: dict[bytes, bytes],
         samples: int,
         received_at: float,
-        command: bytes | None = None,
+        command: list[bytes] | None = None,
     ) -> None:
         self.entry_id = entry_id
         self.fields = fields
         self.samples = samples
         self.received_at = received_at
-        self.command = command  # its XADD in RESP, when packed as it was queued
+        self.command = command  # its XADD in RESP (in pieces), when packed as it was queued
 
 
 class QueuedEvent:
@@ -170,8 +171,9 @@ class SessionPublisher:
             fields = {F_OFFSET: offset, F_SAMPLES: samples, F_AUDIO: data}
             head = self._audio_head
             if head is not None:
-                command = _AUDIO_ENTRY % (head, len(entry_id), entry_id, len(offset), offset,
-                                          len(samples), samples, len(data), data)  # fmt: skip
+                packed = _AUDIO_ENTRY % (head, len(entry_id), entry_id, len(offset), offset,
+                                         len(samples), samples, len(data))  # fmt: skip
+                command = [packed, data, b"\r\n"]
         else:
             nonce, sealed = self._cipher.encrypt(sample_offset, data)
             fields = {F_OFFSET: offset, F_SAMPLES: samples, F_KID: self._kid, F_NONCE: nonce,

@@ -146,7 +146,7 @@ class BatchWriter:
     async def _write_batch(self, connection: PipelineConnection) -> bool | None:
         """One pipelined round trip; True unless something must be retried, None when there
         was nothing to write."""
-        commands: list[Any] = []  # argument tuples, or bytes packed already
+        commands: list[Any] = []  # argument tuples, or lists of bytes packed already
         plan: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]], int]] = []
         budget = self._batch_max
         per_session = max(1, budget // max(1, len(self._pending)))
