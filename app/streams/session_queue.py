@@ -98,6 +98,31 @@ def _wall_clock() -> bytes:
 class SessionPublisher:
     """The publishing side of one session. Methods never block and never raise on Redis."""
 
+    __slots__ = (
+        "_audio_head",
+        "_cipher",
+        "_envelope",
+        "_event_seq",
+        "_kid",
+        "_lost_metric",
+        "_max_items",
+        "_next_index",
+        "_on_overflow",
+        "_publish_events",
+        "_publisher",
+        "backlog_samples",
+        "bound_samples",
+        "closed",
+        "expiry_set_at",
+        "failed",
+        "frames_lost",
+        "frames_published",
+        "in_flight",
+        "info",
+        "queue",
+        "stream_key",
+    )
+
     def __init__(
         self,
         publisher: Publisher,
