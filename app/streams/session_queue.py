@@ -67,13 +67,16 @@ class QueuedAudio:
         fields: dict[bytes, bytes],
         samples: int,
         received_at: float,
-        command: list[bytes] | None = None,
+        command: bytes | None = None,
     ) -> None:
         self.entry_id = entry_id
         self.fields = fields
         self.samples = samples
         self.received_at = received_at
-        self.command = command  # its XADD in RESP (in pieces), when packed as it was queued
+        # Its XADD in RESP up to the audio, when packed as it was queued (bytes, not a list:
+        # an object the collector tracks, kept while queued, would be promoted to its oldest
+        # generation by the thousand per second).
+        self.command = command
 
 
 class QueuedEvent:
@@ -198,7 +201,7 @@ class SessionPublisher:
             if head is not None:
                 packed = _AUDIO_ENTRY % (head, len(entry_id), entry_id, len(offset), offset,
                                          len(samples), samples, len(data))  # fmt: skip
-                command = [packed, data, b"\r\n"]
+                command = packed
         else:
             nonce, sealed = self._cipher.encrypt(sample_offset, data)
             fields = {F_OFFSET: offset, F_SAMPLES: samples, F_KID: self._kid, F_NONCE: nonce,

@@ -32,7 +32,13 @@ from app.streams import keys
 from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
 from app.streams.redis_client import RedisClient, ping
 from app.streams.resp import PipelineConnection, pack_head
-from app.streams.session_queue import QueuedAudio, QueuedEvent, QueuedItem, SessionPublisher
+from app.streams.session_queue import (
+    F_AUDIO,
+    QueuedAudio,
+    QueuedEvent,
+    QueuedItem,
+    SessionPublisher,
+)
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -199,8 +205,8 @@ class BatchWriter:
     ) -> int:
         # Arguments as redis-py's xadd() builds them, without its per-call validation.
         if isinstance(item, QueuedAudio):
-            if item.command is not None:
-                commands.append(item.command)
+            if item.command is not None:  # the audio follows its packed head, uncopied
+                commands.append([item.command, item.fields[F_AUDIO], b"\r\n"])
                 return 1
             commands.append(("XADD", session.stream_key, *self._audio_trim, item.entry_id,
                              *chain.from_iterable(item.fields.items())))  # fmt: skip
