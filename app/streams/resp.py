@@ -1,4 +1,4 @@
-"""Commands in RESP, and one pipelined round trip of them on a pooled redis-py connection."""
+"""Commands in RESP, and pipelined round trips of them on a redis-py connection."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from app.streams.redis_client import RedisClient
 _RESP_FORMATS: dict[int, bytes] = {}
 
 
-def pack_commands(commands: list[tuple[Any, ...]]) -> list[bytes]:
-    """The commands in RESP, one bytes object each: the same bytes as redis-py's
+def pack_commands(commands: list[Any]) -> list[bytes]:
+    """The commands (argument tuples, or lists of bytes packed already) in RESP, as bytes
+    to write in order. A tuple gives one bytes object, the same bytes as redis-py's
     pack_commands() for str/bytes/int arguments, at a third of its cost (one %-format per
     command with a format cached by argument count, instead of several joins per argument)."""
     packed: list[bytes] = []
     for args in commands:
+        if args.__class__ is list:  # packed already, in pieces
+            packed += args
+            continue
         count = len(args)
         template = _RESP_FORMATS.get(count)
         if template is None:
@@ -36,36 +40,61 @@ def pack_commands(commands: list[tuple[Any, ...]]) -> list[bytes]:
     return packed
 
 
-async def execute(
-    client: RedisClient, commands: list[tuple[Any, ...]], read_timeout: float
-) -> list[Any]:
-    """Send `commands` in one pipeline; replies in order, Redis error replies as
-    ResponseError objects. Standalone Redis: one packed write and one read loop under a
-    single timeout on a pooled connection (redis-py's Pipeline costs a timer and several
-    calls per reply, the largest cost of the gateway's hot path). Cluster: a pipeline."""
-    if not isinstance(client, redis.asyncio.Redis):
-        pipe = client.pipeline(transaction=False)
-        for args in commands:
-            pipe.execute_command(*args)
-        return await pipe.execute(raise_on_error=False)
-    pool = client.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    try:
+def pack_head(total_args: int, *args: bytes | str) -> bytes:
+    """The RESP of a command of `total_args` arguments up to (and with) `args`, its first
+    ones: a prefix to complete with the packing of the remaining arguments."""
+    head = b"*%d\r\n" % total_args
+    for arg in args:
+        value = arg.encode() if isinstance(arg, str) else arg
+        head += b"$%d\r\n%b\r\n" % (len(value), value)
+    return head
+
+
+class PipelineConnection:
+    """Pipelined round trips for one batch writer, on a Redis connection of its own.
+
+    Standalone Redis: the connection is made from the client pool's settings but kept out
+    of the pool, and without a socket timeout: one asyncio timeout covers each round trip.
+    A pool checkout per round trip (redis-py probes the socket on every checkout) and
+    redis-py's timed write (a task per write) cost more than a batch's own work. Redis
+    Cluster: a pipeline of the client per round trip."""
+
+    __slots__ = ("_client", "_connection")
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+        self._connection: Any = None
+
+    async def execute(self, commands: list[Any], read_timeout: float) -> list[Any]:
+        """Send `commands` (argument tuples; standalone Redis also takes packed pieces) in one
+        pipeline; replies in order, Redis error replies as ResponseError objects."""
+        client = self._client
+        if not isinstance(client, redis.asyncio.Redis):
+            pipe = client.pipeline(transaction=False)
+            for args in commands:
+                pipe.execute_command(*args)
+            return await pipe.execute(raise_on_error=False)
+        connection = self._connection
+        if connection is None:
+            pool = client.connection_pool
+            settings = {**pool.connection_kwargs, "socket_timeout": None}
+            connection = self._connection = pool.connection_class(**settings)
         return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
             lambda: _round_trip(connection, commands, read_timeout),
             lambda error: connection.disconnect(),
         )
-    finally:
-        await pool.release(connection)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.disconnect()
+            self._connection = None
 
 
-async def _round_trip(
-    connection: Any, commands: list[tuple[Any, ...]], read_timeout: float
-) -> list[Any]:
-    await connection.send_packed_command(pack_commands(commands))
+async def _round_trip(connection: Any, commands: list[Any], read_timeout: float) -> list[Any]:
     replies: list[Any] = []
     try:
         async with asyncio.timeout(read_timeout):
+            await connection.send_packed_command(pack_commands(commands))
             for _ in commands:
                 try:
                     replies.append(await connection.read_response(timeout=math.inf))
@@ -73,5 +102,5 @@ async def _round_trip(
                     replies.append(exc)
     except TimeoutError as exc:
         await connection.disconnect()  # replies still in flight: the socket is out of step
-        raise RedisTimeoutError("timeout reading pipeline replies") from exc
+        raise RedisTimeoutError("timeout in a pipelined round trip") from exc
     return replies

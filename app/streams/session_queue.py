@@ -37,6 +37,13 @@ F_KID: Final = b"kid"
 F_NONCE: Final = b"nonce"
 
 _EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
+# The RESP of an audio XADD after its head (command, key, trim) up to the audio itself: id and
+# fields in the order of the fields dict, packed with one %-format as the frame is queued. The
+# audio follows as a piece of its own, so it is never copied on its way to the socket.
+_AUDIO_ENTRY: Final = (
+    b"%b$%d\r\n%b\r\n"  # head, entry id
+    b"$6\r\noffset\r\n$%d\r\n%b\r\n$7\r\nsamples\r\n$%d\r\n%b\r\n$5\r\naudio\r\n$%d\r\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +59,24 @@ class SessionInfo:
 
 
 class QueuedAudio:
-    __slots__ = ("entry_id", "fields", "received_at", "samples")
+    __slots__ = ("command", "entry_id", "fields", "received_at", "samples")
 
     def __init__(
-        self, entry_id: bytes, fields: dict[bytes, bytes], samples: int, received_at: float
+        self,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        samples: int,
+        received_at: float,
+        command: bytes | None = None,
     ) -> None:
         self.entry_id = entry_id
         self.fields = fields
         self.samples = samples
         self.received_at = received_at
+        # Its XADD in RESP up to the audio, when packed as it was queued (bytes, not a list:
+        # an object the collector tracks, kept while queued, would be promoted to its oldest
+        # generation by the thousand per second).
+        self.command = command
 
 
 class QueuedEvent:
@@ -85,6 +101,31 @@ def _wall_clock() -> bytes:
 class SessionPublisher:
     """The publishing side of one session. Methods never block and never raise on Redis."""
 
+    __slots__ = (
+        "_audio_head",
+        "_cipher",
+        "_envelope",
+        "_event_seq",
+        "_kid",
+        "_lost_metric",
+        "_max_items",
+        "_next_index",
+        "_on_overflow",
+        "_publish_events",
+        "_publisher",
+        "backlog_samples",
+        "bound_samples",
+        "closed",
+        "expiry_set_at",
+        "failed",
+        "frames_lost",
+        "frames_published",
+        "in_flight",
+        "info",
+        "queue",
+        "stream_key",
+    )
+
     def __init__(
         self,
         publisher: Publisher,
@@ -102,6 +143,11 @@ class SessionPublisher:
         # Also bound the entry count: empty frames carry no samples but still cost memory.
         self._max_items = int(publisher.backlog_seconds * 100) + 100
         self.stream_key: str | None = None if info.is_probe else keys.audio_stream(info.session_id)
+        self._audio_head = (
+            publisher.audio_command_head(self.stream_key)
+            if self.stream_key is not None and cipher is None
+            else None
+        )
         self._publish_events = publisher.probe_events or not info.is_probe
         self.queue: deque[QueuedItem] = deque()
         self.backlog_samples = 0
@@ -145,16 +191,22 @@ class SessionPublisher:
         ):
             self._overflow()
             return False
+        entry_id = b"%d-0" % self._next_index
+        offset = b"%d" % sample_offset
+        samples = b"%d" % sample_count
+        command = None
         if self._cipher is None:
-            fields = {F_OFFSET: b"%d" % sample_offset, F_SAMPLES: b"%d" % sample_count,
-                      F_AUDIO: data}  # fmt: skip
+            fields = {F_OFFSET: offset, F_SAMPLES: samples, F_AUDIO: data}
+            head = self._audio_head
+            if head is not None:
+                packed = _AUDIO_ENTRY % (head, len(entry_id), entry_id, len(offset), offset,
+                                         len(samples), samples, len(data))  # fmt: skip
+                command = packed
         else:
             nonce, sealed = self._cipher.encrypt(sample_offset, data)
-            fields = {F_OFFSET: b"%d" % sample_offset, F_SAMPLES: b"%d" % sample_count,
-                      F_KID: self._kid, F_NONCE: nonce, F_AUDIO: sealed}  # fmt: skip
-        self.queue.append(
-            QueuedAudio(b"%d-0" % self._next_index, fields, sample_count, received_at)
-        )
+            fields = {F_OFFSET: offset, F_SAMPLES: samples, F_KID: self._kid, F_NONCE: nonce,
+                      F_AUDIO: sealed}  # fmt: skip
+        self.queue.append(QueuedAudio(entry_id, fields, sample_count, received_at, command))
         self._next_index += 1
         self.backlog_samples += sample_count
         self._publisher._enqueued(self, audio=True)

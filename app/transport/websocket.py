@@ -1,10 +1,14 @@
 """The AudioHook WebSocket endpoint: the one place where socket, session and publisher meet.
 
-One audio frame's path: ``_receive_loop`` reads it from the socket, ``ServerSession`` validates
-it and returns an ``AudioFrame``, ``_dispatch`` hands it to the session's publisher queue
-(never awaiting Redis). Every server message goes through one ordered outgoing queue drained
-by ``_send_loop`` (a task that runs only while messages wait), so ``seq`` never skips or
-reorders even when a consumer command and the receive loop produce messages at the same time.
+One audio frame's path: the WebSocket protocol, switched to direct mode once the session is
+accepted (app/transport/ws_protocol.py), parses it in the read callback and calls
+``message_received``; ``ServerSession`` validates it and returns an ``AudioFrame``;
+``_dispatch`` hands it to the session's publisher queue (never awaiting Redis). All of it runs
+synchronously in the read callback: no task wakes up per frame. A server message is written
+at once when nothing waits before it (and the socket takes it); otherwise it joins one
+ordered outgoing queue drained by ``_send_loop`` (a task that runs only while messages wait),
+so ``seq`` never skips or reorders even when a consumer command and a received message
+produce messages at the same time.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from app.protocol.session import (
 from app.transport.admission import Admission, Refusal, admit
 from app.transport.load_shedding import RETRY_AFTER_SECONDS
 from app.transport.session_observer import SessionObserver
+from app.transport.ws_protocol import CLOSE_MESSAGE_TOO_BIG, AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
@@ -40,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("app.transport.websocket")
 
-# uvicorn closes the socket with this code when a message exceeds its ws_max_size.
-CLOSE_MESSAGE_TOO_BIG = 1009
 RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
@@ -79,9 +82,11 @@ class Connection:
     __slots__ = (
         "_close_code",
         "_close_reason",
+        "_done",
         "_dropped",
         "_outgoing",
         "_outgoing_bytes",
+        "_protocol",
         "_send_not_before",
         "_sender",
         "_sending_over",
@@ -126,12 +131,22 @@ class Connection:
         self._close_code: int | None = None
         self._close_reason = ""
         self._send_not_before = 0.0
+        # Direct mode: set once nothing more is read for the session (socket gone or closing).
+        self._done: asyncio.Future[None] | None = None
+        self._protocol: AudioHookWebSocketProtocol | None = None  # in direct mode
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def run(self) -> None:
         self.gateway.connection_started(self)
         try:
-            await self._receive_loop()
+            protocol = getattr(self.websocket._receive, "__self__", None)
+            if isinstance(protocol, AudioHookWebSocketProtocol):
+                self._protocol = protocol
+                self._done = asyncio.get_running_loop().create_future()
+                protocol.take_over(self)  # messages now arrive via message_received
+                await self._done
+            else:  # another ASGI server: messages one by one through ASGI `receive`
+                await self._receive_loop()
         except Exception:
             log.exception("session receive loop failed", extra=self.observer.log_fields)
         finally:
@@ -150,6 +165,42 @@ class Connection:
                     )
             self.gateway.connection_finished(self)
             await self.observer.finished()
+
+    # --- direct mode: called by the protocol from its read callback ---------------------------
+    def message_received(self, data: bytes | str) -> None:
+        if self._close_code is not None:  # closing: like the receive loop, read no more
+            return
+        now = time.monotonic()
+        try:
+            if isinstance(data, bytes):
+                outputs = self.session.receive_bytes(data, now)
+                if len(outputs) == 1 and type(outputs[0]) is AudioFrame:
+                    self.observer.audio(outputs[0], now)  # nearly every message of a call
+                else:
+                    self._dispatch(outputs)
+            else:
+                self._dispatch(self.session.receive_text(data, now))
+        except Exception:
+            log.exception("session receive failed", extra=self.observer.log_fields)
+            self._close_code = self._close_code or 1011
+        if self._close_code is not None:
+            self._stop_receiving()
+
+    def connection_ended(self, code: int) -> None:
+        self.websocket.client_state = WebSocketState.DISCONNECTED
+        if self._done is None or self._done.done():
+            return
+        try:
+            if code == CLOSE_MESSAGE_TOO_BIG:
+                self.observer.oversized_message()
+            self._dispatch(self.session.connection_lost(time.monotonic()))
+        except Exception:
+            log.exception("session end failed", extra=self.observer.log_fields)
+        self._stop_receiving()
+
+    def _stop_receiving(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
     async def _receive_loop(self) -> None:
         # The server's own ASGI `receive`, not Starlette's WebSocket.receive: that wrapper only
@@ -179,7 +230,7 @@ class Connection:
         """Apply a session's outputs in order. Never awaits: ordering is decided here."""
         for output in outputs:
             if type(output) is AudioFrame:
-                self.observer.audio(output)
+                self.observer.audio(output, time.monotonic())
             elif type(output) is SendText:
                 self._enqueue(output.text, output.message_type)
             elif type(output) is CloseConnection:
@@ -205,6 +256,18 @@ class Connection:
 
     def _enqueue(self, text: str, message_type: str) -> None:
         if self._dropped:
+            return
+        if (
+            self._protocol is not None
+            and self._sender is None  # nothing queued or being sent: order is kept
+            and not self._outgoing
+            and not self._sending_over
+            and message_type != "disconnect"  # may have to wait for the failure delay
+            and time.monotonic() >= self._send_not_before
+            and self._protocol.send_text_now(text)
+        ):
+            if message_type == "opened":
+                self.observer.opened_sent(time.monotonic())
             return
         self._outgoing.append((text, message_type))
         self._outgoing_bytes += len(text)
@@ -271,6 +334,7 @@ class Connection:
                 await self.websocket.close(self._close_code or 1000, self._close_reason)
             except Exception as exc:
                 log.debug("close failed: %s", exc, extra=self.observer.log_fields)
+        self._stop_receiving()  # as the receive loop ends on the disconnect the close queues
 
     # --- timers and consumer commands (called from the gateway's tasks) --------------------
     def tick(self, now: float) -> None:

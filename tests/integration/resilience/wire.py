@@ -63,6 +63,7 @@ class WireClient:
         self.position = 0  # samples per channel sent
         self.messages: list[dict[str, Any]] = []  # every server message, in order
         self.close_code: int | None = None  # the server's close frame, if one came
+        self.pongs: list[bytes] = []  # payloads of the WebSocket pongs received
         self.eof = False
         self._pending: list[dict[str, Any]] = []
 
@@ -261,6 +262,8 @@ class WireClient:
             self._pending.append(message)
         elif frame.opcode is Opcode.BINARY:
             raise AssertionError("the server sent a binary frame")
+        elif frame.opcode is Opcode.PONG:
+            self.pongs.append(bytes(frame.data))
         elif frame.opcode is Opcode.CLOSE:
             close = self.protocol.close_rcvd
             self.close_code = close.code if close is not None else None

@@ -72,10 +72,13 @@ async def test_three_second_outage_loses_nothing_and_keeps_order(own_redis: Embe
     assert overflows == []
     assert session.frames_lost == 0
     assert metric("audiohook_redis_reconnects_total") > reconnects_before
-    entries = await read_stream(client, keys.audio_stream(info.session_id))
-    assert [e[0] for e in entries] == [b"%d-0" % n for n in range(1, 303)]
-    assert reassemble(entries, media, session_id=info.session_id) == b"".join(frames)
     await client.aclose()
+    # A new client: the publisher writes on connections of its own, and this client's pooled
+    # connection died with the restarted server.
+    async with redis.asyncio.Redis.from_url(own_redis.url) as reader:
+        entries = await read_stream(reader, keys.audio_stream(info.session_id))
+        assert [e[0] for e in entries] == [b"%d-0" % n for n in range(1, 303)]
+        assert reassemble(entries, media, session_id=info.session_id) == b"".join(frames)
 
 
 async def test_outage_past_the_bound_ends_only_the_overflowing_session(
