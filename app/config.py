@@ -307,12 +307,13 @@ class Settings(BaseSettings):
         "smoothed event-loop lag is above this; 0 disables.",
     )
     overload_max_cpu_utilization: float = Field(
-        0.9,
+        0.95,
         ge=0,
         le=1,
         description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker "
-        "process uses more than this share of one core (smoothed over about a second): the "
-        "calls it already has keep their latency; 0 disables.",
+        "process uses more than this share of one core (smoothed over about a second), i.e. "
+        "once the core is saturated, before queues build up; a call ramp that the worker "
+        "absorbs peaks near 0.9 on a 2-core box. 0 disables.",
     )
     overload_max_handshakes_in_flight: int = Field(
         100,
