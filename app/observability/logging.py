@@ -54,6 +54,7 @@ _PER_CONNECTION_MESSAGES = frozenset(
         "connection open",
         "connection closed",
         "connection rejected (%d %s)",
+        "Invalid UTF-8 sequence received from client.",
         '%s - "WebSocket %s" [accepted]',
         '%s - "WebSocket %s" 403',
         '%s - "WebSocket %s" %d',

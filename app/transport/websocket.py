@@ -154,15 +154,17 @@ class Connection:
             self._dispatch(self.session.connection_lost(time.monotonic()))
             self._close_code = self._close_code or 1000
             self._start_sender()
+            close_timeout = self.gateway.settings.close_timeout_seconds
             if self._sender is not None:
                 try:
-                    await asyncio.wait_for(
-                        self._sender, self.gateway.settings.close_timeout_seconds
-                    )
+                    await asyncio.wait_for(self._sender, close_timeout)
                 except TimeoutError:
-                    log.warning(
-                        "socket did not drain; abandoning it", extra=self.observer.log_fields
-                    )
+                    log.warning("socket did not drain; dropping it", extra=self.observer.log_fields)
+                    self._abort_socket()
+            # Whatever the close handshake does (a client that neither reads nor answers our
+            # close frame keeps a graceful close waiting on its full buffer), the TCP
+            # connection is gone within the close timeout.
+            asyncio.get_running_loop().call_later(close_timeout, self._abort_socket)
             self.gateway.connection_finished(self)
             await self.observer.finished()
 
@@ -239,6 +241,7 @@ class Connection:
                 if output.abort:
                     self._drop_connection()
                 self._start_sender()
+                self._stop_receiving()  # direct mode: the session is over, `run` ends it
             elif type(output) is DisconnectSent and output.reason == "unauthorized":
                 # Every authentication failure is answered no sooner than the minimum delay.
                 delay = self.gateway.settings.auth_min_failure_delay_seconds

@@ -32,9 +32,16 @@ except ImportError:  # pragma: no cover - websockets ships its C speedups for co
     from websockets.utils import apply_mask
 
 CLOSE_PROTOCOL_ERROR = 1002
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INVALID_DATA = 1007
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_ABNORMAL = 1006  # never sent: reported when the socket went without a close frame
+
+# Frames per second a connection may send after a burst, whatever their kind: a real client
+# sends 5 to 50 audio frames a second and a few others; tiny frames (empty pings, pongs,
+# continuations) cost ~200 times more CPU per byte than audio, so they are bounded here.
+FRAME_RATE = 200
+FRAME_BURST = 500
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
 OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
@@ -69,6 +76,7 @@ class FrameParser:
         "_max_size",
         "_need",
         "_on_control",
+        "frames_left",
         "on_message",
     )
 
@@ -86,6 +94,9 @@ class FrameParser:
         self._fragments: list[bytes] = []  # payloads of a fragmented message so far
         self._fragment_opcode = 0  # OP_TEXT or OP_BINARY while a fragmented message is open
         self._fragments_size = 0
+        # Frames of any kind (control and continuation frames included: they never reach the
+        # session's own message bound) this parser may still take; the protocol refills it.
+        self.frames_left = FRAME_BURST
 
     def feed(self, data: bytes) -> None:
         buffer = self._buffer
@@ -103,6 +114,9 @@ class FrameParser:
             if end - pos < 2:
                 self._keep(data, pos, 2)
                 return
+            self.frames_left -= 1
+            if self.frames_left < 0:  # checked before the frame costs anything more
+                raise FrameError(CLOSE_POLICY_VIOLATION, "too many frames")
             first = data[pos]
             second = data[pos + 1]
             opcode = first & 0x0F
@@ -202,6 +216,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _parser: FrameParser | None = None
     _early_data = False  # bytes arrived after the upgrade request, before the take-over
     _bytes_after_close = 0
+    _refilled_at = 0.0  # when the parser's frame budget was last refilled
 
     def data_received(self, data: bytes) -> None:
         if self.close_sent:  # uvicorn: set once the server's close frame is written
@@ -211,6 +226,11 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
         parser = self._parser
         if parser is not None:
+            now = self.loop.time()
+            parser.frames_left = min(
+                FRAME_BURST, parser.frames_left + int((now - self._refilled_at) * FRAME_RATE)
+            )
+            self._refilled_at = now
             try:
                 parser.feed(data)
             except FrameError as exc:
@@ -235,12 +255,15 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         # Messages go straight to the sink; once the connection ends, nowhere (_end).
         self._parser = FrameParser(self.config.ws_max_size, sink.message_received, self._control)
+        self._refilled_at = self.loop.time()
         if self._early_data or self.conn.reader.buffer or not self.queue.empty():
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
-            if not self.close_sent:
+            # A client that does not read gets no pong beyond what its socket holds (section
+            # 5.5.3 allows answering only the most recent ping): nothing queues without bound.
+            if not self.close_sent and self.writable.is_set():
                 self.transport.write(bytes((0x80 | OP_PONG, len(payload))) + payload)
         elif opcode == OP_PONG:
             self.handle_pong(Frame(Opcode.PONG, payload))  # uvicorn's keepalive

@@ -180,3 +180,51 @@ async def test_a_burst_of_failed_logins_is_counted_in_full_and_logged_in_part(
     assert suppressed.delta() >= attempts - len(failures)
     # No per-connection lines from the server library either.
     assert not [r for r in records if r["logger"] == "uvicorn.error"]
+
+
+def masked_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One client frame (FIN set, masked with a zero key), as raw bytes."""
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+async def test_a_flood_of_tiny_control_frames_is_cut_off_by_the_frame_budget(
+    gateway: GatewayProcess, gateway_redis: redis.asyncio.Redis
+) -> None:
+    """Empty pings never reach the session's message bound, and cost far more per byte than
+    audio: the connection's frame budget drops such a client, unauthenticated or not."""
+    async with alongside_good_call(gateway.ws_url, gateway_redis):
+        client = await WireClient.connect(gateway.ws_url, api_key="not-a-known-key")
+        try:
+            ping = masked_frame(0x9)
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # up to 100,000 empty pings, 1,000 per write
+                    client.writer.write(ping * 1000)
+                    await client.writer.drain()
+            await client.wait_closed()
+            assert client.close_code in (1008, None)  # failed with 1008, or already dropped
+        finally:
+            await client.aclose()
+
+
+async def test_a_client_that_pings_but_never_reads_is_dropped_in_bounded_time(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Its pongs are not queued without bound, and once its session is over the TCP
+    connection goes, though no close handshake can complete on a full buffer."""
+    settings = {"OPEN_TIMEOUT_SECONDS": "0.5", "CLOSE_TIMEOUT_SECONDS": "0.5"}
+    with running_gateway(redis_server, tmp_path, settings) as gateway:
+        client = await WireClient.connect(
+            gateway.ws_url, api_key="not-a-known-key", receive_buffer=4096
+        )
+        ping = masked_frame(0x9, b"p" * 125)
+        dropped = False
+        try:
+            for _ in range(300):  # 150 pings a second for up to 20 s, never reading
+                client.writer.write(ping * 15)
+                await client.writer.drain()
+                await asyncio.sleep(0.1)
+        except ConnectionError:
+            dropped = True
+        finally:
+            client.abort()
+        assert dropped
