@@ -161,10 +161,8 @@ class Connection:
                 except TimeoutError:
                     log.warning("socket did not drain; dropping it", extra=self.observer.log_fields)
                     self._abort_socket()
-            # Whatever the close handshake does (a client that neither reads nor answers our
-            # close frame keeps a graceful close waiting on its full buffer), the TCP
-            # connection is gone within the close timeout.
-            asyncio.get_running_loop().call_later(close_timeout, self._abort_socket)
+            if self._protocol is not None:  # gone within the close timeout, whatever happens
+                self._protocol.drop_after(close_timeout)
             self.gateway.connection_finished(self)
             await self.observer.finished()
 

@@ -18,6 +18,7 @@ parsing per frame, so past `MAX_BYTES_AFTER_CLOSE` the socket is dropped.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable
 from typing import Protocol
@@ -217,6 +218,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _early_data = False  # bytes arrived after the upgrade request, before the take-over
     _bytes_after_close = 0
     _refilled_at = 0.0  # when the parser's frame budget was last refilled
+    _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
 
     def data_received(self, data: bytes) -> None:
         if self.close_sent:  # uvicorn: set once the server's close frame is written
@@ -322,6 +324,17 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._parser.on_message = _ignore
             sink.connection_ended(code)
 
+    def drop_after(self, seconds: float) -> None:
+        """Abort the TCP connection in `seconds` unless it is gone by then: whatever the close
+        handshake does (a client that neither reads nor answers our close frame keeps a
+        graceful close waiting on its full buffer), it ends in bounded time. The timer is
+        cancelled when the connection goes, so nothing of the session is kept alive by it."""
+        if self._reaper is None and not self.disconnected:
+            self._reaper = self.loop.call_later(seconds, self.transport.abort)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         super().connection_lost(exc)
         self._end(CLOSE_ABNORMAL)
