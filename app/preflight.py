@@ -15,10 +15,13 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, get_origin
+from typing import TYPE_CHECKING, Any, get_origin
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsError
+
+if TYPE_CHECKING:
+    from app.security.integrations import Integration
 
 from app.config import ENV_PREFIX, Settings
 
@@ -160,24 +163,11 @@ def load_checked_settings(
 
 
 def _integration_problems(text: str, file: Path | None) -> list[str]:
-    from app.security.integrations import (
-        Integration,
-        IntegrationConfigError,
-        _index,
-        parse_integrations,
-    )
+    from app.security.integrations import IntegrationConfigError, _index
 
-    problems = []
-    found: list[Integration] = []
+    problems: list[str] = []
     var = variable("integrations")
-    bad_json = json_problem(var, text) if text.strip() else None
-    if bad_json is not None:
-        problems.append(bad_json)
-    else:
-        try:
-            found.extend(parse_integrations(text, var))
-        except IntegrationConfigError as exc:
-            problems.append(str(exc))
+    found = _parse_integrations(var, text, problems)
     if file is not None:
         file_var = f"{variable('integrations_file')}={str(file)!r}"
         try:
@@ -185,20 +175,28 @@ def _integration_problems(text: str, file: Path | None) -> list[str]:
         except OSError as exc:
             problems.append(f"{file_var}: cannot be read ({exc.strerror})")
         else:
-            bad_json = json_problem(file_var, content) if content.strip() else None
-            if bad_json is not None:
-                problems.append(bad_json)
-            else:
-                try:
-                    found.extend(parse_integrations(content, file_var))
-                except IntegrationConfigError as exc:
-                    problems.append(str(exc))
+            found += _parse_integrations(file_var, content, problems)
     if not problems:
         try:
             _index(found)
         except IntegrationConfigError as exc:
             problems.append(f"{var}: {exc}")
     return problems
+
+
+def _parse_integrations(var: str, text: str, problems: list[str]) -> list[Integration]:
+    """The integrations in `text` (JSON named `var`); what is wrong goes to `problems`."""
+    from app.security.integrations import IntegrationConfigError, parse_integrations
+
+    bad_json = json_problem(var, text) if text.strip() else None
+    if bad_json is not None:
+        problems.append(bad_json)
+        return []
+    try:
+        return parse_integrations(text, var)
+    except IntegrationConfigError as exc:
+        problems.append(str(exc))
+        return []
 
 
 def _payload_key_problems(text: str) -> list[str]:
