@@ -313,6 +313,7 @@ class ServerSession:
         self._sample_rate_bound = config.max_audio_speed * SAMPLE_RATE
         self._sample_burst = int(config.audio_burst_seconds * SAMPLE_RATE)
         self._message_rate_bound = config.max_messages_per_second
+        self._message_burst = config.message_burst
 
     # --- read-only properties ------------------------------------------------------------
 
@@ -399,37 +400,33 @@ class ServerSession:
             if size <= self._max_frame_bytes and size % self._group_bytes == 0:
                 count = size // self._group_bytes
                 self._samples_received += count
-                if self._within_rate_bounds(now):
+                broken = self._rate_bound_broken(now)
+                if broken is None:
                     offset = self._position
                     self._position = offset + count
                     self._frames += 1
                     self._bytes += size
                     return [AudioFrame(data, offset, count)]
                 self._frames_dropped += 1
-                return self._rate_exceeded(now)
+                return self._rate_exceeded(broken, now)
         return self._reject_audio(len(data), now)
 
-    def _within_rate_bounds(self, now: float) -> bool:
+    def _rate_bound_broken(self, now: float) -> str | None:
+        """The `info` of the rate bound the client is past, if any."""
         elapsed = now - self._connected_at
         if self._sample_rate_bound and (
             self._samples_received > self._sample_burst + elapsed * self._sample_rate_bound
         ):
-            return False
-        return not self._message_rate_bound or (
-            self._messages <= self._config.message_burst + elapsed * self._message_rate_bound
-        )
+            return "Client Error: Audio sent faster than real time"
+        if self._message_rate_bound and (
+            self._messages > self._message_burst + elapsed * self._message_rate_bound
+        ):
+            return "Client Error: Too many messages"
+        return None
 
-    def _rate_exceeded(self, now: float) -> list[Output]:
+    def _rate_exceeded(self, info: str, now: float) -> list[Output]:
         if self._state not in _CAN_DISCONNECT:
             return self._count_after_end()
-        elapsed = now - self._connected_at
-        audio_allowed = self._sample_burst + elapsed * self._sample_rate_bound
-        too_much_audio = bool(self._sample_rate_bound) and self._samples_received > audio_allowed
-        info = (
-            "Client Error: Audio sent faster than real time"
-            if too_much_audio
-            else "Client Error: Too many messages"
-        )
         return self._violation("rate_exceeded", info, now)
 
     def _count_after_end(self) -> list[Output]:
@@ -483,8 +480,9 @@ class ServerSession:
             # Still parsed (within the budget) for the `close` the client owes us, never
             # reported: a client told to go cannot make the server log or publish anything.
             return self._count_after_end() or self._receive_after_end(text, now)
-        if not self._within_rate_bounds(now):
-            return self._rate_exceeded(now)
+        broken = self._rate_bound_broken(now)
+        if broken is not None:
+            return self._rate_exceeded(broken, now)
         try:
             envelope = parse_envelope(text)
         except ProtocolError as exc:
