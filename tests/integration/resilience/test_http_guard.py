@@ -96,6 +96,25 @@ def send(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data)
 
 
+def send_then_peek(sock: socket.socket, data: bytes) -> tuple[bytes, bool]:
+    """Send `data`, then take what the server has sent so far without waiting:
+    (those bytes, whether the server has closed or reset the connection)."""
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        return b"", True
+    sock.setblocking(False)
+    try:
+        chunk = sock.recv(65536)
+    except BlockingIOError:
+        return b"", False
+    except ConnectionResetError:
+        return b"", True
+    finally:
+        sock.settimeout(DEADLINE + HANG_GUARD)
+    return chunk, chunk == b""
+
+
 def until_closed(sock: socket.socket) -> bytes:
     """Everything the server sends until it closes; AssertionError if it keeps the socket."""
     received = b""
@@ -155,20 +174,8 @@ async def test_head_sent_one_byte_per_100_ms_is_closed(gateway: GatewayProcess) 
     with dial(gateway) as sock:
         closed = False
         for byte in request:
-            try:
-                sock.sendall(bytes([byte]))
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
             time.sleep(0.1)
-            sock.setblocking(False)
-            try:
-                closed = sock.recv(1024) == b""
-            except BlockingIOError:
-                pass
-            except ConnectionResetError:
-                closed = True
-            sock.settimeout(DEADLINE + HANG_GUARD)
+            _, closed = send_then_peek(sock, bytes([byte]))
             if closed:
                 break
         assert closed, "a head trickled one byte at a time was kept open"
@@ -194,21 +201,8 @@ async def test_plain_request_with_a_never_ending_body_is_answered_and_closed(
         send(sock, head)
         answer, closed = b"", False
         for _ in range(int((DEADLINE + HANG_GUARD) / 0.01)):  # the body never ends
-            try:
-                sock.sendall(piece)
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-            sock.setblocking(False)
-            try:
-                chunk = sock.recv(65536)
-                answer += chunk
-                closed = chunk == b""
-            except BlockingIOError:
-                pass
-            except ConnectionResetError:
-                closed = True
-            sock.settimeout(DEADLINE + HANG_GUARD)
+            chunk, closed = send_then_peek(sock, piece)
+            answer += chunk
             if closed:
                 break
             time.sleep(0.01)
