@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app.redis.client import RedisClient
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.signature import (
@@ -23,7 +24,6 @@ from app.security.signature import (
     collect_headers,
     request_target,
 )
-from app.streams.redis_client import RedisClient
 
 if TYPE_CHECKING:
     from app.config import Settings

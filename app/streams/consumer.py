@@ -35,10 +35,10 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from app.protocol.media import MediaFormat
+from app.redis.client import RedisClient
 from app.streams import keys as redis_keys
 from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
 from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
-from app.streams.redis_client import RedisClient
 from app.streams.tasks import stop_task
 from app.streams.wav import WAV_ENCODINGS, WavEncoding, WavWriter
 
@@ -443,8 +443,8 @@ def _fail(message: str, code: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from app import preflight
+    from app.redis.client import blocking_read_seconds, create_redis
     from app.streams.embedded_redis import running_server_url
-    from app.streams.redis_client import blocking_read_seconds, create_redis
 
     env_file: Path | None = getattr(args, "env_file", None)
     try:

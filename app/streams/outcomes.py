@@ -18,7 +18,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.streams.redis_client import RedisClient
+from app.redis.client import RedisClient
 
 if TYPE_CHECKING:
     from app.streams.session_queue import QueuedItem, SessionPublisher

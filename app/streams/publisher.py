@@ -54,8 +54,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.observability.metrics import PUBLISH_BACKLOG_FRAMES
+from app.redis.client import RedisClient, ping
 from app.streams.payload_crypto import PayloadCipher, parse_keys
-from app.streams.redis_client import RedisClient, ping
 from app.streams.resp import pack_commands
 from app.streams.session_queue import (
     EVENT_TYPES,

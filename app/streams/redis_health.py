@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from app.streams.redis_client import RedisClient, ping
+from app.redis.client import RedisClient, ping
 
 if TYPE_CHECKING:
     from app.config import Settings

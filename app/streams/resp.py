@@ -10,7 +10,7 @@ import redis.asyncio
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.streams.redis_client import RedisClient
+from app.redis.client import RedisClient
 
 _RESP_FORMATS: dict[int, bytes] = {}
 

@@ -28,9 +28,9 @@ from app.observability.metrics import (
     REDIS_UP,
     observe_many,
 )
+from app.redis.client import RedisClient, ping
 from app.streams import keys
 from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
-from app.streams.redis_client import RedisClient, ping
 from app.streams.resp import PipelineConnection, pack_head
 from app.streams.session_queue import (
     F_AUDIO,

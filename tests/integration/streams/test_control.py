@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio
 
 from app.config import Settings
+from app.redis.client import create_redis
 from app.streams import keys
 from app.streams.control import (
     APPLIED,
@@ -21,7 +22,6 @@ from app.streams.control import (
     ControlClient,
     ControlPlane,
 )
-from app.streams.redis_client import create_redis
 from tests.support.streams import RecordingTarget, metric, read_stream
 
 Redis = redis.asyncio.Redis
