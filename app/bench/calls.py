@@ -50,7 +50,7 @@ from app.bench.wsload import (
     silence_frame,
 )
 from app.client.upgrade import Endpoint
-from app.streams import keys
+from app.redis import keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

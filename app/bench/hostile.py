@@ -37,7 +37,7 @@ from app.bench.streams import ArrivalSampler, count_entries
 from app.bench.wsload import FRAME_SECONDS, CallPlan, CallStats, FrameClock, run_call, silence_frame
 from app.client.upgrade import Endpoint
 from app.config import Settings
-from app.streams import keys
+from app.redis import keys
 
 KINDS = (*attacks.ATTACKS, "overload")
 NEW_CALL_SECONDS = 2.0

@@ -38,7 +38,7 @@ import redis.asyncio
 from app.bench.spawn import BENCH_API_KEY, Cores, SpawnedStack
 from app.client import ClientSession, Pacer, PcmSource, SessionConfig, SessionResult, tone_source
 from app.protocol.media import MediaFormat
-from app.streams import keys
+from app.redis import keys
 
 MIB = 1024 * 1024
 Entries = list[tuple[bytes, dict[bytes, bytes]]]

@@ -26,7 +26,7 @@ import orjson
 import redis
 import redis.asyncio
 
-from app.streams import keys
+from app.redis import keys
 
 Arrivals = dict[str, list[tuple[int, float]]]  # session id -> [(entry number, time.time())]
 

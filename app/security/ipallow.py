@@ -24,8 +24,8 @@ import redis.asyncio
 import redis.exceptions
 
 from app.observability.metrics import IP_RANGES_AGE_SECONDS, IP_RANGES_REFRESHES, IP_RANGES_SIZE
+from app.redis import keys
 from app.redis.client import RedisClient
-from app.streams import keys
 
 if TYPE_CHECKING:
     from app.config import Settings

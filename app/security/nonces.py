@@ -19,8 +19,8 @@ import secrets
 import redis.asyncio
 import redis.exceptions
 
+from app.redis import keys
 from app.redis.client import RedisClient
-from app.streams import keys
 
 # KEYS[1] nonce key; ARGV[1] this attempt's token, ARGV[2] TTL seconds.
 # 1: claimed now or already claimed by this attempt; 0: claimed by someone else (a replay).

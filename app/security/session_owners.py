@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import redis.exceptions
 
+from app.redis import keys
 from app.redis.client import RedisClient
 from app.security.nonces import NonceStoreUnavailable
-from app.streams import keys
 
 # Outlives the session's streams: they expire stream_ttl after the session ends, and a call
 # may last this long before that.

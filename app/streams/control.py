@@ -56,8 +56,8 @@ from redis.exceptions import RedisError
 
 from app.observability.metrics import CONTROL_COMMANDS, RATE_LIMITED, REDIS_ERRORS
 from app.protocol.messages import DisconnectReason
+from app.redis import keys
 from app.redis.client import RedisClient, blocking_read_seconds
-from app.streams import keys
 from app.streams.ratelimit import TokenBucket
 from app.streams.tasks import stop_task
 

@@ -18,7 +18,7 @@ import orjson
 
 from app.observability.metrics import FRAMES_LOST
 from app.protocol.media import MediaFormat
-from app.streams import keys
+from app.redis import keys
 from app.streams.payload_crypto import PayloadCipher
 
 if TYPE_CHECKING:

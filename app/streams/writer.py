@@ -28,8 +28,8 @@ from app.observability.metrics import (
     REDIS_UP,
     observe_many,
 )
+from app.redis import keys
 from app.redis.client import RedisClient, ping
-from app.streams import keys
 from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
 from app.streams.resp import PipelineConnection, pack_head
 from app.streams.session_queue import (

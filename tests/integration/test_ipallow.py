@@ -11,8 +11,8 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from app.redis import keys
 from app.security.ipallow import GenesysApiConfig, IpAllowlist, RangeList
-from app.streams import keys
 from app.streams.embedded_redis import free_port
 from tests.support.genesys_api import GenesysApiStandIn
 

@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from app.redis import keys
 from app.redis.client import RedisClient
-from app.streams import keys
 from tests.support.streams import StreamEntries
 
 

@@ -35,8 +35,8 @@ from app.client.session import SessionConfig, media_offers
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.protocol.media import AudioFormat
 from app.protocol.messages import encode_client_message
+from app.redis import keys
 from app.redis.client import RedisClient
-from app.streams import keys
 from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
 from tests.support.gateway_process import (
     TEST_API_KEY,

@@ -18,7 +18,7 @@ import redis.asyncio
 
 from app.client.audio import tone_source
 from app.client.session import ClientSession
-from app.streams import keys
+from app.redis import keys
 from app.streams.consumer import run_consumer
 from app.streams.control import (
     APPLIED,

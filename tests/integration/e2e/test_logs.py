@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from app.streams import keys
+from app.redis import keys
 from app.streams.control import APPLIED, ControlClient
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.e2e.support import (

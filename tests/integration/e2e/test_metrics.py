@@ -19,7 +19,7 @@ import redis.asyncio
 
 from app.client.audio import tone_source
 from app.client.session import ClientSession, SessionConfig, run_session
-from app.streams import keys
+from app.redis import keys
 from tests.integration.e2e.support import (
     WireCall,
     call_config,

@@ -16,7 +16,7 @@ import redis.asyncio
 from app.client.audio import wav_source
 from app.client.session import run_session
 from app.protocol.media import AudioFormat, MediaFormat
-from app.streams import keys
+from app.redis import keys
 from app.streams.consumer import reassemble, run_consumer
 from app.streams.payload_crypto import NONCE_BYTES
 from tests.integration.e2e.support import (

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis.asyncio
 
-from app.streams import keys
+from app.redis import keys
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
 from tests.support.raw_client import RawClient

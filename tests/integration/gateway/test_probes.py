@@ -10,7 +10,7 @@ import redis.asyncio
 from app.client.audio import tone_source
 from app.client.session import SessionConfig, run_session
 from app.protocol.messages import NULL_UUID
-from app.streams import keys
+from app.redis import keys
 from tests.integration.gateway.helpers import events_of
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess
 from tests.support.metrics import MetricDelta

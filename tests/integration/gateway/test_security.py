@@ -14,8 +14,8 @@ import pytest
 import redis.asyncio
 
 from app.client.upgrade import Endpoint
+from app.redis import keys
 from app.security.signature import REQUIRED_COMPONENTS
-from app.streams import keys
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.gateway.helpers import (
     AUTH_MIN_FAILURE_DELAY,

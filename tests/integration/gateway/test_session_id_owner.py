@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import redis.asyncio
 
-from app.streams import keys
+from app.redis import keys
 from tests.integration.gateway.helpers import (
     ROTATING_KEY,
     ROTATING_NEW_SECRET,

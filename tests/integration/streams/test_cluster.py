@@ -11,8 +11,8 @@ import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from app.protocol.media import MediaFormat
+from app.redis import keys
 from app.redis.client import create_redis
-from app.streams import keys
 from app.streams.consumer import reassemble, run_consumer
 from app.streams.control import APPLIED, UNKNOWN_SESSION, ControlClient, ControlPlane
 from app.streams.publisher import Publisher

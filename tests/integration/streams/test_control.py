@@ -11,8 +11,8 @@ import pytest
 import redis.asyncio
 
 from app.config import Settings
+from app.redis import keys
 from app.redis.client import create_redis
-from app.streams import keys
 from app.streams.control import (
     APPLIED,
     INVALID,

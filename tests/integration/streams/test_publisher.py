@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
-from app.streams import keys
+from app.redis import keys
 from app.streams.consumer import decode_event, reassemble
 from app.streams.publisher import Publisher, SessionPublisher
 from tests.support.streams import (

@@ -8,7 +8,7 @@ import time
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
-from app.streams import keys
+from app.redis import keys
 from app.streams.consumer import reassemble
 from app.streams.embedded_redis import EmbeddedRedis
 from app.streams.publisher import Publisher

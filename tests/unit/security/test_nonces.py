@@ -10,8 +10,8 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 
+from app.redis import keys
 from app.security.nonces import NonceCache, NonceStoreUnavailable
-from app.streams import keys
 from app.streams.embedded_redis import EmbeddedRedis
 from tests.support.redis_servers import redis_stalled
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from app.streams import keys
+from app.redis import keys
 
 
 def test_session_keys_are_hash_tagged_to_one_slot() -> None:
