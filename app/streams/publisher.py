@@ -55,8 +55,8 @@ from typing import TYPE_CHECKING
 
 from app.observability.metrics import PUBLISH_BACKLOG_FRAMES
 from app.redis.client import RedisClient, ping
+from app.redis.resp import pack_commands
 from app.streams.payload_crypto import PayloadCipher, parse_keys
-from app.streams.resp import pack_commands
 from app.streams.session_queue import (
     EVENT_TYPES,
     F_AUDIO,

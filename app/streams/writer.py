@@ -30,8 +30,8 @@ from app.observability.metrics import (
 )
 from app.redis import keys
 from app.redis.client import RedisClient, ping
+from app.redis.resp import PipelineConnection, pack_head
 from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
-from app.streams.resp import PipelineConnection, pack_head
 from app.streams.session_queue import (
     F_AUDIO,
     QueuedAudio,

@@ -7,8 +7,8 @@ from itertools import chain
 import redis.asyncio
 
 from app.config import Settings
+from app.redis.resp import pack_commands
 from app.streams.publisher import Publisher, SessionInfo
-from app.streams.resp import pack_commands
 from app.streams.session_queue import QueuedAudio
 
 
