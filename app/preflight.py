@@ -246,7 +246,7 @@ def serve_problems(settings: Settings) -> list[str]:
 
 
 def _embedded_redis_problems(settings: Settings) -> list[str]:
-    from app.streams.embedded_redis import EmbeddedRedisError, find_redis_binary
+    from app.redis.embedded import EmbeddedRedisError, find_redis_binary
 
     try:
         find_redis_binary()

@@ -24,8 +24,8 @@ from app.config import Settings
 from app.main import create_app
 from app.observability.logging import LISTENER, configure_logging
 from app.preflight import EXIT_START
+from app.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from app.runtime import Gateway
-from app.streams.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from app.transport.http import operational_app
 from app.transport.http_guard import guarded_http_protocol
 from app.transport.ws_protocol import AudioHookWebSocketProtocol

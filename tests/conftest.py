@@ -16,7 +16,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

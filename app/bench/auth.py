@@ -36,6 +36,7 @@ from app.client.session import Participant, media_offers
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.config import load_settings
 from app.protocol.messages import encode_client_message
+from app.redis.embedded import EmbeddedRedis
 from app.security.authenticator import Authenticator
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.nonces import NonceCache
@@ -45,7 +46,6 @@ from app.security.signature import (
     collect_headers,
     sign_request,
 )
-from app.streams.embedded_redis import EmbeddedRedis
 
 TARGET = "/api/v1/audiohook/ws"
 AUTHORITY = "audiohook.example.com"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from app.streams.embedded_redis import EmbeddedRedis, free_port
+from app.redis.embedded import EmbeddedRedis, free_port
 
 BENCH_API_KEY = "audiohook-bench-key"
 WS_PATH = "/api/v1/audiohook/ws"

@@ -1,7 +1,7 @@
 """Redis clients from settings: standalone by URL, or Redis Cluster when `redis_cluster` is set.
 
 With no `redis_url` the gateway runs an embedded redis-server on loopback
-(app/streams/embedded_redis.py); production deployments point `redis_url` at their own Redis.
+(app/redis/embedded.py); production deployments point `redis_url` at their own Redis.
 """
 
 from __future__ import annotations

@@ -444,7 +444,7 @@ def _fail(message: str, code: int) -> int:
 def main(args: argparse.Namespace) -> int:
     from app import preflight
     from app.redis.client import blocking_read_seconds, create_redis
-    from app.streams.embedded_redis import running_server_url
+    from app.redis.embedded import running_server_url
 
     env_file: Path | None = getattr(args, "env_file", None)
     try:

@@ -12,8 +12,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.redis import keys
+from app.redis.embedded import free_port
 from app.security.ipallow import GenesysApiConfig, IpAllowlist, RangeList
-from app.streams.embedded_redis import free_port
 from tests.support.genesys_api import GenesysApiStandIn
 
 AUDIOHOOK_V4 = "198.51.100.7"

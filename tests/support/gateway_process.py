@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from app.bench.spawn import gateway_env, spawn_gateway, wait_ready
-from app.streams.embedded_redis import free_port
+from app.redis.embedded import free_port
 
 # A demo integration for tests: the API key and secret of the test vector of docs/protocol.md §2.8.
 TEST_API_KEY = "SGVsbG8sIEkgYW0gdGhlIEFQSSBrZXkh"

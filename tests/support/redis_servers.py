@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 
-from app.streams.embedded_redis import (
+from app.redis.embedded import (
     LOOPBACK,
     EmbeddedRedis,
     EmbeddedRedisError,

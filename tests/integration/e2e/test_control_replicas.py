@@ -19,6 +19,7 @@ import redis.asyncio
 from app.client.audio import tone_source
 from app.client.session import ClientSession
 from app.redis import keys
+from app.redis.embedded import EmbeddedRedis
 from app.streams.consumer import run_consumer
 from app.streams.control import (
     APPLIED,
@@ -26,7 +27,6 @@ from app.streams.control import (
     UNKNOWN_SESSION,
     ControlClient,
 )
-from app.streams.embedded_redis import EmbeddedRedis
 from app.streams.wav import read_wav
 from tests.integration.e2e.support import (
     WireCall,

@@ -20,8 +20,8 @@ import pytest
 import redis.asyncio
 
 from app.redis import keys
+from app.redis.embedded import EmbeddedRedis
 from app.streams.control import APPLIED, ControlClient
-from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.e2e.support import (
     SECURE_API_KEY,
     SECURE_CLIENT_SECRET,

@@ -15,7 +15,7 @@ import redis.asyncio
 
 from app.client.audio import tone_source
 from app.client.session import ClientSession, SessionResult, run_session
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.e2e.support import (
     call_config,
     http_status,

@@ -16,7 +16,7 @@ from typing import Any, cast
 import redis.asyncio
 
 from app.redis import keys
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
 from tests.support.raw_client import RawClient
 from tests.support.session_streams import SessionStream, closed_session_stream

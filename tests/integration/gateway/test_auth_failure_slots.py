@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import AUTH_MIN_FAILURE_DELAY, running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import REJECTED, metric_value

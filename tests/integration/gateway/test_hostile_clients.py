@@ -11,7 +11,7 @@ from pathlib import Path
 import redis.asyncio
 
 from app.protocol.session import MAX_MESSAGES_AFTER_END
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call, running_gateway
 from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import GatewayProcess

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
 from tests.support.raw_client import RawClient

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import running_gateway, wait_for_log
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import REJECTED, MetricDelta

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from app.streams.embedded_redis import EmbeddedRedis, free_port
+from app.redis.embedded import EmbeddedRedis, free_port
 from tests.integration.gateway.helpers import running_gateway, wait_for_log
 from tests.support.gateway_process import GatewayProcess
 from tests.support.raw_client import RawClient

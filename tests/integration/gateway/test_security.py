@@ -15,8 +15,8 @@ import redis.asyncio
 
 from app.client.upgrade import Endpoint
 from app.redis import keys
+from app.redis.embedded import EmbeddedRedis
 from app.security.signature import REQUIRED_COMPONENTS
-from app.streams.embedded_redis import EmbeddedRedis
 from tests.integration.gateway.helpers import (
     AUTH_MIN_FAILURE_DELAY,
     DISABLED_KEY,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.support.gateway_process import DEFAULT_INTEGRATIONS, GatewayProcess
 from tests.support.raw_client import RawClient
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call, running_gateway
 from tests.support.gateway_process import GatewayProcess
 from tests.support.raw_client import RawClient

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
 

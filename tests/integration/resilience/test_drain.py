@@ -16,7 +16,7 @@ from pathlib import Path
 import redis.asyncio
 
 from app.client import ClientSession, SessionConfig, SessionResult, tone_source
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.resilience.helpers import gateway_process, readyz, refused
 from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.resilience.helpers import gateway_process, readyz
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess

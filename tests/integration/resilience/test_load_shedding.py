@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis.asyncio
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call
 from tests.integration.resilience.helpers import gateway_process, refused
 from tests.integration.resilience.wire import WireClient

@@ -12,7 +12,7 @@ import httpx
 import redis.asyncio
 from websockets.exceptions import InvalidStatus
 
-from app.streams.embedded_redis import EmbeddedRedis
+from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import BackgroundCall, running_gateway
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import metric_value

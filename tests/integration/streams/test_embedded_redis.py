@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.streams.embedded_redis import EmbeddedRedis, EmbeddedRedisError, ping
+from app.redis.embedded import EmbeddedRedis, EmbeddedRedisError, ping
 
 
 def test_start_ping_stop_restart_keeps_port_and_appendonly_data(tmp_path: Path) -> None:

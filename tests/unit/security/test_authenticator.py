@@ -11,11 +11,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from app.redis import keys
+from app.redis.embedded import free_port
 from app.security.authenticator import Authenticator
 from app.security.integrations import Integration
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.signature import Outcome, SignatureVerifier, sign_request
-from app.streams.embedded_redis import free_port
 from tests.unit.security.vectors import (
     API_KEY,
     AUTHORITY,

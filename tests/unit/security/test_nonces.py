@@ -11,8 +11,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ConstantBackoff
 
 from app.redis import keys
+from app.redis.embedded import EmbeddedRedis
 from app.security.nonces import NonceCache, NonceStoreUnavailable
-from app.streams.embedded_redis import EmbeddedRedis
 from tests.support.redis_servers import redis_stalled
 
 NONCE = "stall-test-nonce-0123456789abcdef"
