@@ -56,9 +56,9 @@ from redis.exceptions import RedisError
 
 from app.observability.metrics import CONTROL_COMMANDS, RATE_LIMITED, REDIS_ERRORS
 from app.protocol.messages import DisconnectReason
+from app.ratelimit import TokenBucket
 from app.redis import keys
 from app.redis.client import RedisClient, blocking_read_seconds
-from app.streams.ratelimit import TokenBucket
 from app.streams.tasks import stop_task
 
 if TYPE_CHECKING:

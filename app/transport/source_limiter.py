@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from app.streams.ratelimit import TokenBucket
+from app.ratelimit import TokenBucket
 
 
 class SourceRateLimiter:

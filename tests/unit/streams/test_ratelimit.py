@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.streams.ratelimit import TokenBucket
+from app.ratelimit import TokenBucket
 
 
 class Clock:
