@@ -40,7 +40,7 @@ from app.redis.client import RedisClient
 from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
 from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.streams.tasks import stop_task
-from app.streams.wav import WAV_ENCODINGS, WavEncoding, WavWriter
+from app.tools.wav import WAV_ENCODINGS, WavEncoding, WavWriter
 
 log = logging.getLogger("app.streams.consumer")
 

@@ -37,7 +37,7 @@ from app.protocol.media import AudioFormat
 from app.protocol.messages import encode_client_message
 from app.redis import keys
 from app.redis.client import RedisClient
-from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
+from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
 from tests.support.gateway_process import (
     TEST_API_KEY,
     TEST_CLIENT_SECRET,

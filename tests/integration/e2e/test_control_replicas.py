@@ -27,7 +27,7 @@ from app.streams.control import (
     UNKNOWN_SESSION,
     ControlClient,
 )
-from app.streams.wav import read_wav
+from app.tools.wav import read_wav
 from tests.integration.e2e.support import (
     WireCall,
     call_config,

@@ -16,7 +16,7 @@ from app.redis.client import create_redis
 from app.streams.consumer import reassemble, run_consumer
 from app.streams.control import APPLIED, UNKNOWN_SESSION, ControlClient, ControlPlane
 from app.streams.publisher import Publisher
-from app.streams.wav import read_wav
+from app.tools.wav import read_wav
 from tests.support.redis_servers import RedisCluster
 from tests.support.streams import (
     MONO,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.client.audio import ulaw_decode_byte
-from app.streams.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, WavWriter, read_wav, wav_bytes
+from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, WavWriter, read_wav, wav_bytes
 
 
 def test_l16_stereo_is_standard_pcm(tmp_path: Path) -> None:
