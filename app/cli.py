@@ -44,7 +44,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from app.streams import consumer
+    from app.tools import consume as consumer
 
     return consumer.main(args)
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from app import healthcheck
     from app.bench import calls, hostile
     from app.client import probe, simulate
-    from app.streams import consumer
+    from app.tools import consume as consumer
 
     parser = argparse.ArgumentParser(
         prog="audiohook-gateway",

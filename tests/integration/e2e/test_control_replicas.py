@@ -20,13 +20,13 @@ from app.client.audio import tone_source
 from app.client.session import ClientSession
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
-from app.streams.consumer import run_consumer
 from app.streams.control import (
     APPLIED,
     RATE_LIMITED_RESULT,
     UNKNOWN_SESSION,
     ControlClient,
 )
+from app.tools.consume import run_consumer
 from app.tools.wav import read_wav
 from tests.integration.e2e.support import (
     WireCall,

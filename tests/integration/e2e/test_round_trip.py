@@ -17,8 +17,8 @@ from app.client.audio import wav_source
 from app.client.session import run_session
 from app.protocol.media import AudioFormat, MediaFormat
 from app.redis import keys
-from app.streams.consumer import reassemble, run_consumer
 from app.streams.payload_crypto import NONCE_BYTES
+from app.tools.consume import reassemble, run_consumer
 from tests.integration.e2e.support import (
     assert_same_audio,
     call_config,

@@ -13,9 +13,9 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 from app.protocol.media import MediaFormat
 from app.redis import keys
 from app.redis.client import create_redis
-from app.streams.consumer import reassemble, run_consumer
 from app.streams.control import APPLIED, UNKNOWN_SESSION, ControlClient, ControlPlane
 from app.streams.publisher import Publisher
+from app.tools.consume import reassemble, run_consumer
 from app.tools.wav import read_wav
 from tests.support.redis_servers import RedisCluster
 from tests.support.streams import (

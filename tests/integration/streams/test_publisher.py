@@ -11,8 +11,8 @@ import redis.asyncio
 
 from app.protocol.media import MediaFormat
 from app.redis import keys
-from app.streams.consumer import decode_event, reassemble
 from app.streams.publisher import Publisher, SessionPublisher
+from app.tools.consume import decode_event, reassemble
 from tests.support.streams import (
     MONO,
     STEREO,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.protocol.media import MediaFormat
-from app.streams.consumer import AudioAssembler, reassemble
 from app.streams.payload_crypto import PayloadCipher
+from app.tools.consume import AudioAssembler, reassemble
 
 MEDIA = MediaFormat("PCMU", ("external", "internal"))
 EVENT = {b"type": b"paused", b"data": b"{}"}
