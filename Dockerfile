@@ -31,6 +31,7 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
  && pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements.txt
 
 COPY README.md ./
+# app/ without app/bench: .dockerignore leaves the benchmarks out of the context.
 COPY app ./app
 # pip byte-compiles the package, so the read-only container never needs to write .pyc files.
 RUN pip install --no-cache-dir --no-deps .
