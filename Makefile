@@ -19,8 +19,8 @@ test: install     ## the whole test suite
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check app tests
-	$(BIN)/ruff format --check app tests
+	$(BIN)/ruff check app tests deploy
+	$(BIN)/ruff format --check app tests deploy
 	$(BIN)/mypy
 
 ci:               ## what CI runs
