@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.ratelimit import TokenBucket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import ManualClock as Clock
 
 
 def test_burst_then_sustained_rate() -> None:

@@ -22,6 +22,7 @@ from app.streams.control import (
     ControlClient,
     ControlPlane,
 )
+from tests.support.clock import ManualClock
 from tests.support.streams import RecordingTarget, metric, read_stream
 
 Redis = redis.asyncio.Redis
@@ -29,11 +30,20 @@ TRANSCRIPT = {"type": "transcript", "data": {"id": "u1", "channelId": 0, "isFina
 
 
 @pytest.fixture
-async def planes(redis_url: str) -> AsyncIterator[tuple[ControlPlane, ControlPlane]]:
+def clock() -> ManualClock:
+    """The planes' rate-limit clock: tests move it instead of sleeping."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def planes(
+    redis_url: str, clock: ManualClock
+) -> AsyncIterator[tuple[ControlPlane, ControlPlane]]:
     clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
+    limits = {"event_rate": 1.0, "event_burst": 2, "clock": clock}
     pair = (
-        ControlPlane(clients[0], "replica-a", block_seconds=0.2, event_rate=1.0, event_burst=2),
-        ControlPlane(clients[1], "replica-b", block_seconds=0.2, event_rate=1.0, event_burst=2),
+        ControlPlane(clients[0], "replica-a", block_seconds=0.2, **limits),
+        ControlPlane(clients[1], "replica-b", block_seconds=0.2, **limits),
     )
     for plane in pair:
         await plane.start()
@@ -141,7 +151,7 @@ async def test_invalid_parameters_and_invalid_state(
 
 
 async def test_event_rate_limit_and_client_retry_after(
-    planes: tuple[ControlPlane, ControlPlane], redis_client: Redis
+    planes: tuple[ControlPlane, ControlPlane], redis_client: Redis, clock: ManualClock
 ) -> None:
     plane_a, _ = planes
     target = RecordingTarget()
@@ -152,16 +162,16 @@ async def test_event_rate_limit_and_client_retry_after(
         (await control.request("chatty", "event", entities=[TRANSCRIPT])).result for _ in range(3)
     ]
     assert results == [APPLIED, APPLIED, RATE_LIMITED_RESULT]  # burst 2
-    await asyncio.sleep(1.1)  # 1 token per second
+    clock.advance(1.1)  # 1 token per second
     assert (await control.request("chatty", "event", entities=[TRANSCRIPT])).result == APPLIED
 
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     plane_a.client_retry_after("chatty", 1.0)  # the client said 429, retryAfter 1 s
     held = await control.request("chatty", "event", entities=[TRANSCRIPT])
     assert held.result == RATE_LIMITED_RESULT
     assert held.detail is not None
     assert "retry after" in held.detail
-    await asyncio.sleep(1.1)
+    clock.advance(1.1)
     assert (await control.request("chatty", "event", entities=[TRANSCRIPT])).result == APPLIED
     assert len(target.applied) == 4
     # Rate limiting applies to `event` only.
