@@ -80,6 +80,7 @@ class Connection:
     """One live AudioHook session on this replica."""
 
     __slots__ = (
+        "__weakref__",  # its observer refers back to it weakly
         "_close_code",
         "_close_reason",
         "_done",
