@@ -32,7 +32,8 @@ Event entry schema (version "1"); every value is a string, `data` is a JSON obje
     seq              per-session event number, 1, 2, ...
     time             wall-clock time at the gateway, ISO 8601 UTC
     data             JSON: the fields given by the transport, plus
-                     opened: "media" ({"format", "rate", "channels"} or null), "stream" (the
+                     opened: "mode" (monitor | transcription: see the close window),
+                             "media" ({"format", "rate", "channels"} or null), "stream" (the
                              session stream key or null), "encryption_key_id"
                      closing: "reason", "position" (the client sent `close` and the close
                              window opened: all audio is before it; send final events,

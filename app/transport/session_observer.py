@@ -154,6 +154,8 @@ class SessionObserver:
                 "custom_config": event.custom_config,
                 "continued_sessions": event.continued_sessions,
                 "start_paused": event.start_paused,
+                # transcription: the client's `close` waits for the consumer's `finish`
+                "mode": integration.mode if integration else "monitor",
             },
         )
         self.gateway.control.register(event.session_id, self.connection)
