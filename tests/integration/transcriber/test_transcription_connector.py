@@ -62,7 +62,7 @@ def gateway(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[GatewayProc
 @pytest.fixture
 def transcriber(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     log = (tmp_path / "transcriber.log").open("wb")
-    process = subprocess.Popen(  # noqa: S603 - this interpreter, this checkout's command
+    process = subprocess.Popen(
         [sys.executable, "-P", "-m", "app.cli", "transcribe", "--redis-url", redis_server.url,
          "--group", GROUP, "--consumer", "member-1", "--sessions", "1"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
