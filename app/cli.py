@@ -1,4 +1,4 @@
-"""``audiohook-gateway``: serve | simulate | probe | consume | bench."""
+"""``audiohook-gateway``: serve | simulate | probe | consume | transcribe | bench."""
 
 from __future__ import annotations
 
@@ -49,11 +49,18 @@ def _consume(args: argparse.Namespace) -> int:
     return consumer.main(args)
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    from app.transcriber import cli  # PocketSphinx is imported only when a recogniser starts
+
+    return cli.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from app import healthcheck
     from app.bench import calls, hostile
     from app.client import probe, simulate
     from app.streams import consumer
+    from app.transcriber import cli as transcriber_cli
 
     parser = argparse.ArgumentParser(
         prog="audiohook-gateway",
@@ -96,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_file(consume_parser)
     consumer.add_arguments(consume_parser)
     consume_parser.set_defaults(handler=_consume)
+
+    transcribe_parser = commands.add_parser(
+        "transcribe",
+        help="transcribe transcription-mode sessions and send the transcripts back "
+        "(needs the `transcribe` extra)",
+    )
+    _add_env_file(transcribe_parser)
+    transcriber_cli.add_arguments(transcribe_parser)
+    transcribe_parser.set_defaults(handler=_transcribe)
 
     health_parser = commands.add_parser(
         "healthcheck",

@@ -18,6 +18,8 @@ from app.protocol.messages import format_duration
 from app.protocol.session import (
     AudioFrame,
     ClientError,
+    CloseRequested,
+    CloseWindowEnded,
     Discarded,
     DisconnectSent,
     InvalidStateError,
@@ -158,6 +160,8 @@ class SessionObserver:
                 "custom_config": event.custom_config,
                 "continued_sessions": event.continued_sessions,
                 "start_paused": event.start_paused,
+                # transcription: the client's `close` waits for the consumer's `finish`
+                "mode": integration.mode if integration else "monitor",
             },
         )
         connection = self._connection()
@@ -272,6 +276,20 @@ class SessionObserver:
                     "error_message": output.message[:MAX_LOGGED_ERROR_CHARS],
                 },
             )
+        elif isinstance(output, CloseRequested):
+            self._publish(
+                "closing",
+                {"reason": output.reason, "position": format_duration(output.position_samples)},
+            )
+        elif isinstance(output, CloseWindowEnded):
+            metrics.CLOSE_WINDOWS.labels(self.integration, output.outcome).inc()
+            metrics.CLOSE_WINDOW_SECONDS.observe(output.seconds)
+            if output.outcome == "expired":  # no consumer said `finish` in time
+                self._log(
+                    logging.INFO,
+                    "close window expired",
+                    extra={**self.log_fields, "seconds": round(output.seconds, 3)},
+                )
         elif isinstance(output, PingReceived):
             if output.rtt_seconds is not None:
                 metrics.CLIENT_RTT.observe(output.rtt_seconds)
@@ -354,6 +372,8 @@ class SessionObserver:
             elif name == "event":
                 dispatch(session.send_event(command.entities, now))
                 metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()
+            elif name == "finish":
+                dispatch(session.finish(now))
             else:
                 return "invalid"
         except InvalidStateError:
