@@ -1,8 +1,9 @@
-"""``audiohook-gateway``: serve | simulate | probe | bench | consume | healthcheck.
+"""``audiohook-gateway``: serve | simulate | probe | bench | consume | transcribe | healthcheck.
 
 Each command imports its own modules, and only when it is the one run: `serve` and
 `healthcheck` never import the Genesys-like client (`app.client`), the benchmarks
-(`app.bench`, which need the dev-only `psutil` in places) or the tools (`app.tools`). The
+(`app.bench`, which need the dev-only `psutil` in places), the tools (`app.tools`) or the
+reference transcriber (`app.transcriber`). The
 container image ships without `app.bench`; `bench` there says so instead of failing on import.
 """
 
@@ -89,6 +90,14 @@ def _setup_consume(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=consume.main)
 
 
+def _setup_transcribe(parser: argparse.ArgumentParser) -> None:
+    from app.transcriber import cli  # PocketSphinx is imported only when a recogniser starts
+
+    _add_env_file(parser)
+    cli.add_arguments(parser)
+    parser.set_defaults(handler=cli.main)
+
+
 def _setup_healthcheck(parser: argparse.ArgumentParser) -> None:
     from app import healthcheck
 
@@ -112,6 +121,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
         _setup_bench,
     ),
     "consume": ("write each session's audio from Redis to WAV files", _setup_consume),
+    "transcribe": (
+        "transcribe transcription-mode sessions and send the transcripts back "
+        "(needs the `transcribe` extra)",
+        _setup_transcribe,
+    ),
     "healthcheck": (
         "exit 0 when a client can reach this host's (or container's) listeners",
         _setup_healthcheck,

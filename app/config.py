@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.protocol.messages import is_language
+from app.protocol.session import MAX_CLOSE_WINDOW
+
 ENV_PREFIX = "AUDIOHOOK_"
 
 
@@ -68,7 +71,16 @@ class Settings(BaseSettings):
     )
     supported_languages: list[str] = Field(
         default_factory=list,
-        description="Languages reported in `opened.supportedLanguages` when asked (JSON list).",
+        description="Languages reported in `opened.supportedLanguages` when asked (JSON list); "
+        "an integration's own `supported_languages` replaces it.",
+    )
+    close_window_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=MAX_CLOSE_WINDOW,
+        description="For integrations in `transcription` mode: the longest wait between the "
+        "client's `close` and `closed` for the consumer's `finish` (final transcripts); an "
+        "integration's own `close_window_seconds` replaces it.",
     )
     max_frame_bytes: int = Field(
         65536,
@@ -82,7 +94,8 @@ class Settings(BaseSettings):
         default=SecretStr(""),
         description="JSON list of integrations: name, api_key, client_secrets (base64; any one "
         "verifies; [] allows unsigned requests), allowed_organizations, enabled, media_prefer, "
-        "media_formats, max_concurrent_sessions, start_paused, encryption_key_id.",
+        "media_formats, max_concurrent_sessions, start_paused, encryption_key_id, mode (monitor "
+        "or transcription), close_window_seconds, supported_languages.",
     )
     integrations_file: Path | None = Field(
         default=None,
@@ -182,6 +195,11 @@ class Settings(BaseSettings):
         for cidr in cidrs:
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
         return cidrs
+
+    @field_validator("supported_languages")
+    @classmethod
+    def _valid_languages(cls, languages: list[str]) -> list[str]:
+        return check_languages(languages)
 
     # --- redis streams -----------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -376,6 +394,14 @@ class Settings(BaseSettings):
         description="After each drain action, how long to wait for clients to close; the "
         "process exits anyway after grace + 2 x this (+ publisher flush).",
     )
+
+
+def check_languages(languages: list[str]) -> list[str]:
+    """Language codes as `opened.supportedLanguages` must carry them (`en-US`, not `en`)."""
+    for language in languages:
+        if not is_language(language):
+            raise ValueError(f"{language!r} is not a language code such as en-US")
+    return languages
 
 
 def load_settings(env_file: Path | None = None) -> Settings:

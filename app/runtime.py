@@ -234,19 +234,25 @@ class Gateway:
         prefer = settings.media_prefer
         start_paused = False
         allowed_orgs: frozenset[str] | None = None
+        languages = tuple(settings.supported_languages)
+        close_window = 0.0
         if integration is not None:
             formats = tuple(integration.media_formats or formats)
             prefer = integration.media_prefer or prefer
             start_paused = integration.start_paused
+            if integration.supported_languages is not None:
+                languages = tuple(integration.supported_languages)
+            close_window = integration.close_window(settings.close_window_seconds)
             if not integration.any_organization:
                 allowed_orgs = frozenset(integration.allowed_organizations or ())
         return SessionConfig(
             media_policy=MediaPolicy(formats=formats, prefer=prefer),
             start_paused=start_paused,
-            supported_languages=tuple(settings.supported_languages),
+            supported_languages=languages,
             open_timeout=settings.open_timeout_seconds,
             idle_timeout=settings.idle_timeout_seconds,
             close_timeout=settings.close_timeout_seconds,
+            close_window=close_window,
             max_frame_bytes=settings.max_frame_bytes,
             allowed_organizations=allowed_orgs,
             max_audio_speed=settings.max_audio_speed,

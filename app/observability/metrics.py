@@ -179,6 +179,20 @@ EVENT_MESSAGES_SENT = Counter(
     "event_messages_sent", "`event` messages sent to clients.", ["integration"],
     namespace=NAMESPACE,
 )  # fmt: skip
+CLOSE_WINDOWS = Counter(
+    "close_windows",
+    "Close windows (between the client's `close` and `closed`, for final transcripts) ended, "
+    "by outcome: finished (the consumer's `finish`), expired (the bound), drained, dropped "
+    "(the socket went first).",
+    ["integration", "outcome"],
+    namespace=NAMESPACE,
+)
+CLOSE_WINDOW_SECONDS = Histogram(
+    "close_window_seconds",
+    "Length of close windows, from the client's `close` to `closed`.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0),
+    namespace=NAMESPACE,
+)
 RATE_LIMITED = Counter(
     "rate_limited", "Actions refused by a rate limit, by kind.", ["kind"], namespace=NAMESPACE
 )

@@ -45,7 +45,7 @@ class SessionState(StrEnum):
     OPENING = "OPENING"  # `open` received, `opened` not yet sent (authentication pending)
     ACTIVE = "ACTIVE"
     PAUSED = "PAUSED"
-    CLOSING = "CLOSING"  # transient: `close` received, `closed` being sent
+    CLOSING = "CLOSING"  # `close` received; `closed` waits for the close window, if any
     CLOSED = "CLOSED"  # `closed` sent; waiting for the client to drop the socket
     SIGNALED_ERROR = "SIGNALED_ERROR"  # server sent `disconnect` error
     UNAUTHORIZED = "UNAUTHORIZED"  # server sent `disconnect` unauthorized
@@ -135,6 +135,26 @@ class LanguageUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class CloseRequested:
+    """The client sent `close` and the close window opened: `closed` waits for the consumer's
+    `finish` or the window's end; events may still be sent (docs/protocol.md §4.6)."""
+
+    reason: str
+    position_samples: int
+
+
+CloseWindowOutcome: TypeAlias = Literal["finished", "expired", "drained", "dropped"]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseWindowEnded:
+    """The close window ended (`closed` sent, unless the socket went: `dropped`)."""
+
+    outcome: CloseWindowOutcome
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClientError:
     code: int
     message: str
@@ -184,6 +204,8 @@ Output: TypeAlias = (
     | Resumed
     | Discarded
     | LanguageUpdated
+    | CloseRequested
+    | CloseWindowEnded
     | ClientError
     | PingReceived
     | ProtocolViolation
@@ -195,6 +217,10 @@ Output: TypeAlias = (
 # enough for in-flight audio and its `close`; one more and the socket is closed at once, so
 # nothing it keeps sending costs more than counting.
 MAX_MESSAGES_AFTER_END: Final = 64
+
+# The reference client gives up 10 s after its `close` (docs/protocol.md §7): a close window
+# must end, and `closed` reach it, before that.
+MAX_CLOSE_WINDOW: Final = 9.0
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -208,6 +234,9 @@ class SessionConfig:
     open_timeout: float = 10.0  # seconds from connect to `open`
     idle_timeout: float = 30.0  # no text or binary frame for this long -> disconnect error
     close_timeout: float = 10.0  # after `closed` or a server `disconnect`, then CloseConnection
+    # Longest wait between the client's `close` and `closed` for a consumer's `finish`, so
+    # that final transcripts reach the client; 0 answers `close` at once (Monitor).
+    close_window: float = 0.0
     max_frame_bytes: int = 65536
     allowed_organizations: frozenset[str] | None = None  # None = any org
     # Rate bounds, well above what a real-time client sends; 0 turns a bound off. Audio may
@@ -224,9 +253,16 @@ class SessionConfig:
                 raise ValueError(f"{name} must be > 0")
         if self.max_frame_bytes <= 0:
             raise ValueError("max_frame_bytes must be > 0")
-        for name in ("max_audio_speed", "audio_burst_seconds", "max_messages_per_second"):
+        for name in (
+            "max_audio_speed",
+            "audio_burst_seconds",
+            "max_messages_per_second",
+            "close_window",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.close_window > MAX_CLOSE_WINDOW:
+            raise ValueError(f"close_window must be <= {MAX_CLOSE_WINDOW}")
         if self.allowed_organizations is not None:
             # UUIDs compare case-insensitively.
             lowered = frozenset(org.lower() for org in self.allowed_organizations)
@@ -288,6 +324,9 @@ class ServerSession:
         self._last_received_at = now
         self._close_deadline: float | None = None
         self._close_code = CLOSE_NORMAL
+        self._close_window_deadline: float | None = None  # set while the close window is open
+        self._close_window_opened_at = 0.0
+        self._close_reason = ""
         self._socket_closing = False  # CloseConnection emitted
         self._session_closed_emitted = False
         self._server_seq = 0
@@ -382,6 +421,8 @@ class ServerSession:
             return None
         if self._close_deadline is not None:
             return self._close_deadline
+        if self._close_window_deadline is not None:
+            return self._close_window_deadline
         if self._unauthorized_at is not None:
             return self._unauthorized_at
         if self._state in (_S.PREPARING, _S.OPENING):
@@ -639,7 +680,12 @@ class ServerSession:
     def _on_close(self, reason: str, now: float) -> list[Output]:
         if self._state is _S.CLOSING:
             return []
+        if self._config.close_window > 0 and self._state in _STREAMING:
+            return self._open_close_window(reason, now)
         self._set_state(_S.CLOSING)
+        return self._answer_close(reason, now)
+
+    def _answer_close(self, reason: str, now: float) -> list[Output]:
         self._pending_open = None  # no `opened` after a `close`
         closed = self._send("closed", {})
         self._set_state(_S.CLOSED)
@@ -662,6 +708,8 @@ class ServerSession:
             out: list[Output] = [CloseConnection(self._close_code, reason)]
             out += self._session_closed(None)
             return out
+        if self._close_window_deadline is not None:
+            return self._end_close_window("expired", now)
         if self._unauthorized_at is not None:
             self._unauthorized_at = None
             return self._disconnect("unauthorized", UNAUTHORIZED_INFO, now)
@@ -675,9 +723,15 @@ class ServerSession:
         self._pending_open = None
         self._close_deadline = None
         self._unauthorized_at = None
+        out: list[Output] = []
+        reason: str | None = None
+        if self._close_window_deadline is not None:  # the client closed, then left
+            reason = self._close_reason
+            out.append(self._close_window_ended("dropped", now))
         # The open transaction settles when authentication completes (then DISCONNECTED).
         self._set_state(_S.FINALIZING if self._authenticated is None else _S.DISCONNECTED)
-        return list(self._session_closed(None))
+        out += self._session_closed(reason)
+        return out
 
     def complete_authentication(
         self, ok: bool, now: float, info: str = UNAUTHORIZED_INFO
@@ -732,6 +786,36 @@ class ServerSession:
     def send_event(self, entities: list[dict[str, Any]], now: float) -> list[Output]:
         self._require(_EVENT_STATES, "event")
         return [self._send("event", event_parameters(entities))]
+
+    # --- the close window (docs/protocol.md §4.6) ------------------------------------------
+
+    @property
+    def in_close_window(self) -> bool:
+        return self._close_window_deadline is not None and not self.is_finished
+
+    def finish(self, now: float, outcome: CloseWindowOutcome = "finished") -> list[Output]:
+        """The consumer is done (its final transcripts sent), or the replica is draining
+        (`outcome="drained"`): end the close window with `closed`."""
+        if not self.in_close_window:
+            raise InvalidStateError(f"cannot finish in state {self._state}: no close window")
+        return self._end_close_window(outcome, now)
+
+    def _open_close_window(self, reason: str, now: float) -> list[Output]:
+        # CLOSING: audio is refused (counted, not answered), `event` may still be sent, and
+        # `closed` waits; the deadline bounds the wait whatever the consumer does.
+        self._set_state(_S.CLOSING)
+        self._close_reason = reason
+        self._close_window_opened_at = now
+        self._close_window_deadline = now + self._config.close_window
+        return [CloseRequested(reason, self._position)]
+
+    def _end_close_window(self, outcome: CloseWindowOutcome, now: float) -> list[Output]:
+        ended = self._close_window_ended(outcome, now)
+        return [ended, *self._answer_close(self._close_reason, now)]
+
+    def _close_window_ended(self, outcome: CloseWindowOutcome, now: float) -> CloseWindowEnded:
+        self._close_window_deadline = None
+        return CloseWindowEnded(outcome, max(0.0, now - self._close_window_opened_at))
 
     # --- helpers -------------------------------------------------------------------------
 

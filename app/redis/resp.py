@@ -77,7 +77,13 @@ class PipelineConnection:
         connection = self._connection
         if connection is None:
             pool = client.connection_pool
-            settings = {**pool.connection_kwargs, "socket_timeout": None}
+            # No health check either: redis-py's is a clock read per reply (each a getpid()
+            # system call on Python 3.11), and a failed round trip reconnects anyway.
+            settings = {
+                **pool.connection_kwargs,
+                "socket_timeout": None,
+                "health_check_interval": 0,
+            }
             connection = self._connection = pool.connection_class(**settings)
         return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
             lambda: _round_trip(connection, commands, read_timeout),

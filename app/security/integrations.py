@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from app.config import check_languages
+from app.protocol.session import MAX_CLOSE_WINDOW
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -65,6 +68,12 @@ class Integration(BaseModel):
     max_concurrent_sessions: int | None = Field(default=None, ge=1)
     start_paused: bool = False
     encryption_key_id: str | None = None
+    # `transcription`: the client's `close` opens a close window (docs/protocol.md §4.6) so
+    # that a consumer's final transcripts reach Genesys before `closed`; `monitor` answers at once.
+    mode: Literal["monitor", "transcription"] = "monitor"
+    close_window_seconds: float | None = Field(default=None, ge=0, le=MAX_CLOSE_WINDOW)
+    # Replaces AUDIOHOOK_SUPPORTED_LANGUAGES for this integration's `opened.supportedLanguages`.
+    supported_languages: list[str] | None = None
 
     _secret_keys: tuple[bytes, ...] = PrivateAttr(default=())
 
@@ -74,6 +83,11 @@ class Integration(BaseModel):
         for secret in secrets:
             decode_secret(secret)
         return secrets
+
+    @field_validator("supported_languages")
+    @classmethod
+    def _valid_languages(cls, languages: list[str] | None) -> list[str] | None:
+        return None if languages is None else check_languages(languages)
 
     @field_validator("allowed_organizations")
     @classmethod
@@ -101,6 +115,13 @@ class Integration(BaseModel):
     def any_organization(self) -> bool:
         orgs = self.allowed_organizations
         return orgs is None or orgs == [ANY_ORGANIZATION]
+
+    def close_window(self, default_seconds: float) -> float:
+        """Seconds `closed` may wait for the consumer's `finish`: its own setting, else
+        `default_seconds` in transcription mode, else 0 (answered at once)."""
+        if self.close_window_seconds is not None:
+            return self.close_window_seconds
+        return default_seconds if self.mode == "transcription" else 0.0
 
     def allows_organization(self, organization_id: str) -> bool:
         orgs = self.allowed_organizations

@@ -9,7 +9,8 @@ both in the stream `audiohook:control:replies` (audit trail) and in a short-live
 `audiohook:control:reply:{<commandId>}` the sender pops. A command for an unknown or closed
 session is answered `unknown_session` (by the sender when no replica owns the session, else
 by the replica). Results: applied, unknown_session, invalid_state
-(e.g. `event` before the session is open), invalid (bad parameters), rate_limited.
+(e.g. `event` before the session is open, `finish` outside a close window), invalid (bad
+parameters), rate_limited.
 
 Consumer side:
 
@@ -24,6 +25,8 @@ Consumer side:
     if reply.result == "rate_limited":
         ...                                 # reply.detail says when to try again
     await control.request(session_id, "disconnect", reason="completed", info="done")
+    # after the client's `close` (event `closing`), with the final transcripts sent:
+    await control.request(session_id, "finish")   # ends the close window: `closed` is sent
 
     # or fire and collect later:
     command_id = await control.send(session_id, "pause")
@@ -66,7 +69,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("app.streams.control")
 
-COMMANDS: Final = frozenset({"pause", "resume", "disconnect", "event"})
+COMMANDS: Final = frozenset({"pause", "resume", "disconnect", "event", "finish"})
 DISCONNECT_REASONS: Final[frozenset[str]] = frozenset(get_args(DisconnectReason))
 
 APPLIED: Final = "applied"
@@ -101,7 +104,7 @@ def is_disconnect_reason(value: object) -> TypeGuard[DisconnectReason]:
 class ControlCommand:
     """A validated command for one session. `params` by command: disconnect -> `reason`
     (completed | error | unauthorized, default completed) and optional `info`; event ->
-    `entities` (non-empty list of {"type": str, "data": {...}}); pause/resume -> none."""
+    `entities` (non-empty list of {"type": str, "data": {...}}); pause/resume/finish -> none."""
 
     command_id: str
     session_id: str
@@ -181,7 +184,7 @@ def validate(command: str, params: Mapping[str, Any]) -> str | None:
     """None when the command and its parameters are acceptable, else why not."""
     if command not in COMMANDS:
         return "unknown command"
-    if command in ("pause", "resume"):
+    if command in ("pause", "resume", "finish"):
         return "takes no parameters" if params else None
     if command == "disconnect":
         if set(params) - {"reason", "info"}:

@@ -25,14 +25,19 @@ Event entry schema (version "1"); every value is a string, `data` is a JSON obje
 
     schema           "1"
     type             opened | paused | resumed | discarded | language_updated | client_error
-                     | closed (the transport may add other types; consumers ignore unknown ones)
+                     | closing | closed (the transport may add other types; consumers ignore
+                     unknown ones)
     session_id, correlation_id, conversation_id, organization_id, integration
     probe            "1" for a connection probe (only published when publish_probe_events)
     seq              per-session event number, 1, 2, ...
     time             wall-clock time at the gateway, ISO 8601 UTC
     data             JSON: the fields given by the transport, plus
-                     opened: "media" ({"format", "rate", "channels"} or null), "stream" (the
+                     opened: "mode" (monitor | transcription: see the close window),
+                             "media" ({"format", "rate", "channels"} or null), "stream" (the
                              session stream key or null), "encryption_key_id"
+                     closing: "reason", "position" (the client sent `close` and the close
+                             window opened: all audio is before it; send final events,
+                             then the `finish` command)
                      closed: "reason", "counts" (from the transport), "frames_lost",
                              "last_entry" (id of this closed entry in the session stream)
 

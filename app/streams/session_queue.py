@@ -28,7 +28,16 @@ log = logging.getLogger("app.streams.publisher")
 
 SCHEMA_VERSION: Final = "1"
 EVENT_TYPES: Final = frozenset(
-    {"opened", "paused", "resumed", "discarded", "language_updated", "client_error", "closed"}
+    {
+        "opened",
+        "paused",
+        "resumed",
+        "discarded",
+        "language_updated",
+        "client_error",
+        "closing",
+        "closed",
+    }
 )
 F_OFFSET: Final = b"offset"
 F_SAMPLES: Final = b"samples"

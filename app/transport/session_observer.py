@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from app.protocol.messages import format_duration
 from app.protocol.session import (
     AudioFrame,
     ClientError,
+    CloseRequested,
+    CloseWindowEnded,
     Discarded,
     DisconnectSent,
     InvalidStateError,
@@ -59,6 +62,7 @@ AUTH_FAILURE_REASONS = {
 class SessionObserver:
     __slots__ = (
         "_bytes",
+        "_connection",
         "_frames",
         "_log_budget",
         "_open_received_at",
@@ -67,17 +71,21 @@ class SessionObserver:
         "_seconds",
         "_unreported",
         "admission",
-        "connection",
         "gateway",
         "integration",
         "log_fields",
         "publisher",
+        "session",
     )
 
     def __init__(self, gateway: Gateway, admission: Admission, connection: Connection) -> None:
         self.gateway = gateway
         self.admission = admission
-        self.connection = connection
+        # Weak: the connection holds its observer, and an ended session must be freed by
+        # reference counting. Cycles left to the collector are walked by its full passes,
+        # which grow with every live session and stall the event loop for all of them.
+        self._connection = weakref.ref(connection)
+        self.session = connection.session
         self.integration = (
             admission.integration.name if admission.integration else UNKNOWN_INTEGRATION
         )
@@ -141,7 +149,7 @@ class SessionObserver:
             self.publisher = self._open_publisher(event, integration)
         except ValueError as exc:  # a session id already live here, or an unknown key id
             log.error("session cannot be published", extra={**self.log_fields, "error": str(exc)})
-            self.connection.end_with_error("Server Error: session cannot be recorded")
+            self._end_with_error("Server Error: session cannot be recorded")
             return
         self.publisher.event(
             "opened",
@@ -152,9 +160,13 @@ class SessionObserver:
                 "custom_config": event.custom_config,
                 "continued_sessions": event.continued_sessions,
                 "start_paused": event.start_paused,
+                # transcription: the client's `close` waits for the consumer's `finish`
+                "mode": integration.mode if integration else "monitor",
             },
         )
-        self.gateway.control.register(event.session_id, self.connection)
+        connection = self._connection()
+        if connection is not None:
+            self.gateway.control.register(event.session_id, connection)
         self._registered = True
         log.info(
             "session opened",
@@ -200,7 +212,7 @@ class SessionObserver:
 
     async def finished(self) -> None:
         self._report_audio()
-        after_end = self.connection.session.messages_after_end
+        after_end = self.session.messages_after_end
         if after_end:
             metrics.MESSAGES_AFTER_END.labels(self.integration).inc(after_end)
         suppressed = -self._log_budget if self._log_budget < 0 else 0
@@ -218,6 +230,9 @@ class SessionObserver:
         if self._registered:
             self.gateway.control.unregister(self.admission.session_id)
         metrics.SESSIONS_ACTIVE.labels(self.integration).dec()
+        # The publisher's overflow callback refers to this observer: without this, each ended
+        # session would be a reference cycle left for the collector (see __init__).
+        self.publisher = None
 
     def event(self, output: Output) -> None:
         """Every domain event other than audio, open and close."""
@@ -261,6 +276,20 @@ class SessionObserver:
                     "error_message": output.message[:MAX_LOGGED_ERROR_CHARS],
                 },
             )
+        elif isinstance(output, CloseRequested):
+            self._publish(
+                "closing",
+                {"reason": output.reason, "position": format_duration(output.position_samples)},
+            )
+        elif isinstance(output, CloseWindowEnded):
+            metrics.CLOSE_WINDOWS.labels(self.integration, output.outcome).inc()
+            metrics.CLOSE_WINDOW_SECONDS.observe(output.seconds)
+            if output.outcome == "expired":  # no consumer said `finish` in time
+                self._log(
+                    logging.INFO,
+                    "close window expired",
+                    extra={**self.log_fields, "seconds": round(output.seconds, 3)},
+                )
         elif isinstance(output, PingReceived):
             if output.rtt_seconds is not None:
                 metrics.CLIENT_RTT.observe(output.rtt_seconds)
@@ -306,7 +335,12 @@ class SessionObserver:
     # --- trouble ------------------------------------------------------------------------------
     def _publishing_failed(self) -> None:
         # The publisher has logged and counted why (backlog overflow or a failed write).
-        self.connection.end_with_error("Server Error: audio backlog overflow")
+        self._end_with_error("Server Error: audio backlog overflow")
+
+    def _end_with_error(self, info: str) -> None:
+        connection = self._connection()
+        if connection is not None:  # else the session is over already
+            connection.end_with_error(info)
 
     def oversized_message(self) -> None:
         metrics.PROTOCOL_ERRORS.labels("message_too_large").inc()
@@ -325,7 +359,7 @@ class SessionObserver:
     def apply_command(
         self, command: ControlCommand, dispatch: Callable[[list[Output]], None]
     ) -> str:
-        session = self.connection.session
+        session = self.session
         now = time.monotonic()
         name = command.command
         try:
@@ -338,6 +372,8 @@ class SessionObserver:
             elif name == "event":
                 dispatch(session.send_event(command.entities, now))
                 metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()
+            elif name == "finish":
+                dispatch(session.finish(now))
             else:
                 return "invalid"
         except InvalidStateError:

@@ -80,6 +80,7 @@ class Connection:
     """One live AudioHook session on this replica."""
 
     __slots__ = (
+        "__weakref__",  # its observer refers back to it weakly
         "_close_code",
         "_close_reason",
         "_done",
@@ -350,6 +351,9 @@ class Connection:
 
     def drain(self, action: str) -> None:
         now = time.monotonic()
+        if self.session.in_close_window:  # the replica is going: `closed` now, not later
+            self._dispatch(self.session.finish(now, outcome="drained"))
+            return
         with contextlib.suppress(InvalidStateError):
             if action == "reconnect":
                 self._dispatch(self.session.reconnect("server shutting down", now))

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 # The tool packages, and the dev-only dependency some of them need.
-TOOLS = ("app.bench", "app.client", "app.tools", "psutil")
+TOOLS = ("app.bench", "app.client", "app.tools", "app.transcriber", "psutil")
 
 
 def _imported_after(code: str) -> set[str]:
@@ -50,7 +50,12 @@ def test_healthcheck_imports_no_tool() -> None:
 
 @pytest.mark.parametrize(
     ("command", "package"),
-    [("simulate", "app.client"), ("bench", "app.bench"), ("consume", "app.tools")],
+    [
+        ("simulate", "app.client"),
+        ("bench", "app.bench"),
+        ("consume", "app.tools"),
+        ("transcribe", "app.transcriber"),
+    ],
 )
 def test_a_tool_is_imported_for_its_own_command(command: str, package: str) -> None:
     modules = _imported_after(f"from app import cli\ncli.build_parser({command!r})")

@@ -201,3 +201,38 @@ async def test_reload_loop_picks_up_changes(tmp_path: Path) -> None:
 
 async def test_reload_loop_without_file_returns() -> None:
     await asyncio.wait_for(IntegrationRegistry().run_reload_loop(0.01), timeout=5)
+
+
+def test_close_window_by_mode() -> None:
+    monitor, transcription, own = parse_integrations(
+        json.dumps(
+            [
+                entry("m", "key-m"),
+                entry("t", "key-t", mode="transcription"),
+                entry("o", "key-o", mode="transcription", close_window_seconds=2.5),
+            ]
+        ),
+        "test",
+    )
+    assert monitor.close_window(5.0) == 0.0  # Monitor answers `close` at once
+    assert transcription.close_window(5.0) == 5.0  # the gateway's default
+    assert own.close_window(5.0) == 2.5
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"mode": "voicebot"},
+        {"close_window_seconds": 9.5},  # past the reference client's 10 s wait for `closed`
+        {"close_window_seconds": -1},
+        {"supported_languages": ["en"]},  # a bare language is not a language code
+    ],
+)
+def test_transcription_fields_are_checked(extra: dict[str, object]) -> None:
+    with pytest.raises(IntegrationConfigError):
+        parse_integrations(json.dumps([entry("a", "key-a", **extra)]), "test")
+
+
+def test_supported_languages_setting_is_checked() -> None:
+    with pytest.raises(ValueError, match="language code"):
+        Settings(supported_languages=["english"])

@@ -16,6 +16,7 @@ ENTITY = {"type": "transcript", "data": {"id": "x"}}
     [
         ("pause", {}),
         ("resume", {}),
+        ("finish", {}),
         ("disconnect", {}),
         ("disconnect", {"reason": "error", "info": "consumer failed"}),
         ("event", {"entities": [ENTITY, {"type": "agentassist", "data": {}}]}),
@@ -30,6 +31,7 @@ def test_valid(command: str, params: dict[str, Any]) -> None:
     [
         ("reconnect", {}),
         ("pause", {"x": 1}),
+        ("finish", {"reason": "end"}),
         ("disconnect", {"reason": "bored"}),
         ("disconnect", {"info": 5}),
         ("disconnect", {"info": "x" * 1001}),
