@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import WebSocketRoute
 
 from app import __version__
 from app.config import Settings
@@ -34,7 +35,9 @@ def create_app(settings: Settings) -> FastAPI:
         openapi_url=None,
     )
     app.state.gateway = gateway
-    app.add_api_websocket_route(settings.ws_path, audiohook_endpoint)
+    # Starlette's plain route: FastAPI's would solve dependencies per upgrade and keep three
+    # exit stacks per live session, for an endpoint that takes only the WebSocket.
+    app.router.routes.append(WebSocketRoute(settings.ws_path, audiohook_endpoint))
     if settings.metrics_port == 0:
         app.router.routes.extend(operational_routes(gateway))
     return app

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from starlette.datastructures import Headers
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
@@ -87,7 +88,8 @@ class Refusal:
 async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | Refusal:
     """Decide on an upgrade request. Every refusal is counted and logged here; the endpoint
     sends it. Failed authentication is admitted (unauthenticated) unless configured for 401."""
-    headers = websocket.headers
+    # Not `websocket.headers`: that one is cached on the WebSocket for the life of the call.
+    headers = Headers(scope=websocket.scope)
     peer = websocket.client.host if websocket.client else None
     address = gateway.allowlist.client_address(peer, headers.getlist("x-forwarded-for"))
     client_address = str(address) if address is not None else "unknown"

@@ -70,6 +70,8 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         return
     try:
         await websocket.accept()
+        # Admission has read the upgrade's headers; a live call need not keep them.
+        websocket.scope["headers"] = []
         connection = Connection(websocket, gateway, admission, connected_at)
         await connection.run()
     finally:

@@ -212,6 +212,20 @@ class MessageSink(Protocol):
 MAX_BYTES_AFTER_CLOSE = 256 * 1024
 
 
+class _NoReceiveQueue:
+    """Stands in for uvicorn's ASGI receive queue once messages go straight to the session:
+    what uvicorn still puts there (the disconnect event) has no reader."""
+
+    def put_nowait(self, event: object) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+
+_NO_RECEIVE_QUEUE = _NoReceiveQueue()
+
+
 class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _sink: MessageSink | None = None  # set by take_over: direct mode
     _parser: FrameParser | None = None
@@ -260,6 +274,10 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         self._refilled_at = self.loop.time()
         if self._early_data or self.conn.reader.buffer or not self.queue.empty():
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
+        # uvicorn keeps the handshake's request and response (every header, a few KB) for the
+        # life of the connection; nothing reads them again.
+        self.request = self.response = None  # type: ignore[assignment]
+        self.queue = _NO_RECEIVE_QUEUE  # type: ignore[assignment]  # four deques, 3 KB
 
     def _control(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
