@@ -61,6 +61,17 @@ def test_flush_ends_the_open_utterance() -> None:
     assert segmenter.flush() == []
 
 
+def test_a_fragment_shorter_than_100_ms_is_dropped() -> None:
+    segmenter = Segmenter(0)
+    # speech starting 60 ms before the close: too short to hold a word, no transcript
+    assert feed(segmenter, 0, quiet(0.94) + tone(0.06)) == []
+    assert segmenter.flush() == []
+    # a click in the middle of a call is dropped the same way; 100 ms is kept
+    assert feed(segmenter, RATE, tone(0.06) + quiet(0.6)) == []
+    [kept] = feed(segmenter, 2 * RATE, tone(0.1) + quiet(0.6))
+    assert (kept.start, kept.end) == (2 * RATE, 2 * RATE + round(0.1 * RATE))
+
+
 def test_a_discarded_gap_keeps_the_utterance_on_the_timeline() -> None:
     segmenter = Segmenter(0)
     feed(segmenter, 0, tone(0.4))
