@@ -49,7 +49,7 @@ class TranscriberOptions:
     consumer: str = "transcriber"
     all_modes: bool = False  # also sessions of Monitor integrations (they get no close window)
     start_id: str = "$"  # when the group is created: only sessions opened from now on
-    offsets: Offsets = "stream"  # or "received": discarded and paused time not counted
+    offsets: Offsets = "stream"  # or "received": gaps the client reported take no time
     block_seconds: float = 1.0
     idle_timeout: float = 120.0  # a session stream silent this long without `closed` is left
 

@@ -2,8 +2,8 @@
 
 The session stream holds the audio and, inline and in order, the lifecycle events
 (app/streams/publisher.py). What they mean for transcripts (docs/protocol.md §5.5):
-`paused` ends the open utterances (the audio stops; after `resumed` the offsets jump by the
-paused time); `language_updated` ends them and switches language; `discarded` does not (the
+`paused` ends the open utterances (the audio stops; after `resumed` the offsets jump by what
+it reports discarded); `language_updated` ends them and switches language; `discarded` does not (the
 gap is on the timeline); `closing` ends them and asks for `finish`; `closed` ends the session.
 
 Offsets are on the stream timeline the entries carry (the audio received plus what the client
