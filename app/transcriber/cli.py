@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from app.transcriber.follow import DEFAULT_GROUP, Transcriber, TranscriberOptions
+from app.transcriber.session import OFFSETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="When creating the group, also take sessions already in the events stream.",
     )  # fmt: skip
     parser.add_argument("--sessions", type=int, default=None, help="Exit after this many sessions.")
+    parser.add_argument(
+        "--offsets", choices=OFFSETS, default="stream",
+        help="Timeline of transcript offsets: 'stream' (default: the client's, on which audio "
+        "it reports discarded, during a pause too, takes its time) or 'received' (the audio "
+        "received only, as the conformance suite's reference server counts).",
+    )  # fmt: skip
     parser.add_argument(
         "--recognizer", default=None,
         help="module:Class of another recogniser (default: PocketSphinx, US English).",
@@ -70,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
         consumer=args.consumer or f"{socket.gethostname()}-{os.getpid()}",
         all_modes=args.all_modes,
         start_id="0" if args.from_start else "$",
+        offsets=args.offsets,
     )
     keys = parse_keys(settings.payload_encryption_keys.get_secret_value())
 

@@ -35,7 +35,7 @@ from app.tools.consume import (
 from app.transcriber.audio import upsample
 from app.transcriber.entities import transcript_entity
 from app.transcriber.recognizer import Recognizer
-from app.transcriber.session import SessionTranscript, Work
+from app.transcriber.session import Offsets, SessionTranscript, Work
 
 log = logging.getLogger("app.transcriber")
 
@@ -49,6 +49,7 @@ class TranscriberOptions:
     consumer: str = "transcriber"
     all_modes: bool = False  # also sessions of Monitor integrations (they get no close window)
     start_id: str = "$"  # when the group is created: only sessions opened from now on
+    offsets: Offsets = "stream"  # or "received": gaps the client reported take no time
     block_seconds: float = 1.0
     idle_timeout: float = 120.0  # a session stream silent this long without `closed` is left
 
@@ -122,7 +123,7 @@ class Transcriber:
         language = data.get("language")
         if media is None:
             return None
-        transcript = SessionTranscript(media, language)
+        transcript = SessionTranscript(media, language, offsets=self._options.offsets)
         session_id = event["session_id"]
         stream = data.get("stream") or redis_keys.audio_stream(session_id)
         log.info("transcribing session", extra={"session_id": session_id, "language": language})

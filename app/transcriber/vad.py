@@ -1,9 +1,9 @@
 """Utterances of one channel, by frame energy, on the session timeline.
 
-Fed audio chunks with their timeline offsets (samples at 8000 Hz, which already count paused
-and discarded spans), it reports each utterance with the offset of its first and the end of
-its last voiced frame. A gap in the offsets (discarded audio) does not end an utterance; a
-pause or language update does, through `flush` (docs/protocol.md §5.5).
+Fed audio chunks with their timeline offsets (samples at 8000 Hz), it reports each utterance
+with the offset of its first and the end of its last voiced frame; one shorter than 100 ms is
+dropped. A gap in the offsets (discarded audio) does not end an utterance; a pause or language
+update does, through `flush` (docs/protocol.md §5.5).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class VadConfig:
     threshold_rms: float = 400.0  # about -38 dBFS: speech on a call line, not its hiss
     start_frames: int = 2  # voiced frames in a row that start an utterance
     end_frames: int = 15  # unvoiced frames in a row (300 ms) that end one
+    min_frames: int = 5  # 100 ms: a shorter one (a click, a word cut off by the close) is dropped
     context_frames: int = 10  # audio kept before and after it for the recogniser
     max_frames: int = 1000  # 20 s: a longer utterance is cut (a final transcript each)
 
@@ -105,6 +106,8 @@ class Segmenter:
         self._start = None
         self._voiced_run = 0
         self._before.clear()
+        if self._end - start < self._config.min_frames * FRAME_SAMPLES:
+            return []  # too short to hold a word: no transcript
         audio = array("h")
         for _offset, samples in frames:
             audio += samples

@@ -61,6 +61,17 @@ def test_flush_ends_the_open_utterance() -> None:
     assert segmenter.flush() == []
 
 
+def test_a_fragment_shorter_than_100_ms_is_dropped() -> None:
+    segmenter = Segmenter(0)
+    # speech starting 60 ms before the close: too short to hold a word, no transcript
+    assert feed(segmenter, 0, quiet(0.94) + tone(0.06)) == []
+    assert segmenter.flush() == []
+    # a click in the middle of a call is dropped the same way; 100 ms is kept
+    assert feed(segmenter, RATE, tone(0.06) + quiet(0.6)) == []
+    [kept] = feed(segmenter, 2 * RATE, tone(0.1) + quiet(0.6))
+    assert (kept.start, kept.end) == (2 * RATE, 2 * RATE + round(0.1 * RATE))
+
+
 def test_a_discarded_gap_keeps_the_utterance_on_the_timeline() -> None:
     segmenter = Segmenter(0)
     feed(segmenter, 0, tone(0.4))
@@ -94,6 +105,26 @@ def test_session_events_flush_and_switch_language() -> None:
     assert last.start == round(11.8 * RATE)
     assert transcript.ended
     assert transcript.finish_requested
+
+
+def test_offsets_on_the_stream_or_on_the_received_audio() -> None:
+    """The conformance suite's discard case: `discarded` {8.0 s, 0.5 s} in an utterance,
+    then a pause whose `resumed` reports 10 s discarded."""
+    by_mode = {}
+    for mode in ("stream", "received"):
+        transcript = SessionTranscript(STEREO_L16, "en-US", offsets=mode)
+        transcript.audio(0, interleave(quiet(7.0), tone(7.0)))
+        assert transcript.event("discarded", {"start": "PT7S", "discarded": "PT0.5S"}) == []
+        transcript.audio(round(7.5 * RATE), interleave(quiet(1.0), tone(1.0)))
+        [(first, _)] = transcript.event("paused", {})
+        assert transcript.event("resumed", {"start": "PT8.5S", "discarded": "PT10S"}) == []
+        transcript.audio(round(18.5 * RATE), interleave(quiet(1.0), tone(1.0)))
+        [(second, _)] = transcript.event("closing", {"reason": "end"})
+        by_mode[mode] = [(u.channel, u.start / RATE, u.end / RATE) for u in (first, second)]
+    # the stream timeline: the discarded 0.5 s and the paused 10 s take their time
+    assert by_mode["stream"] == [(1, 0.0, 8.5), (1, 18.5, 19.5)]
+    # the received audio: 9 s of it, with no gaps
+    assert by_mode["received"] == [(1, 0.0, 8.0), (1, 8.0, 9.0)]
 
 
 def test_closed_without_closing_asks_no_finish() -> None:
