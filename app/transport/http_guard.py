@@ -33,6 +33,7 @@ from app.observability import metrics
 from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains
 from app.transport.load_shedding import CONNECTED_AT, OVERLOADED_TEXT, RETRY_AFTER_SECONDS
+from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
     from app.runtime import Gateway
@@ -165,6 +166,13 @@ def guarded_http_protocol(
                 return
             self.handle_websocket_upgrade()
             self._ws = self.transport.get_protocol()
+            # The request is handed over: uvicorn's parser, which refers back to this
+            # protocol, is not needed again (a cycle would keep all of it for the collector).
+            self.parser = None  # type: ignore[assignment]
+            if isinstance(self._ws, AudioHookWebSocketProtocol):
+                # Its end cancels the deadline, which holds this protocol and so the
+                # transport: a connection that has gone is not kept for the open timeout.
+                self._ws.handshake_deadline = self._deadline
             # uvicorn: the sans-I/O WebSocket protocol sets `handshake_initiated` once the
             # websockets parser accepted the head; if it refused it, nothing is sent.
             if getattr(self._ws, "handshake_initiated", True):
@@ -182,11 +190,13 @@ def guarded_http_protocol(
 
         def _deadline_passed(self) -> None:
             self._deadline = None
-            if self.transport.is_closing() or self._taken_over():
-                return
-            stage = "request head" if not self._head_complete else "handshake or response"
-            self._reject(None, "request_timeout", f"{stage} not complete in time")
-            self.transport.close()
+            if not self.transport.is_closing() and not self._taken_over():
+                stage = "request head" if not self._head_complete else "handshake or response"
+                self._reject(None, "request_timeout", f"{stage} not complete in time")
+                self.transport.close()
+            if isinstance(self._ws, AudioHookWebSocketProtocol):
+                self._ws.handshake_deadline = None
+            self._ws = None  # upgraded or not, this protocol is done
 
         def _refuse(self, status: int, cause: str, detail: str) -> None:
             self._finished = True

@@ -233,6 +233,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _bytes_after_close = 0
     _refilled_at = 0.0  # when the parser's frame budget was last refilled
     _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
+    handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
 
     def data_received(self, data: bytes) -> None:
         if self.close_sent:  # uvicorn: set once the server's close frame is written
@@ -277,6 +278,9 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         # uvicorn keeps the handshake's request and response (every header, a few KB) for the
         # life of the connection; nothing reads them again.
         self.request = self.response = None  # type: ignore[assignment]
+        # Frames are ours to parse: websockets' parser, a generator that holds the handshake
+        # request in its frame and is in a cycle with its protocol, is done with too.
+        self.conn.parser.close()
         self.queue = _NO_RECEIVE_QUEUE  # type: ignore[assignment]  # four deques, 3 KB
 
     def _control(self, opcode: int, payload: bytes) -> None:
@@ -351,8 +355,13 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             self._reaper = self.loop.call_later(seconds, self.transport.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
+        for timer in (self._reaper, self.handshake_deadline):
+            if timer is not None:
+                timer.cancel()
+        self._reaper = self.handshake_deadline = None
         super().connection_lost(exc)
         self._end(CLOSE_ABNORMAL)
+        # Nothing is read after this; the parser refers back to this protocol (its control
+        # frame callback), a cycle that would keep the transport and the upgrade's headers
+        # alive until the collector's next full pass.
+        self._parser = None

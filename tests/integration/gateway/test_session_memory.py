@@ -4,7 +4,8 @@ A session left in a reference cycle waits for the collector's full passes, whose
 with every live session (hundreds of thousands of objects at 2,000 calls): each one stalls
 the event loop, and so the audio of every live call. This runs a gateway in the test's own
 process (real uvicorn on 127.0.0.1, real Redis, a real WebSocket client) with the cyclic
-collector off, and checks that a finished call's objects are gone.
+collector off, and checks that a finished call's objects (its session, its observer and
+publisher, and the WebSocket and HTTP protocols that hold its transport) are gone.
 """
 
 from __future__ import annotations
@@ -54,16 +55,22 @@ async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway
         await task
 
 
-SESSION_CLASSES = {"Connection", "SessionObserver", "ServerSession", "SessionPublisher"}
+# Per-call objects, by module and qualified name: the session's own and the WebSocket and HTTP
+# protocols (and so the transport and handshake headers they hold).
+SESSION_CLASSES = {
+    "app.transport.websocket.Connection",
+    "app.transport.session_observer.SessionObserver",
+    "app.protocol.session.ServerSession",
+    "app.streams.session_queue.SessionPublisher",
+    "app.transport.ws_protocol.AudioHookWebSocketProtocol",
+    "app.transport.http_guard.guarded_http_protocol.<locals>.GuardedHttpToolsProtocol",
+}
 
 
 def live_session_objects() -> set[str]:
-    """The names of the per-session classes that have an instance alive in this process."""
-    return {
-        type(obj).__name__
-        for obj in gc.get_objects()
-        if type(obj).__name__ in SESSION_CLASSES and type(obj).__module__.startswith("app.")
-    }
+    """The per-session classes that have an instance alive in this process."""
+    alive = {f"{type(obj).__module__}.{type(obj).__qualname__}" for obj in gc.get_objects()}
+    return alive & SESSION_CLASSES
 
 
 @pytest.fixture
