@@ -317,6 +317,42 @@ async def ensure_group(redis: RedisClient, group: str, start_id: str = "0") -> N
             raise
 
 
+async def read_group(
+    redis: RedisClient,
+    group: str,
+    consumer: str,
+    read_id: bytes | str,
+    block_ms: int,
+    logger: logging.Logger,
+) -> tuple[list[Any], bytes | str] | None:
+    """One read of the events stream for a group member: its own pending entries after
+    `read_id` first (at once), then new ones (">", waiting up to `block_ms`). Returns the
+    entries and the id to read from next; None when Redis failed (logged, after a pause)."""
+    try:
+        response: Any = await redis.xreadgroup(
+            group, consumer, {redis_keys.EVENTS_STREAM: read_id}, count=100,
+            block=None if read_id != ">" else block_ms,
+        )  # fmt: skip
+    except (RedisError, OSError) as exc:
+        logger.warning("events read failed", extra={"error": type(exc).__name__})
+        await asyncio.sleep(0.5)
+        return None
+    entries: list[Any] = response[0][1] if response else []
+    if read_id != ">":  # walking the pending entries: go on after the last, or to new ones
+        read_id = entries[-1][0] if entries else ">"
+    return entries, read_id
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT or SIGTERM sets (where the running loop takes signal handlers)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
 async def run_consumer(
     redis: RedisClient,
     output_dir: Path,
@@ -349,18 +385,10 @@ async def run_consumer(
         while not stop.is_set():
             if sessions_limit is not None and len(recordings) >= sessions_limit:
                 break
-            try:
-                response: Any = await redis.xreadgroup(
-                    group, consumer, {redis_keys.EVENTS_STREAM: read_id}, count=100,
-                    block=None if read_id != ">" else block_ms,
-                )  # fmt: skip
-            except (RedisError, OSError) as exc:
-                log.warning("events read failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(0.5)
+            batch = await read_group(redis, group, consumer, read_id, block_ms, log)
+            if batch is None:
                 continue
-            entries = response[0][1] if response else []
-            if read_id != ">":  # walking our own pending entries: continue after the last
-                read_id = entries[-1][0] if entries else ">"
+            entries, read_id = batch
             to_ack: list[bytes] = []
             for entry_id, fields in entries:
                 if not fields:  # pending entry trimmed from the stream meanwhile
@@ -479,11 +507,7 @@ def main(args: argparse.Namespace) -> int:
     consumer = args.consumer or f"{socket.gethostname()}-{os.getpid()}"
 
     async def consume() -> list[SessionRecording]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         redis = create_redis(settings, url)
         try:
             return await run_consumer(

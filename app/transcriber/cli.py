@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -55,6 +53,7 @@ def main(args: argparse.Namespace) -> int:
     from app.redis.client import create_redis
     from app.redis.embedded import running_server_url
     from app.streams.payload_crypto import parse_keys
+    from app.tools.consume import stop_on_signals
     from app.transcriber.recognizer import load_recognizer
 
     env_file: Path | None = getattr(args, "env_file", None)
@@ -83,11 +82,7 @@ def main(args: argparse.Namespace) -> int:
 
     async def transcribe() -> None:
         redis = create_redis(settings, url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
+        stop = stop_on_signals()
         try:
             await Transcriber(redis, recognizer, options, keys).run(stop, args.sessions)
         finally:

@@ -31,6 +31,7 @@ from app.tools.consume import (
     entry_audio,
     is_event_entry,
     media_from_event,
+    read_group,
 )
 from app.transcriber.audio import upsample
 from app.transcriber.entities import transcript_entity
@@ -83,18 +84,12 @@ class Transcriber:
             while not stop.is_set():
                 if sessions_limit is not None and self.sessions_done >= sessions_limit:
                     break
-                try:
-                    response: Any = await self._redis.xreadgroup(
-                        options.group, options.consumer, {redis_keys.EVENTS_STREAM: read_id},
-                        count=100, block=None if read_id != ">" else self._block_ms,
-                    )  # fmt: skip
-                except (RedisError, OSError) as exc:
-                    log.warning("events read failed", extra={"error": type(exc).__name__})
-                    await asyncio.sleep(0.5)
+                batch = await read_group(
+                    self._redis, options.group, options.consumer, read_id, self._block_ms, log
+                )
+                if batch is None:
                     continue
-                entries = response[0][1] if response else []
-                if read_id != ">":
-                    read_id = entries[-1][0] if entries else ">"
+                entries, read_id = batch
                 to_ack = []
                 for entry_id, fields in entries:
                     task = self._start(fields) if fields else None
