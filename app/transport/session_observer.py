@@ -32,12 +32,12 @@ from app.protocol.session import (
     SessionClosed,
     SessionOpened,
 )
-from app.streams.publisher import SessionInfo, SessionPublisher
+from app.publisher.publisher import SessionInfo, SessionPublisher
 
 if TYPE_CHECKING:
+    from app.control.plane import ControlCommand
     from app.runtime import Gateway
     from app.security.integrations import Integration
-    from app.streams.control import ControlCommand
     from app.transport.admission import Admission
     from app.transport.websocket import Connection
 

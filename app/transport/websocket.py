@@ -40,8 +40,8 @@ from app.transport.session_observer import SessionObserver
 from app.transport.ws_protocol import CLOSE_MESSAGE_TOO_BIG, AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
+    from app.control.plane import ControlCommand
     from app.runtime import Gateway
-    from app.streams.control import ControlCommand
 
 log = logging.getLogger("app.transport.websocket")
 

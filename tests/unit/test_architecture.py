@@ -199,7 +199,7 @@ def test_rooms_import_each_other_without_a_circle(edges: list[Edge]) -> None:
 
 def test_the_checks_see_a_back_arrow_and_a_circle(layers: list[list[str]]) -> None:
     # The checks themselves: a publisher module importing the transport would be caught.
-    planted = Edge("app.streams.publisher", "app.transport.websocket", 1, type_only=False)
+    planted = Edge("app.publisher.publisher", "app.transport.websocket", 1, type_only=False)
     assert back_arrows([planted], layers) == [planted]
-    loop = [planted, Edge("app.transport.websocket", "app.streams.publisher", 1, False)]
-    assert circles(loop) == [["app.streams", "app.transport"]]
+    loop = [planted, Edge("app.transport.websocket", "app.publisher.publisher", 1, False)]
+    assert circles(loop) == [["app.publisher", "app.transport"]]

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
+from app.publisher.publisher import Publisher, SessionPublisher
 from app.redis import keys
-from app.streams.publisher import Publisher, SessionPublisher
 from app.tools.consume import decode_event, reassemble
 from tests.support.streams import (
     MONO,

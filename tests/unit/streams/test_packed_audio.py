@@ -7,9 +7,9 @@ from itertools import chain
 import redis.asyncio
 
 from app.config import Settings
+from app.publisher.publisher import Publisher, SessionInfo
+from app.publisher.session_queue import QueuedAudio
 from app.redis.resp import pack_commands
-from app.streams.publisher import Publisher, SessionInfo
-from app.streams.session_queue import QueuedAudio
 
 
 async def test_a_queued_frame_is_packed_as_its_xadd() -> None:

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.redis.client import RedisClient
 
 if TYPE_CHECKING:
-    from app.streams.session_queue import QueuedItem, SessionPublisher
+    from app.publisher.session_queue import QueuedItem, SessionPublisher
 
 # Outcome of one queued item in a batch.
 OK, DUPLICATE, RETRY, FAILED = range(4)

@@ -7,7 +7,7 @@ audio), while the writer retries with backoff; then they drain in order. A sessi
 is full is lost to publishing: `audio()` returns False, `on_overflow()` is called once (the
 transport ends that session with `disconnect` error), and its rejected frames are counted.
 
-Streams (key names in app/streams/keys.py):
+Streams (key names in app/redis/keys.py):
 
 * Session stream `audiohook:{<sessionId>}:audio`: every entry of one session in order, with
   explicit ids `1-0`, `2-0`, ... (a gap means entries were trimmed). Audio entries have fields
@@ -59,10 +59,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.observability.metrics import PUBLISH_BACKLOG_FRAMES
-from app.redis.client import RedisClient, ping
-from app.redis.resp import pack_commands
-from app.streams.payload_crypto import PayloadCipher, parse_keys
-from app.streams.session_queue import (
+from app.publisher.payload_crypto import PayloadCipher, parse_keys
+from app.publisher.session_queue import (
     EVENT_TYPES,
     F_AUDIO,
     F_KID,
@@ -74,8 +72,10 @@ from app.streams.session_queue import (
     SessionInfo,
     SessionPublisher,
 )
-from app.streams.tasks import stop_task
-from app.streams.writer import BatchWriter
+from app.publisher.writer import BatchWriter
+from app.redis.client import RedisClient, ping
+from app.redis.resp import pack_commands
+from app.tasks import stop_task
 
 if TYPE_CHECKING:
     from app.config import Settings

@@ -1,8 +1,8 @@
 """One session's side of publishing: its bounded queue of audio and event entries.
 
 `SessionPublisher` turns what the transport hands it into the fields and ids of stream entries
-(schema in app/streams/publisher.py) and queues them in order; it never touches Redis. The
-batch writer (app/streams/writer.py) drains the queue.
+(schema in app/publisher/publisher.py) and queues them in order; it never touches Redis. The
+batch writer (app/publisher/writer.py) drains the queue.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import orjson
 
 from app.observability.metrics import FRAMES_LOST
 from app.protocol.media import MediaFormat
+from app.publisher.payload_crypto import PayloadCipher
 from app.redis import keys
-from app.streams.payload_crypto import PayloadCipher
 
 if TYPE_CHECKING:
-    from app.streams.publisher import Publisher
+    from app.publisher.publisher import Publisher
 
 log = logging.getLogger("app.streams.publisher")
 
@@ -222,7 +222,7 @@ class SessionPublisher:
         return True
 
     def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
-        """Queue a lifecycle event (types and schema: app/streams/publisher.py). False when the
+        """Queue a lifecycle event (types and schema: app/publisher/publisher.py). False when the
         session is closed or, after an overflow, too many events are already waiting."""
         if event_type == "closed":  # same as close(fields["reason"], fields["counts"])
             if self.closed:

@@ -3,7 +3,7 @@
 Sessions with queued entries wait in `_pending`, in order; each round trip takes a fair share
 of every session's queue head. A failed write is retried with exponential backoff while the
 queues grow within their bounds; readiness (REDIS_UP) follows the outcome of the writes.
-`Publisher` (app/streams/publisher.py) adds the session API and the task's lifecycle.
+`Publisher` (app/publisher/publisher.py) adds the session API and the task's lifecycle.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from app.observability.metrics import (
     REDIS_UP,
     observe_many,
 )
-from app.redis import keys
-from app.redis.client import RedisClient, ping
-from app.redis.resp import PipelineConnection, pack_head
-from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
-from app.streams.session_queue import (
+from app.publisher.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
+from app.publisher.session_queue import (
     F_AUDIO,
     QueuedAudio,
     QueuedEvent,
     QueuedItem,
     SessionPublisher,
 )
+from app.redis import keys
+from app.redis.client import RedisClient, ping
+from app.redis.resp import PipelineConnection, pack_head
 
 if TYPE_CHECKING:
     from app.config import Settings
