@@ -1,7 +1,7 @@
 """One session's side of publishing: its bounded queue of audio and event entries.
 
 `SessionPublisher` turns what the transport hands it into the fields and ids of stream entries
-(schema in app/publisher/publisher.py) and queues them in order; it never touches Redis. The
+(schema in app/publisher/schema.py) and queues them in order; it never touches Redis. The
 batch writer (app/publisher/writer.py) drains the queue.
 """
 
@@ -19,31 +19,13 @@ import orjson
 from app.observability.metrics import FRAMES_LOST
 from app.protocol.media import MediaFormat
 from app.publisher.payload_crypto import PayloadCipher
+from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES, SCHEMA_VERSION
 from app.redis import keys
 
 if TYPE_CHECKING:
     from app.publisher.publisher import Publisher
 
 log = logging.getLogger("app.streams.publisher")
-
-SCHEMA_VERSION: Final = "1"
-EVENT_TYPES: Final = frozenset(
-    {
-        "opened",
-        "paused",
-        "resumed",
-        "discarded",
-        "language_updated",
-        "client_error",
-        "closing",
-        "closed",
-    }
-)
-F_OFFSET: Final = b"offset"
-F_SAMPLES: Final = b"samples"
-F_AUDIO: Final = b"audio"
-F_KID: Final = b"kid"
-F_NONCE: Final = b"nonce"
 
 _EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
 # The RESP of an audio XADD after its head (command, key, trim) up to the audio itself: id and
@@ -222,7 +204,7 @@ class SessionPublisher:
         return True
 
     def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
-        """Queue a lifecycle event (types and schema: app/publisher/publisher.py). False when the
+        """Queue a lifecycle event (types and schema: app/publisher/schema.py). False when the
         session is closed or, after an overflow, too many events are already waiting."""
         if event_type == "closed":  # same as close(fields["reason"], fields["counts"])
             if self.closed:

@@ -29,13 +29,8 @@ from app.observability.metrics import (
     observe_many,
 )
 from app.publisher.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
-from app.publisher.session_queue import (
-    F_AUDIO,
-    QueuedAudio,
-    QueuedEvent,
-    QueuedItem,
-    SessionPublisher,
-)
+from app.publisher.schema import F_AUDIO
+from app.publisher.session_queue import QueuedAudio, QueuedEvent, QueuedItem, SessionPublisher
 from app.redis import keys
 from app.redis.client import RedisClient, ping
 from app.redis.resp import PipelineConnection, pack_head

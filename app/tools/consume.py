@@ -36,7 +36,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from app.protocol.media import MediaFormat
 from app.publisher.payload_crypto import DecryptionError, decrypt, parse_keys
-from app.publisher.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
+from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
 from app.tasks import stop_task
