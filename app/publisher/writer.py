@@ -28,7 +28,7 @@ from app.observability.metrics import (
     REDIS_UP,
     observe_many,
 )
-from app.publisher.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
+from app.publisher.outcomes import DUPLICATE, OK, RETRY, Outcome, classify, confirm_duplicates
 from app.publisher.schema import F_AUDIO
 from app.publisher.session_queue import QueuedAudio, QueuedEvent, QueuedItem, SessionPublisher
 from app.redis import keys
@@ -224,10 +224,10 @@ class BatchWriter:
         plan: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]], int]],
         results: Iterator[Any],
     ) -> bool:
-        outcomes: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]]]] = []
+        outcomes: list[tuple[SessionPublisher, list[tuple[QueuedItem, Outcome]]]] = []
         duplicates: list[tuple[SessionPublisher, QueuedItem]] = []
         for session, taken, extra in plan:
-            per_item: list[tuple[QueuedItem, int]] = []
+            per_item: list[tuple[QueuedItem, Outcome]] = []
             for item, count in taken:
                 if count == 1:
                     status = classify(next(results))
@@ -251,7 +251,7 @@ class BatchWriter:
         for session, per_item in outcomes:
             for item, status in per_item:
                 if status == DUPLICATE:
-                    status = confirmed.get(id(item), RETRY)
+                    status = confirmed.get(item, RETRY)
                 if status == RETRY:
                     all_done = False
                     break
