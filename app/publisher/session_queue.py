@@ -2,7 +2,10 @@
 
 `SessionPublisher` turns what the transport hands it into the fields and ids of stream entries
 (schema in app/publisher/schema.py) and queues them in order; it never touches Redis. The
-batch writer (app/publisher/writer.py) drains the queue.
+publisher (app/publisher/publisher.py) drains the queue. Between the two is one seam each way:
+the session sees its publisher as a `QueueOwner` (settings it needs, and `enqueued()` to join
+the sessions to write), and the publisher uses the session's queue, counters and its public
+`lose()`, `fail()` and `log_fields()`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
@@ -21,9 +24,6 @@ from app.protocol.media import MediaFormat
 from app.publisher.payload_crypto import PayloadCipher
 from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES, SCHEMA_VERSION
 from app.redis import keys
-
-if TYPE_CHECKING:
-    from app.publisher.publisher import Publisher
 
 log = logging.getLogger("app.streams.publisher")
 
@@ -85,6 +85,28 @@ class QueuedEvent:
 QueuedItem = QueuedAudio | QueuedEvent
 
 
+class QueueOwner(Protocol):
+    """What a session's queue needs of the publisher that drains it."""
+
+    @property
+    def backlog_seconds(self) -> float:
+        """How many seconds of audio a session's queue holds at most."""
+        ...
+
+    @property
+    def probe_events(self) -> bool:
+        """Whether probes' events are published."""
+        ...
+
+    def audio_command_head(self, stream_key: str) -> bytes | None:
+        """The packed head of the session's audio XADDs, or None (see the publisher)."""
+        ...
+
+    def enqueued(self, session: SessionPublisher, *, audio: bool) -> None:
+        """`session` queued an entry (`audio`: a frame)."""
+        ...
+
+
 def _wall_clock() -> bytes:
     return datetime.now(UTC).isoformat(timespec="milliseconds").encode()
 
@@ -101,7 +123,7 @@ class SessionPublisher:
         "_lost_metric",
         "_max_items",
         "_next_index",
-        "_on_overflow",
+        "_on_failure",
         "_publish_events",
         "_publisher",
         "backlog_samples",
@@ -119,14 +141,14 @@ class SessionPublisher:
 
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: QueueOwner,
         info: SessionInfo,
-        on_overflow: Callable[[], None],
+        on_failure: Callable[[], None],
         cipher: PayloadCipher | None,
     ) -> None:
         self.info = info
         self._publisher = publisher
-        self._on_overflow = on_overflow
+        self._on_failure = on_failure
         self._cipher = cipher
         self._kid = cipher.key_id.encode() if cipher else b""
         rate = info.media.rate if info.media else 8000
@@ -174,7 +196,7 @@ class SessionPublisher:
             return not self.closed
         if self.failed or self.closed:
             if not self.closed:
-                self._lose(1)
+                self.lose(1)
             return False
         if (
             self.backlog_samples + sample_count > self.bound_samples
@@ -200,7 +222,7 @@ class SessionPublisher:
         self.queue.append(QueuedAudio(entry_id, fields, sample_count, received_at, command))
         self._next_index += 1
         self.backlog_samples += sample_count
-        self._publisher._enqueued(self, audio=True)
+        self._publisher.enqueued(self, audio=True)
         return True
 
     def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
@@ -226,7 +248,7 @@ class SessionPublisher:
             data["last_entry"] = f"{self._next_index}-0"
         self._queue_event("closed", data, closing=True)
         self.closed = True
-        self._publisher._enqueued(self, audio=False)  # lets the writer retire the session
+        self._publisher.enqueued(self, audio=False)  # lets the writer retire the session
 
     def _queue_event(self, event_type: str, data: dict[str, Any], *, closing: bool) -> bool:
         if self.closed:
@@ -234,7 +256,7 @@ class SessionPublisher:
         if not self._publish_events:
             return True
         if len(self.queue) >= self._max_items + _EVENT_SLACK:
-            log.error("event dropped: session backlog full", extra=self._log_fields(event_type))
+            log.error("event dropped: session backlog full", extra=self.log_fields(event_type))
             return False
         if event_type == "opened":
             media = self.info.media
@@ -254,35 +276,38 @@ class SessionPublisher:
             entry_id = b"%d-0" % self._next_index
             self._next_index += 1
         self.queue.append(QueuedEvent(event_type, fields, entry_id, closing))
-        self._publisher._enqueued(self, audio=False)
+        self._publisher.enqueued(self, audio=False)
         return True
 
     def _overflow(self) -> None:
         self.failed = True
-        self._lose(1)
+        self.lose(1)
         log.warning(
             "publish backlog overflow: ending session",
-            extra={**self._log_fields("overflow"), "backlog_seconds": self.backlog_seconds},
+            extra={**self.log_fields("overflow"), "backlog_seconds": self.backlog_seconds},
         )
         self._notify_failure()
 
-    def _fail(self, why: str) -> None:
+    def fail(self, why: str) -> None:
+        """Redis refused one of the session's entries for good (the publisher calls this)."""
         if not self.failed:
             self.failed = True
-            log.error("session stream write failed: ending session", extra=self._log_fields(why))
+            log.error("session stream write failed: ending session", extra=self.log_fields(why))
             self._notify_failure()
 
     def _notify_failure(self) -> None:
         try:
-            self._on_overflow()
+            self._on_failure()
         except Exception:
-            log.exception("on_overflow callback failed", extra=self._log_fields("overflow"))
+            log.exception("on_failure callback failed", extra=self.log_fields("overflow"))
 
-    def _lose(self, frames: int) -> None:
+    def lose(self, frames: int) -> None:
+        """Count `frames` of the session's audio as lost."""
         self.frames_lost += frames
         self._lost_metric.inc(frames)
 
-    def _log_fields(self, what: str) -> dict[str, Any]:
+    def log_fields(self, what: str) -> dict[str, Any]:
+        """The session's ids for a log line about `what`."""
         return {
             "session_id": self.info.session_id,
             "correlation_id": self.info.correlation_id,

@@ -195,7 +195,7 @@ class SessionObserver:
             media=event.media,
             encryption_key_id=integration.encryption_key_id if integration else None,
         )
-        return self.gateway.publisher.open_session(info, on_overflow=self._publishing_failed)
+        return self.gateway.publisher.open_session(info, on_failure=self._publishing_failed)
 
     def closed(self, event: SessionClosed) -> None:
         self._report_audio()
