@@ -58,9 +58,7 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
     finally:
         shedder.handshake_finished()
     if isinstance(admission, Refusal):
-        delay = admission.not_before - time.monotonic()
-        if delay > 0:  # failures are answered no sooner than the minimum delay
-            await asyncio.sleep(delay)
+        await _wait_until(admission.not_before)  # a failed login: the minimum failure delay
         # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
         # on another replica if there is one.
         headers = RETRY_AFTER if admission.status == 503 else None
@@ -78,6 +76,16 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         gateway.release_session(admission.integration)
 
 
+async def _wait_until(not_before: float) -> None:
+    """Return no sooner than `not_before` (on time.monotonic). The one way an answer to a failed
+    login is held for the minimum failure delay: the HTTP 401 before it is sent, and the
+    connection's outgoing messages once the session has said `unauthorized`. The time itself
+    is set once, by admission (`Admission.failure_not_before`, `Refusal.not_before`)."""
+    delay = not_before - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 class Connection:
     """One live AudioHook session on this replica."""
 
@@ -87,13 +95,13 @@ class Connection:
         "_close_reason",
         "_done",
         "_dropped",
+        "_failure_not_before",
         "_outgoing",
         "_outgoing_bytes",
         "_protocol",
         "_send_not_before",
         "_sender",
         "_sending_over",
-        "connected_at",
         "gateway",
         "observer",
         "session",
@@ -111,8 +119,7 @@ class Connection:
         self.websocket = websocket
         self.gateway = gateway
         self.session_id: str = admission.session_id
-        self.connected_at = connected_at
-        failure_delay = gateway.settings.auth_min_failure_delay_seconds
+        self._failure_not_before = admission.failure_not_before
         self.session = ServerSession(
             admission.session_id,
             gateway.session_config_for(admission.integration),
@@ -120,7 +127,7 @@ class Connection:
             organization_header=admission.organization_id,
             # Verification failed: the session is told so (by the ticker) after the minimum
             # failure delay, and until then only counts what the client sends.
-            unauthorized_at=None if admission.authenticated else connected_at + failure_delay,
+            unauthorized_at=None if admission.authenticated else admission.failure_not_before,
         )
         self.observer = SessionObserver(gateway, admission, self)
         # (text, message type) waiting to be sent. A list, not a deque: rarely more than one
@@ -133,6 +140,7 @@ class Connection:
         self._sending_over = False  # socket closed or broken: nothing more is sent
         self._close_code: int | None = None
         self._close_reason = ""
+        # Nothing is sent before this: the failure time once the session said `unauthorized`.
         self._send_not_before = 0.0
         # Direct mode: set once nothing more is read for the session (socket gone or closing).
         self._done: asyncio.Future[None] | None = None
@@ -245,8 +253,7 @@ class Connection:
                 self._stop_receiving()  # direct mode: the session is over, `run` ends it
             elif type(output) is DisconnectSent and output.reason == "unauthorized":
                 # Every authentication failure is answered no sooner than the minimum delay.
-                delay = self.gateway.settings.auth_min_failure_delay_seconds
-                self._send_not_before = self.connected_at + delay
+                self._send_not_before = self._failure_not_before
                 self.observer.unauthorized(output)
             elif type(output) is ClientError and output.code == 429:
                 self.observer.client_rate_limit(output.retry_after_seconds)
@@ -312,9 +319,8 @@ class Connection:
             while self._outgoing and not self._dropped:
                 # Checked before every message: an unauthorized `disconnect` queued while this
                 # sender was already busy must still wait for the minimum failure delay.
-                wait = self._send_not_before - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                if time.monotonic() < self._send_not_before:
+                    await _wait_until(self._send_not_before)
                     continue
                 text, message_type = self._outgoing.pop(0)
                 self._outgoing_bytes -= len(text)
