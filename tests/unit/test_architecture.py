@@ -28,7 +28,7 @@ KNOWN_BACK_ARROWS: dict[tuple[str, str], str] = {
         "type-only: the transport is handed the whole Gateway; issue #15 item 3 replaces it"
         " with narrow interfaces"
     )
-    for module in ("admission", "http", "http_guard", "session_observer", "websocket")
+    for module in ("admission", "http", "http_guard", "session_reporter", "websocket")
 }
 
 

@@ -54,7 +54,7 @@ async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway
         await task
 
 
-SESSION_CLASSES = {"Connection", "SessionObserver", "ServerSession", "SessionPublisher"}
+SESSION_CLASSES = {"Connection", "SessionReporter", "ServerSession", "SessionPublisher"}
 
 
 def live_session_objects() -> set[str]:
