@@ -203,7 +203,7 @@ class Publisher:
             self._pending[session] = None
         self._wakeup.set()
 
-    # --- the writer ---------------------------------------------------------------------------
+    # --- the writer -----------------------------------------------------------------------------
     async def _run(self) -> None:
         # Up to two batches in flight: frames that arrive during a slow round trip leave in a
         # second batch instead of waiting for it. A session is in one batch at a time, so its

@@ -28,7 +28,7 @@ from app.security.nonces import NonceStoreUnavailable
 from app.transport.load_shedding import OVERLOADED_TEXT
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
+    from app.transport.host import AdmissionHost
 
 log = logging.getLogger("app.transport.admission")
 # Refusals and failed logins are one line per connection, and connections are the client's to
@@ -89,7 +89,9 @@ class Refusal:
         UPGRADE_REFUSED.set(True)  # in the connection's task: a refusal is not an ASGI error
 
 
-async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | Refusal:
+async def admit(
+    websocket: WebSocket, gateway: AdmissionHost, started_at: float
+) -> Admission | Refusal:
     """Decide on an upgrade request. Every refusal is counted and logged here; the endpoint
     sends it. Failed authentication is admitted (unauthenticated) unless configured for 401."""
     # Not `websocket.headers`: that one is cached on the WebSocket for the life of the call.

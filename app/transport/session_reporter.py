@@ -33,9 +33,9 @@ from app.protocol.session import (
 from app.publisher.publisher import SessionInfo, SessionPublisher
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
     from app.security.integrations import Integration
     from app.transport.admission import Admission
+    from app.transport.host import ReporterHost
     from app.transport.websocket import Connection
 
 log = logging.getLogger("app.session")
@@ -77,7 +77,7 @@ class SessionReporter:
         "session",
     )
 
-    def __init__(self, gateway: Gateway, admission: Admission, connection: Connection) -> None:
+    def __init__(self, gateway: ReporterHost, admission: Admission, connection: Connection) -> None:
         self.gateway = gateway
         self.admission = admission
         # Weak: the connection holds its reporter, and an ended session must be freed by

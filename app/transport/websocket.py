@@ -49,7 +49,7 @@ from app.transport.ws_protocol import CLOSE_MESSAGE_TOO_BIG, AudioHookWebSocketP
 
 if TYPE_CHECKING:
     from app.control.plane import ControlCommand
-    from app.runtime import Gateway
+    from app.transport.host import ConnectionHost, EndpointHost
 
 log = logging.getLogger("app.transport.websocket")
 
@@ -57,7 +57,7 @@ RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 async def audiohook_endpoint(websocket: WebSocket) -> None:
-    gateway: Gateway = websocket.app.state.gateway
+    gateway: EndpointHost = websocket.app.state.gateway
     connected_at = time.monotonic()
     shedder = gateway.load_shedder
     shedder.handshake_started()
@@ -120,7 +120,7 @@ class Connection:
     def __init__(
         self,
         websocket: WebSocket,
-        gateway: Gateway,
+        gateway: ConnectionHost,
         admission: Admission,
         connected_at: float,
     ) -> None:
