@@ -11,6 +11,7 @@ from starlette.routing import WebSocketRoute
 from app import __version__
 from app.config import Settings
 from app.runtime import Gateway
+from app.transport.host import EndpointHost
 from app.transport.http import operational_routes
 from app.transport.websocket import audiohook_endpoint
 
@@ -34,7 +35,9 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.gateway = gateway
+    # What the endpoint reads: the gateway as the transport sees it (mypy checks it fits).
+    host: EndpointHost = gateway
+    app.state.gateway = host
     # Starlette's plain route: FastAPI's would solve dependencies per upgrade and keep three
     # exit stacks per live session, for an endpoint that takes only the WebSocket.
     app.router.routes.append(WebSocketRoute(settings.ws_path, audiohook_endpoint))

@@ -200,7 +200,7 @@ def _parse_integrations(var: str, text: str, problems: list[str]) -> list[Integr
 
 
 def _payload_key_problems(text: str) -> list[str]:
-    from app.streams.payload_crypto import PayloadKeyError, parse_keys
+    from app.publisher.payload_crypto import PayloadKeyError, parse_keys
 
     var = variable("payload_encryption_keys")
     bad_json = json_problem(var, text) if text.strip() else None

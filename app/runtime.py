@@ -16,17 +16,17 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
+from app.control.plane import ControlPlane
 from app.observability import metrics
 from app.protocol.media import MediaPolicy
 from app.protocol.session import SessionConfig
+from app.publisher.publisher import Publisher
 from app.redis.client import close_redis, create_redis
 from app.redis.health import RedisHealthCheck
 from app.security.authenticator import Authenticator
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
 from app.security.session_owners import SessionOwners
-from app.streams.control import ControlPlane
-from app.streams.publisher import Publisher
 from app.transport.load_shedding import LoadShedder
 from app.transport.source_limiter import SourceRateLimiter
 

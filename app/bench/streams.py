@@ -1,6 +1,6 @@
 """What the bench reads back from Redis: entry arrival times (ingest latency) and entry counts.
 
-Session streams use explicit ids `1-0`, `2-0`, ... (app/streams/publisher.py), so an entry id
+Session streams use explicit ids `1-0`, `2-0`, ... (app/publisher/schema.py), so an entry id
 carries no time. Ingest latency is therefore observed from outside: a separate process
 (`ArrivalSampler`, off the load generator's event loop) blocks in XREAD on a sample of the
 session streams and stamps each entry with time.time() when Redis hands it over. For a call

@@ -6,7 +6,7 @@ a replica's inbox carries `{<replicaId>}`. Consumer authors: this is the layout 
 | key                                   | type   | content                                         |
 |---------------------------------------|--------|-------------------------------------------------|
 | audiohook:events                      | stream | lifecycle events of all sessions (schema in     |
-|                                       |        | app/streams/publisher.py)                       |
+|                                       |        | app/publisher/schema.py)                        |
 | audiohook:{<sessionId>}:audio         | stream | one entry per audio frame, id `<n>-0`, n = 1, 2 |
 | audiohook:{<sessionId>}:owner         | string | replica id holding the live session (TTL)       |
 | audiohook:{<sessionId>}:integration   | string | integration the session id belongs to (TTL)     |

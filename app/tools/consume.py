@@ -35,11 +35,11 @@ import orjson
 from redis.exceptions import RedisError, ResponseError
 
 from app.protocol.media import MediaFormat
+from app.publisher.payload_crypto import DecryptionError, decrypt, parse_keys
+from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
-from app.streams.payload_crypto import DecryptionError, decrypt, parse_keys
-from app.streams.publisher import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
-from app.streams.tasks import stop_task
+from app.tasks import stop_task
 from app.tools.wav import WAV_ENCODINGS, WavEncoding, WavWriter
 
 log = logging.getLogger("app.streams.consumer")

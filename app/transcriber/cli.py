@@ -50,9 +50,9 @@ def _fail(message: str, code: int) -> int:
 
 def main(args: argparse.Namespace) -> int:
     from app import preflight
+    from app.publisher.payload_crypto import parse_keys
     from app.redis.client import create_redis
     from app.redis.embedded import running_server_url
-    from app.streams.payload_crypto import parse_keys
     from app.tools.consume import stop_on_signals
     from app.transcriber.recognizer import load_recognizer
 

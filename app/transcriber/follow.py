@@ -19,12 +19,12 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from app.control.plane import APPLIED, RATE_LIMITED_RESULT, ControlClient
 from app.protocol.media import SAMPLE_RATE
+from app.publisher.payload_crypto import DecryptionError
 from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
-from app.streams.control import APPLIED, RATE_LIMITED_RESULT, ControlClient
-from app.streams.payload_crypto import DecryptionError
-from app.streams.tasks import stop_task
+from app.tasks import stop_task
 from app.tools.consume import (
     decode_event,
     ensure_group,

@@ -1,7 +1,7 @@
 """One session's stream, entry by entry, to the utterances to transcribe (no I/O).
 
 The session stream holds the audio and, inline and in order, the lifecycle events
-(app/streams/publisher.py). What they mean for transcripts (docs/protocol.md §5.5):
+(app/publisher/schema.py). What they mean for transcripts (docs/protocol.md §5.5):
 `paused` ends the open utterances (the audio stops; after `resumed` the offsets jump by what
 it reports discarded); `language_updated` ends them and switches language; `discarded` does not (the
 gap is on the timeline); `closing` ends them and asks for `finish`; `closed` ends the session.

@@ -28,7 +28,7 @@ from app.security.nonces import NonceStoreUnavailable
 from app.transport.load_shedding import OVERLOADED_TEXT
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
+    from app.transport.host import AdmissionHost
 
 log = logging.getLogger("app.transport.admission")
 # Refusals and failed logins are one line per connection, and connections are the client's to
@@ -71,6 +71,10 @@ class Admission:
     client_address: str
     integration: Integration | None
     authenticated: bool
+    # The earliest an authentication failure may be answered: the upgrade's start plus the
+    # minimum failure delay. A failed verification is told `unauthorized` then, and a failure
+    # found later (the organization checks at `open`) is sent no sooner.
+    failure_not_before: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +89,9 @@ class Refusal:
         UPGRADE_REFUSED.set(True)  # in the connection's task: a refusal is not an ASGI error
 
 
-async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Admission | Refusal:
+async def admit(
+    websocket: WebSocket, gateway: AdmissionHost, started_at: float
+) -> Admission | Refusal:
     """Decide on an upgrade request. Every refusal is counted and logged here; the endpoint
     sends it. Failed authentication is admitted (unauthenticated) unless configured for 401."""
     # Not `websocket.headers`: that one is cached on the WebSocket for the life of the call.
@@ -100,6 +106,9 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
         "correlation_id": headers.get("audiohook-correlation-id"),
     }
 
+    # Every answer to a failed login waits until then: the HTTP 401 and the `disconnect`.
+    failure_not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
+
     def admission(integration: Integration | None) -> Admission:
         """Authenticated (with its integration) or not (None: answered `unauthorized`)."""
         return Admission(
@@ -109,14 +118,15 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
             client_address=client_address,
             integration=integration,
             authenticated=integration is not None,
+            failure_not_before=failure_not_before,
         )
 
-    def refuse(status: int, cause: str, text: str, not_before: float = 0.0) -> Refusal:
+    def refuse(status: int, cause: str, text: str) -> Refusal:
         metrics.CONNECTIONS_REJECTED.labels(cause).inc()
         _refusal_log.log(
             logging.WARNING, cause, "upgrade refused", {**fields, "status": status, "cause": cause}
         )
-        return Refusal(status, text, not_before)
+        return Refusal(status, text)
 
     if gateway.draining:
         return refuse(503, "draining", "Server is shutting down")
@@ -175,8 +185,7 @@ async def admit(websocket: WebSocket, gateway: Gateway, started_at: float) -> Ad
             },
         )
         if not admitted:
-            not_before = started_at + gateway.settings.auth_min_failure_delay_seconds
-            return Refusal(401, "Signature verification failed", not_before)
+            return Refusal(401, "Signature verification failed", failure_not_before)
         return admission(None)
 
     integration = decision.integration

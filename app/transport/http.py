@@ -6,19 +6,16 @@ exposes metrics; with ``metrics_port = 0`` they are added to the main app instea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from app.runtime import Gateway
+from app.transport.host import ReadinessHost
 
 
-def operational_routes(gateway: Gateway) -> list[Route]:
+def operational_routes(gateway: ReadinessHost) -> list[Route]:
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -40,5 +37,5 @@ def operational_routes(gateway: Gateway) -> list[Route]:
     ]
 
 
-def operational_app(gateway: Gateway) -> Starlette:
+def operational_app(gateway: ReadinessHost) -> Starlette:
     return Starlette(routes=operational_routes(gateway))

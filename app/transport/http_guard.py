@@ -36,7 +36,7 @@ from app.transport.load_shedding import CONNECTED_AT, OVERLOADED_TEXT, RETRY_AFT
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
+    from app.transport.host import GuardHost
 
 log = logging.getLogger("app.transport.http_guard")
 
@@ -61,7 +61,7 @@ def _clip(value: bytes | str | None) -> str | None:
 
 
 def guarded_http_protocol(
-    max_head_bytes: int, deadline_seconds: float, gateway: Gateway | None = None
+    max_head_bytes: int, deadline_seconds: float, gateway: GuardHost | None = None
 ) -> type[HttpToolsProtocol]:
     """The uvicorn `http` protocol class; refusals are charged to `gateway.upgrade_limiter`."""
     refusal_log = ThrottledLog(log, per_second=20.0)  # connections are the client's to open

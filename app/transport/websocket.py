@@ -26,9 +26,17 @@ from app.protocol.session import (
     AudioFrame,
     ClientError,
     CloseConnection,
+    CloseRequested,
+    CloseWindowEnded,
+    Discarded,
     DisconnectSent,
     InvalidStateError,
+    LanguageUpdated,
     Output,
+    Paused,
+    PingReceived,
+    ProtocolViolation,
+    Resumed,
     SendText,
     ServerSession,
     SessionClosed,
@@ -36,12 +44,12 @@ from app.protocol.session import (
 )
 from app.transport.admission import Admission, Refusal, admit
 from app.transport.load_shedding import RETRY_AFTER_SECONDS
-from app.transport.session_observer import SessionObserver
+from app.transport.session_reporter import SessionReporter
 from app.transport.ws_protocol import CLOSE_MESSAGE_TOO_BIG, AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
-    from app.streams.control import ControlCommand
+    from app.control.plane import ControlCommand
+    from app.transport.host import ConnectionHost, EndpointHost
 
 log = logging.getLogger("app.transport.websocket")
 
@@ -49,7 +57,7 @@ RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 async def audiohook_endpoint(websocket: WebSocket) -> None:
-    gateway: Gateway = websocket.app.state.gateway
+    gateway: EndpointHost = websocket.app.state.gateway
     connected_at = time.monotonic()
     shedder = gateway.load_shedder
     shedder.handshake_started()
@@ -58,9 +66,7 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
     finally:
         shedder.handshake_finished()
     if isinstance(admission, Refusal):
-        delay = admission.not_before - time.monotonic()
-        if delay > 0:  # failures are answered no sooner than the minimum delay
-            await asyncio.sleep(delay)
+        await _wait_until(admission.not_before)  # a failed login: the minimum failure delay
         # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
         # on another replica if there is one.
         headers = RETRY_AFTER if admission.status == 503 else None
@@ -78,24 +84,34 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         gateway.release_session(admission.integration)
 
 
+async def _wait_until(not_before: float) -> None:
+    """Return no sooner than `not_before` (on time.monotonic). The one way an answer to a failed
+    login is held for the minimum failure delay: the HTTP 401 before it is sent, and the
+    connection's outgoing messages once the session has said `unauthorized`. The time itself
+    is set once, by admission (`Admission.failure_not_before`, `Refusal.not_before`)."""
+    delay = not_before - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
 class Connection:
     """One live AudioHook session on this replica."""
 
     __slots__ = (
-        "__weakref__",  # its observer refers back to it weakly
+        "__weakref__",  # its reporter refers back to it weakly
         "_close_code",
         "_close_reason",
         "_done",
         "_dropped",
+        "_failure_not_before",
         "_outgoing",
         "_outgoing_bytes",
         "_protocol",
         "_send_not_before",
         "_sender",
         "_sending_over",
-        "connected_at",
         "gateway",
-        "observer",
+        "reporter",
         "session",
         "session_id",
         "websocket",
@@ -104,15 +120,14 @@ class Connection:
     def __init__(
         self,
         websocket: WebSocket,
-        gateway: Gateway,
+        gateway: ConnectionHost,
         admission: Admission,
         connected_at: float,
     ) -> None:
         self.websocket = websocket
         self.gateway = gateway
         self.session_id: str = admission.session_id
-        self.connected_at = connected_at
-        failure_delay = gateway.settings.auth_min_failure_delay_seconds
+        self._failure_not_before = admission.failure_not_before
         self.session = ServerSession(
             admission.session_id,
             gateway.session_config_for(admission.integration),
@@ -120,9 +135,9 @@ class Connection:
             organization_header=admission.organization_id,
             # Verification failed: the session is told so (by the ticker) after the minimum
             # failure delay, and until then only counts what the client sends.
-            unauthorized_at=None if admission.authenticated else connected_at + failure_delay,
+            unauthorized_at=None if admission.authenticated else admission.failure_not_before,
         )
-        self.observer = SessionObserver(gateway, admission, self)
+        self.reporter = SessionReporter(gateway, admission, self)
         # (text, message type) waiting to be sent. A list, not a deque: rarely more than one
         # message waits, and an empty deque costs 600 bytes per session.
         self._outgoing: list[tuple[str, str]] = []
@@ -133,6 +148,7 @@ class Connection:
         self._sending_over = False  # socket closed or broken: nothing more is sent
         self._close_code: int | None = None
         self._close_reason = ""
+        # Nothing is sent before this: the failure time once the session said `unauthorized`.
         self._send_not_before = 0.0
         # Direct mode: set once nothing more is read for the session (socket gone or closing).
         self._done: asyncio.Future[None] | None = None
@@ -151,7 +167,7 @@ class Connection:
             else:  # another ASGI server: messages one by one through ASGI `receive`
                 await self._receive_loop()
         except Exception:
-            log.exception("session receive loop failed", extra=self.observer.log_fields)
+            log.exception("session receive loop failed", extra=self.reporter.log_fields)
         finally:
             # Idempotent: reports the session closed if the client never sent `close`.
             self._dispatch(self.session.connection_lost(time.monotonic()))
@@ -162,12 +178,12 @@ class Connection:
                 try:
                     await asyncio.wait_for(self._sender, close_timeout)
                 except TimeoutError:
-                    log.warning("socket did not drain; dropping it", extra=self.observer.log_fields)
+                    log.warning("socket did not drain; dropping it", extra=self.reporter.log_fields)
                     self._abort_socket()
             if self._protocol is not None:  # gone within the close timeout, whatever happens
                 self._protocol.drop_after(close_timeout)
             self.gateway.connection_finished(self)
-            await self.observer.finished()
+            await self.reporter.finished()
 
     # --- direct mode: called by the protocol from its read callback ---------------------------
     def message_received(self, data: bytes | str) -> None:
@@ -178,13 +194,13 @@ class Connection:
             if isinstance(data, bytes):
                 outputs = self.session.receive_bytes(data, now)
                 if len(outputs) == 1 and type(outputs[0]) is AudioFrame:
-                    self.observer.audio(outputs[0], now)  # nearly every message of a call
+                    self.reporter.audio(outputs[0], now)  # nearly every message of a call
                 else:
                     self._dispatch(outputs)
             else:
                 self._dispatch(self.session.receive_text(data, now))
         except Exception:
-            log.exception("session receive failed", extra=self.observer.log_fields)
+            log.exception("session receive failed", extra=self.reporter.log_fields)
             self._close_code = self._close_code or 1011
         if self._close_code is not None:
             self._stop_receiving()
@@ -195,10 +211,10 @@ class Connection:
             return
         try:
             if code == CLOSE_MESSAGE_TOO_BIG:
-                self.observer.oversized_message()
+                self.reporter.oversized_message()
             self._dispatch(self.session.connection_lost(time.monotonic()))
         except Exception:
-            log.exception("session end failed", extra=self.observer.log_fields)
+            log.exception("session end failed", extra=self.reporter.log_fields)
         self._stop_receiving()
 
     def _stop_receiving(self) -> None:
@@ -217,7 +233,7 @@ class Connection:
             if message["type"] == "websocket.disconnect":
                 self.websocket.client_state = WebSocketState.DISCONNECTED
                 if message.get("code") == CLOSE_MESSAGE_TOO_BIG:
-                    self.observer.oversized_message()
+                    self.reporter.oversized_message()
                 self._dispatch(session.connection_lost(now))
                 return
             data = message.get("bytes")
@@ -230,10 +246,11 @@ class Connection:
 
     # --- outputs ------------------------------------------------------------------------------
     def _dispatch(self, outputs: list[Output]) -> None:
-        """Apply a session's outputs in order. Never awaits: ordering is decided here."""
+        """Apply a session's outputs in order: the one place that tells them apart (the
+        reporter has a method per kind). Never awaits: ordering is decided here."""
         for output in outputs:
             if type(output) is AudioFrame:
-                self.observer.audio(output, time.monotonic())
+                self.reporter.audio(output, time.monotonic())
             elif type(output) is SendText:
                 self._enqueue(output.text, output.message_type)
             elif type(output) is CloseConnection:
@@ -243,20 +260,36 @@ class Connection:
                     self._drop_connection()
                 self._start_sender()
                 self._stop_receiving()  # direct mode: the session is over, `run` ends it
-            elif type(output) is DisconnectSent and output.reason == "unauthorized":
-                # Every authentication failure is answered no sooner than the minimum delay.
-                delay = self.gateway.settings.auth_min_failure_delay_seconds
-                self._send_not_before = self.connected_at + delay
-                self.observer.unauthorized(output)
-            elif type(output) is ClientError and output.code == 429:
-                self.observer.client_rate_limit(output.retry_after_seconds)
-                self.observer.event(output)
+            elif type(output) is DisconnectSent:
+                if output.reason == "unauthorized":
+                    # Every authentication failure is answered no sooner than the minimum delay.
+                    self._send_not_before = self._failure_not_before
+                    self.reporter.unauthorized(output)
+                self.reporter.disconnect_sent(output)
+            elif type(output) is ClientError:
+                if output.code == 429:
+                    self.reporter.client_rate_limit(output.retry_after_seconds)
+                self.reporter.client_error(output)
             elif type(output) is SessionOpened:
-                self.observer.opened(output)
+                self.reporter.opened(output)
             elif type(output) is SessionClosed:
-                self.observer.closed(output)
-            else:
-                self.observer.event(output)
+                self.reporter.closed(output)
+            elif type(output) is Paused:
+                self.reporter.paused(output)
+            elif type(output) is Resumed:
+                self.reporter.resumed(output)
+            elif type(output) is Discarded:
+                self.reporter.discarded(output)
+            elif type(output) is LanguageUpdated:
+                self.reporter.language_updated(output)
+            elif type(output) is CloseRequested:
+                self.reporter.close_requested(output)
+            elif type(output) is CloseWindowEnded:
+                self.reporter.close_window_ended(output)
+            elif type(output) is PingReceived:
+                self.reporter.ping_received(output)
+            elif type(output) is ProtocolViolation:
+                self.reporter.protocol_violation(output)
 
     def _enqueue(self, text: str, message_type: str) -> None:
         if self._dropped:
@@ -271,14 +304,14 @@ class Connection:
             and self._protocol.send_text_now(text)
         ):
             if message_type == "opened":
-                self.observer.opened_sent(time.monotonic())
+                self.reporter.opened_sent(time.monotonic())
             return
         self._outgoing.append((text, message_type))
         self._outgoing_bytes += len(text)
         self._start_sender()
         if self._outgoing_bytes > self.gateway.settings.max_outgoing_queue_bytes:
             # The client stopped reading: drop it rather than buffer without bound.
-            self.observer.outgoing_overflow()
+            self.reporter.outgoing_overflow()
             self._close_code = 1008
             self._close_reason = "client not reading"
             self._drop_connection()
@@ -312,15 +345,14 @@ class Connection:
             while self._outgoing and not self._dropped:
                 # Checked before every message: an unauthorized `disconnect` queued while this
                 # sender was already busy must still wait for the minimum failure delay.
-                wait = self._send_not_before - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                if time.monotonic() < self._send_not_before:
+                    await _wait_until(self._send_not_before)
                     continue
                 text, message_type = self._outgoing.pop(0)
                 self._outgoing_bytes -= len(text)
                 await websocket.send_text(text)
                 if message_type == "opened":
-                    self.observer.opened_sent(time.monotonic())
+                    self.reporter.opened_sent(time.monotonic())
             # Queue empty. Unless closing (which stops new senders first), nothing awaits from
             # here to `finally`, so any message queued later starts a new sender.
             if self._close_code is not None:
@@ -328,7 +360,7 @@ class Connection:
                 await self._close_socket()
         except Exception as exc:  # the socket went away while we were writing
             self._sending_over = True
-            log.debug("send loop ended: %s", exc, extra=self.observer.log_fields)
+            log.debug("send loop ended: %s", exc, extra=self.reporter.log_fields)
         finally:
             self._sender = None
 
@@ -337,7 +369,7 @@ class Connection:
             try:
                 await self.websocket.close(self._close_code or 1000, self._close_reason)
             except Exception as exc:
-                log.debug("close failed: %s", exc, extra=self.observer.log_fields)
+                log.debug("close failed: %s", exc, extra=self.reporter.log_fields)
         self._stop_receiving()  # as the receive loop ends on the disconnect the close queues
 
     # --- timers and consumer commands (called from the gateway's tasks) --------------------
@@ -365,7 +397,27 @@ class Connection:
     @property
     def log_fields(self) -> dict[str, object]:
         """The session's ids, for log lines written about it elsewhere (consumer commands)."""
-        return self.observer.log_fields
+        return self.reporter.log_fields
 
     def apply(self, command: ControlCommand) -> str:
-        return self.observer.apply_command(command, self._dispatch)
+        """Apply a consumer's command to the session now (the control plane's target)."""
+        session = self.session
+        now = time.monotonic()
+        name = command.command
+        try:
+            if name == "pause":
+                self._dispatch(session.pause(now))
+            elif name == "resume":
+                self._dispatch(session.resume(now))
+            elif name == "disconnect":
+                self._dispatch(session.disconnect(command.reason, command.info, now))
+            elif name == "event":
+                self._dispatch(session.send_event(command.entities, now))
+                self.reporter.event_message_sent()
+            elif name == "finish":
+                self._dispatch(session.finish(now))
+            else:
+                return "invalid"
+        except InvalidStateError:
+            return "invalid_state"
+        return "applied"

@@ -13,9 +13,9 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from app.config import Settings
+from app.control.plane import APPLIED, ControlCommand
 from app.protocol.media import Channel, MediaFormat
-from app.streams.control import APPLIED, ControlCommand
-from app.streams.publisher import SessionInfo
+from app.publisher.publisher import SessionInfo
 
 TEST_KEY_ID = "k1"
 TEST_KEY = bytes(range(32))

@@ -18,10 +18,10 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from app.client.audio import wav_source
 from app.client.session import ClientSession, run_session
+from app.control.plane import APPLIED, ControlClient
 from app.protocol.media import AudioFormat
 from app.redis import keys
 from app.redis.client import create_redis
-from app.streams.control import APPLIED, ControlClient
 from tests.integration.e2e.support import (
     assert_same_audio,
     call_config,

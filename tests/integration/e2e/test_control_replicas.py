@@ -18,14 +18,14 @@ import redis.asyncio
 
 from app.client.audio import tone_source
 from app.client.session import ClientSession
-from app.redis import keys
-from app.redis.embedded import EmbeddedRedis
-from app.streams.control import (
+from app.control.plane import (
     APPLIED,
     RATE_LIMITED_RESULT,
     UNKNOWN_SESSION,
     ControlClient,
 )
+from app.redis import keys
+from app.redis.embedded import EmbeddedRedis
 from app.tools.consume import run_consumer
 from app.tools.wav import read_wav
 from tests.integration.e2e.support import (

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from app.control.plane import APPLIED, ControlClient
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
-from app.streams.control import APPLIED, ControlClient
 from tests.integration.e2e.support import (
     SECURE_API_KEY,
     SECURE_CLIENT_SECRET,

@@ -16,8 +16,8 @@ import redis.asyncio
 from app.client.audio import wav_source
 from app.client.session import run_session
 from app.protocol.media import AudioFormat, MediaFormat
+from app.publisher.payload_crypto import NONCE_BYTES
 from app.redis import keys
-from app.streams.payload_crypto import NONCE_BYTES
 from app.tools.consume import reassemble, run_consumer
 from tests.integration.e2e.support import (
     assert_same_audio,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from app.control.plane import APPLIED, INVALID_STATE, UNKNOWN_SESSION, ControlClient
 from app.redis.embedded import EmbeddedRedis
-from app.streams.control import APPLIED, INVALID_STATE, UNKNOWN_SESSION, ControlClient
 from tests.integration.gateway.helpers import INTEGRATIONS, events_of, running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import Growth, scrape, wait_for_metric

@@ -59,9 +59,9 @@ async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway
 # protocols (and so the transport and handshake headers they hold).
 SESSION_CLASSES = {
     "app.transport.websocket.Connection",
-    "app.transport.session_observer.SessionObserver",
+    "app.transport.session_reporter.SessionReporter",
     "app.protocol.session.ServerSession",
-    "app.streams.session_queue.SessionPublisher",
+    "app.publisher.session_queue.SessionPublisher",
     "app.transport.ws_protocol.AudioHookWebSocketProtocol",
     "app.transport.http_guard.guarded_http_protocol.<locals>.GuardedHttpToolsProtocol",
 }

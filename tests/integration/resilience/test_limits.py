@@ -19,8 +19,8 @@ import httpx
 import psutil
 import redis.asyncio
 
+from app.control.plane import APPLIED, ControlClient
 from app.redis.embedded import EmbeddedRedis
-from app.streams.control import APPLIED, ControlClient
 from tests.integration.resilience.helpers import (
     LIMITED_KEY,
     LIMITED_SECRET,

@@ -16,8 +16,8 @@ from redis.exceptions import ResponseError
 
 from app.client.audio import ulaw_decode_byte
 from app.protocol.media import MediaFormat
+from app.publisher.publisher import Publisher, SessionInfo
 from app.redis import keys as redis_keys
-from app.streams.publisher import Publisher, SessionInfo
 from app.tools.consume import add_arguments, main, run_consumer
 from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
 from tests.support.streams import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from app.protocol.media import MediaFormat
-from app.streams.payload_crypto import PayloadCipher
+from app.publisher.payload_crypto import PayloadCipher
 from app.tools.consume import AudioAssembler, reassemble
 
 MEDIA = MediaFormat("PCMU", ("external", "internal"))

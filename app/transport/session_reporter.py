@@ -1,16 +1,16 @@
 """What a live session's domain events mean for the rest of the gateway.
 
 The protocol core reports facts (opened, audio frame, paused, client error, closed ...); this
-module turns each into its Redis event, metrics and log line, and applies consumers'
-commands to the session. It owns no socket: the connection hands it outputs in order.
+module turns each into its Redis event, metrics and log line, and registers the session with
+the control plane while it is open. It owns no socket and decides nothing about the outputs:
+the connection's `_dispatch` tells them apart and calls the method for each, in order.
+Consumers' commands are applied by the connection (`Connection.apply`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from app.observability import metrics
@@ -22,9 +22,7 @@ from app.protocol.session import (
     CloseWindowEnded,
     Discarded,
     DisconnectSent,
-    InvalidStateError,
     LanguageUpdated,
-    Output,
     Paused,
     PingReceived,
     ProtocolViolation,
@@ -32,13 +30,12 @@ from app.protocol.session import (
     SessionClosed,
     SessionOpened,
 )
-from app.streams.publisher import SessionInfo, SessionPublisher
+from app.publisher.publisher import SessionInfo, SessionPublisher
 
 if TYPE_CHECKING:
-    from app.runtime import Gateway
     from app.security.integrations import Integration
-    from app.streams.control import ControlCommand
     from app.transport.admission import Admission
+    from app.transport.host import ReporterHost
     from app.transport.websocket import Connection
 
 log = logging.getLogger("app.session")
@@ -59,7 +56,9 @@ AUTH_FAILURE_REASONS = {
 }
 
 
-class SessionObserver:
+class SessionReporter:
+    """Reports one session: its Redis events, metrics and log lines."""
+
     __slots__ = (
         "_bytes",
         "_connection",
@@ -78,10 +77,10 @@ class SessionObserver:
         "session",
     )
 
-    def __init__(self, gateway: Gateway, admission: Admission, connection: Connection) -> None:
+    def __init__(self, gateway: ReporterHost, admission: Admission, connection: Connection) -> None:
         self.gateway = gateway
         self.admission = admission
-        # Weak: the connection holds its observer, and an ended session must be freed by
+        # Weak: the connection holds its reporter, and an ended session must be freed by
         # reference counting. Cycles left to the collector are walked by its full passes,
         # which grow with every live session and stall the event loop for all of them.
         self._connection = weakref.ref(connection)
@@ -195,7 +194,7 @@ class SessionObserver:
             media=event.media,
             encryption_key_id=integration.encryption_key_id if integration else None,
         )
-        return self.gateway.publisher.open_session(info, on_overflow=self._publishing_failed)
+        return self.gateway.publisher.open_session(info, on_failure=self._publishing_failed)
 
     def closed(self, event: SessionClosed) -> None:
         self._report_audio()
@@ -230,85 +229,93 @@ class SessionObserver:
         if self._registered:
             self.gateway.control.unregister(self.admission.session_id)
         metrics.SESSIONS_ACTIVE.labels(self.integration).dec()
-        # The publisher's overflow callback refers to this observer: without this, each ended
+        # The publisher's failure callback refers to this reporter: without this, each ended
         # session would be a reference cycle left for the collector (see __init__).
         self.publisher = None
 
-    def event(self, output: Output) -> None:
-        """Every domain event other than audio, open and close."""
-        if isinstance(output, Paused):
-            self._publish("paused", {"position": format_duration(output.position_samples)})
-        elif isinstance(output, Resumed):
-            self._publish(
-                "resumed",
-                {
-                    "start": format_duration(output.start_samples),
-                    "discarded": format_duration(output.discarded_samples),
-                },
-            )
-        elif isinstance(output, Discarded):
-            self._publish(
-                "discarded",
-                {
-                    "start": format_duration(output.start_samples),
-                    "discarded": format_duration(output.discarded_samples),
-                },
-            )
-        elif isinstance(output, LanguageUpdated):
-            self._publish("language_updated", {"language": output.language})
-        elif isinstance(output, ClientError):
-            code = str(output.code) if output.code in CLIENT_ERROR_CODES else "other"
-            metrics.CLIENT_ERRORS.labels(code).inc()
-            self._publish(
-                "client_error",
-                {
-                    "code": output.code,
-                    "message": output.message,
-                    "retry_after": output.retry_after_seconds,
-                },
-            )
-            self._log(
-                logging.WARNING,
-                "client reported an error",
-                extra={
-                    **self.log_fields,
-                    "code": output.code,
-                    "error_message": output.message[:MAX_LOGGED_ERROR_CHARS],
-                },
-            )
-        elif isinstance(output, CloseRequested):
-            self._publish(
-                "closing",
-                {"reason": output.reason, "position": format_duration(output.position_samples)},
-            )
-        elif isinstance(output, CloseWindowEnded):
-            metrics.CLOSE_WINDOWS.labels(self.integration, output.outcome).inc()
-            metrics.CLOSE_WINDOW_SECONDS.observe(output.seconds)
-            if output.outcome == "expired":  # no consumer said `finish` in time
-                self._log(
-                    logging.INFO,
-                    "close window expired",
-                    extra={**self.log_fields, "seconds": round(output.seconds, 3)},
-                )
-        elif isinstance(output, PingReceived):
-            if output.rtt_seconds is not None:
-                metrics.CLIENT_RTT.observe(output.rtt_seconds)
-        elif isinstance(output, ProtocolViolation):
-            metrics.PROTOCOL_ERRORS.labels(output.kind).inc()
-            self._log(
-                logging.WARNING,
-                "protocol violation",
-                extra={**self.log_fields, "kind": output.kind, "info": output.info},
-            )
-        elif isinstance(output, DisconnectSent):
-            metrics.DISCONNECTS_SENT.labels(self.integration, output.reason).inc()
-            if output.cause is not None and output.reason == "error":  # open or idle timeout
-                metrics.PROTOCOL_ERRORS.labels(output.cause).inc()
+    # --- what the session reports (the connection's `_dispatch` tells them apart) -------------
+    def paused(self, output: Paused) -> None:
+        self._publish("paused", {"position": format_duration(output.position_samples)})
+
+    def resumed(self, output: Resumed) -> None:
+        self._publish(
+            "resumed",
+            {
+                "start": format_duration(output.start_samples),
+                "discarded": format_duration(output.discarded_samples),
+            },
+        )
+
+    def discarded(self, output: Discarded) -> None:
+        self._publish(
+            "discarded",
+            {
+                "start": format_duration(output.start_samples),
+                "discarded": format_duration(output.discarded_samples),
+            },
+        )
+
+    def language_updated(self, output: LanguageUpdated) -> None:
+        self._publish("language_updated", {"language": output.language})
+
+    def client_error(self, output: ClientError) -> None:
+        code = str(output.code) if output.code in CLIENT_ERROR_CODES else "other"
+        metrics.CLIENT_ERRORS.labels(code).inc()
+        self._publish(
+            "client_error",
+            {
+                "code": output.code,
+                "message": output.message,
+                "retry_after": output.retry_after_seconds,
+            },
+        )
+        self._log(
+            logging.WARNING,
+            "client reported an error",
+            extra={
+                **self.log_fields,
+                "code": output.code,
+                "error_message": output.message[:MAX_LOGGED_ERROR_CHARS],
+            },
+        )
+
+    def close_requested(self, output: CloseRequested) -> None:
+        self._publish(
+            "closing",
+            {"reason": output.reason, "position": format_duration(output.position_samples)},
+        )
+
+    def close_window_ended(self, output: CloseWindowEnded) -> None:
+        metrics.CLOSE_WINDOWS.labels(self.integration, output.outcome).inc()
+        metrics.CLOSE_WINDOW_SECONDS.observe(output.seconds)
+        if output.outcome == "expired":  # no consumer said `finish` in time
             self._log(
                 logging.INFO,
-                "disconnect sent",
-                extra={**self.log_fields, "reason": output.reason, "info": output.info},
+                "close window expired",
+                extra={**self.log_fields, "seconds": round(output.seconds, 3)},
             )
+
+    def ping_received(self, output: PingReceived) -> None:
+        if output.rtt_seconds is not None:
+            metrics.CLIENT_RTT.observe(output.rtt_seconds)
+
+    def protocol_violation(self, output: ProtocolViolation) -> None:
+        metrics.PROTOCOL_ERRORS.labels(output.kind).inc()
+        self._log(
+            logging.WARNING,
+            "protocol violation",
+            extra={**self.log_fields, "kind": output.kind, "info": output.info},
+        )
+
+    def disconnect_sent(self, output: DisconnectSent) -> None:
+        metrics.DISCONNECTS_SENT.labels(self.integration, output.reason).inc()
+        if output.cause is not None and output.reason == "error":  # open or idle timeout
+            metrics.PROTOCOL_ERRORS.labels(output.cause).inc()
+        self._log(
+            logging.INFO,
+            "disconnect sent",
+            extra={**self.log_fields, "reason": output.reason, "info": output.info},
+        )
 
     def _log(self, level: int, message: str, extra: dict[str, Any]) -> None:
         """A line about one of the client's messages, within the session's log budget."""
@@ -330,7 +337,6 @@ class SessionObserver:
             metrics.CONNECTIONS_REJECTED.labels(output.cause).inc()
             reason = AUTH_FAILURE_REASONS.get(output.cause, output.cause)
             log.warning("authentication failed", extra={**self.log_fields, "reason": reason})
-        self.event(output)
 
     # --- trouble ------------------------------------------------------------------------------
     def _publishing_failed(self) -> None:
@@ -350,32 +356,11 @@ class SessionObserver:
         metrics.CONNECTIONS_REJECTED.labels("client_not_reading").inc()
         log.warning("client stopped reading; closing socket", extra=self.log_fields)
 
+    def event_message_sent(self) -> None:
+        """A consumer's `event` command was sent to the client."""
+        metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()
+
     def client_rate_limit(self, retry_after: float | None) -> None:
         """The client answered `error` 429: hold consumers' `event` commands as it asked."""
         seconds = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_SECONDS
         self.gateway.control.client_retry_after(self.admission.session_id, seconds)
-
-    # --- consumer commands --------------------------------------------------------------------
-    def apply_command(
-        self, command: ControlCommand, dispatch: Callable[[list[Output]], None]
-    ) -> str:
-        session = self.session
-        now = time.monotonic()
-        name = command.command
-        try:
-            if name == "pause":
-                dispatch(session.pause(now))
-            elif name == "resume":
-                dispatch(session.resume(now))
-            elif name == "disconnect":
-                dispatch(session.disconnect(command.reason, command.info, now))
-            elif name == "event":
-                dispatch(session.send_event(command.entities, now))
-                metrics.EVENT_MESSAGES_SENT.labels(self.integration).inc()
-            elif name == "finish":
-                dispatch(session.finish(now))
-            else:
-                return "invalid"
-        except InvalidStateError:
-            return "invalid_state"
-        return "applied"

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.streams.payload_crypto import (
+from app.publisher.payload_crypto import (
     NONCE_BYTES,
     DecryptionError,
     PayloadCipher,

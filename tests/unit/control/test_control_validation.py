@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.streams.control import ControlCommand, ControlReply, validate
+from app.control.plane import ControlCommand, ControlReply, validate
 
 ENTITY = {"type": "transcript", "data": {"id": "x"}}
 

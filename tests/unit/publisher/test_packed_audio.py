@@ -7,9 +7,9 @@ from itertools import chain
 import redis.asyncio
 
 from app.config import Settings
+from app.publisher.publisher import Publisher, SessionInfo
+from app.publisher.session_queue import QueuedAudio
 from app.redis.resp import pack_commands
-from app.streams.publisher import Publisher, SessionInfo
-from app.streams.session_queue import QueuedAudio
 
 
 async def test_a_queued_frame_is_packed_as_its_xadd() -> None:
@@ -25,7 +25,7 @@ async def test_a_queued_frame_is_packed_as_its_xadd() -> None:
         is_probe=False,
         media=None,
     )
-    session = publisher.open_session(info, on_overflow=lambda: None)
+    session = publisher.open_session(info, on_failure=lambda: None)
     for offset, data in ((0, bytes(range(256)) * 12), (1536, b""), (1536, b"\r\n$5\r\n" * 3)):
         assert session.audio(data, offset, len(data) // 2, 0.0)
         item = session.queue[-1]

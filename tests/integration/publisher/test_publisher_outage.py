@@ -8,9 +8,9 @@ import time
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
+from app.publisher.publisher import Publisher
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
-from app.streams.publisher import Publisher
 from app.tools.consume import reassemble
 from tests.support.redis_servers import redis_outage
 from tests.support.streams import (

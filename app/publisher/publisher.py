@@ -1,15 +1,31 @@
-"""The batch writer: drains every session's queue into Redis with pipelined XADDs.
+"""Audio frames and session events to Redis Streams: bounded, batched, in order, never blocking.
+
+The transport calls `SessionPublisher.audio()` / `.event()` / `.close()` from its receive loop;
+they only append to the session's queue and return. One writer task drains all queues with
+pipelined XADDs. If Redis is slow or down the queues grow, each up to its bound (seconds of
+audio), while the writer retries with backoff; then they drain in order. A session whose queue
+is full is lost to publishing: `audio()` returns False, `on_failure()` is called once (the
+transport ends that session with `disconnect` error), and its rejected frames are counted; a
+session whose entry Redis refuses for good gets `on_failure()` too.
 
 Sessions with queued entries wait in `_pending`, in order; each round trip takes a fair share
 of every session's queue head. A failed write is retried with exponential backoff while the
 queues grow within their bounds; readiness (REDIS_UP) follows the outcome of the writes.
-`Publisher` (app/streams/publisher.py) adds the session API and the task's lifecycle.
+
+Stream and event schema: app/publisher/schema.py.
+
+Modules: this one (`Publisher`: the sessions of the process, the writer task and its loop),
+schema.py (what the streams hold), session_queue.py (`SessionPublisher`: one session's entries
+and bounded queue, and `QueueOwner`, the seam between it and the publisher), outcomes.py (what
+Redis answered, duplicate check after a retry), app/redis/resp.py (RESP packing and the
+pipelined round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import TYPE_CHECKING, Any
@@ -28,20 +44,30 @@ from app.observability.metrics import (
     REDIS_UP,
     observe_many,
 )
-from app.redis import keys
-from app.redis.client import RedisClient, ping
-from app.redis.resp import PipelineConnection, pack_head
-from app.streams.outcomes import DUPLICATE, OK, RETRY, classify, confirm_duplicates
-from app.streams.session_queue import (
-    F_AUDIO,
+from app.publisher.outcomes import DUPLICATE, OK, RETRY, Outcome, classify, confirm_duplicates
+from app.publisher.payload_crypto import PayloadCipher, parse_keys
+from app.publisher.schema import F_AUDIO
+from app.publisher.session_queue import (
     QueuedAudio,
     QueuedEvent,
     QueuedItem,
+    SessionInfo,
     SessionPublisher,
 )
+from app.redis import keys
+from app.redis.client import RedisClient, ping
+from app.redis.resp import PipelineConnection, pack_commands, pack_head
+from app.tasks import stop_task
 
 if TYPE_CHECKING:
     from app.config import Settings
+
+__all__ = [
+    "Publisher",
+    "SessionInfo",
+    "SessionPublisher",
+    "pack_commands",
+]
 
 log = logging.getLogger("app.streams.publisher")
 
@@ -54,15 +80,16 @@ _OVERLAP_AFTER_SECONDS = 0.004  # how long a second batch waits for the first to
 _LINGER_SECONDS = 0.004
 
 
-class BatchWriter:
-    """The writer state and loop shared by all sessions of the process."""
+class Publisher:
+    """All sessions of the process, and one writer task for them (two batches in flight)."""
 
     def __init__(
         self,
         redis: RedisClient,
         settings: Settings,
-        clock: Callable[[], float],
-        health_interval: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        health_interval: float = 1.0,
     ) -> None:
         self._redis = redis
         self._clock = clock
@@ -84,6 +111,10 @@ class BatchWriter:
         self._ready = False
         self._was_up = False
         self._gauges_at = float("-inf")
+        self.backlog_seconds = settings.publish_backlog_seconds
+        self.probe_events = settings.publish_probe_events
+        self._keys = parse_keys(settings.payload_encryption_keys.get_secret_value())
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -94,6 +125,69 @@ class BatchWriter:
     def backlog_frames(self) -> int:
         return self._backlog_frames
 
+    def has_key(self, key_id: str) -> bool:
+        return key_id in self._keys
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._set_ready(await ping(self._redis))
+        if not self._ready:
+            log.warning("redis unreachable at start; audio will wait in bounded backlogs")
+        self._task = asyncio.create_task(self._run(), name="streams-publisher")
+
+    async def flush(self, timeout_seconds: float) -> bool:
+        """Wait until no session has anything left to write; False on timeout."""
+        deadline = time.monotonic() + timeout_seconds
+        while self._pending:
+            if time.monotonic() >= deadline:
+                return False
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        return True
+
+    async def stop(self, flush_timeout: float) -> None:
+        """Write what is queued (up to `flush_timeout` seconds), then stop the writer.
+        Audio still queued after that is counted lost and logged."""
+        if self._task is None:
+            return
+        await self.flush(flush_timeout)
+        await stop_task(self._task)
+        self._task = None
+        for session in list(self._pending):
+            frames = sum(1 for item in session.queue if isinstance(item, QueuedAudio))
+            if frames:
+                session.lose(frames)
+                log.error(
+                    "publisher stopped with unwritten audio",
+                    extra=session.log_fields("shutdown"),
+                )
+            session.queue.clear()
+            session.backlog_samples = 0
+        self._pending.clear()
+        self._backlog_frames = 0
+        PUBLISH_BACKLOG_FRAMES.set(0)
+
+    # --- sessions -----------------------------------------------------------------------------
+    def open_session(self, info: SessionInfo, on_failure: Callable[[], None]) -> SessionPublisher:
+        """Start publishing a session. ValueError: the session id is already live here, or
+        the integration's encryption key id is not configured. `on_failure` is called once
+        when the session can no longer be published (its backlog overflowed, or Redis refused
+        one of its entries for good)."""
+        if info.session_id in self._sessions:
+            raise ValueError("session id already being published")
+        cipher = None
+        if info.encryption_key_id is not None and not info.is_probe:
+            key = self._keys.get(info.encryption_key_id)
+            if key is None:
+                raise ValueError(
+                    f"payload encryption key {info.encryption_key_id!r} not configured"
+                )
+            cipher = PayloadCipher(info.encryption_key_id, key, info.session_id)
+        session = SessionPublisher(self, info, on_failure, cipher)
+        self._sessions[info.session_id] = session
+        return session
+
+    # --- the seam to the session queues (session_queue.QueueOwner) ----------------------------
     def audio_command_head(self, stream_key: str) -> bytes | None:
         """The RESP of a session's audio XADD up to its entry id, so that entries are packed
         as they are queued; None when commands go to Redis Cluster as argument tuples."""
@@ -101,13 +195,15 @@ class BatchWriter:
             return None
         return pack_head(12, "XADD", stream_key, *self._audio_trim)
 
-    def _enqueued(self, session: SessionPublisher, *, audio: bool) -> None:
+    def enqueued(self, session: SessionPublisher, *, audio: bool) -> None:
+        """`session` queued an entry (`audio`: a frame): it joins the sessions to write."""
         if audio:
             self._backlog_frames += 1
         if session not in self._pending:
             self._pending[session] = None
         self._wakeup.set()
 
+    # --- the writer -----------------------------------------------------------------------------
     async def _run(self) -> None:
         # Up to two batches in flight: frames that arrive during a slow round trip leave in a
         # second batch instead of waiting for it. A session is in one batch at a time, so its
@@ -229,10 +325,10 @@ class BatchWriter:
         plan: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]], int]],
         results: Iterator[Any],
     ) -> bool:
-        outcomes: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]]]] = []
+        outcomes: list[tuple[SessionPublisher, list[tuple[QueuedItem, Outcome]]]] = []
         duplicates: list[tuple[SessionPublisher, QueuedItem]] = []
         for session, taken, extra in plan:
-            per_item: list[tuple[QueuedItem, int]] = []
+            per_item: list[tuple[QueuedItem, Outcome]] = []
             for item, count in taken:
                 if count == 1:
                     status = classify(next(results))
@@ -256,7 +352,7 @@ class BatchWriter:
         for session, per_item in outcomes:
             for item, status in per_item:
                 if status == DUPLICATE:
-                    status = confirmed.get(id(item), RETRY)
+                    status = confirmed.get(item, RETRY)
                 if status == RETRY:
                     all_done = False
                     break
@@ -269,12 +365,12 @@ class BatchWriter:
                         session.frames_published += 1
                         latencies.append(now - item.received_at)
                     else:
-                        session._lose(1)
-                        session._fail("audio entry refused by redis")
+                        session.lose(1)
+                        session.fail("audio entry refused by redis")
                 elif status == OK:
                     EVENTS_PUBLISHED.labels(item.event_type).inc()
                 else:
-                    session._fail(f"{item.event_type} event refused by redis")
+                    session.fail(f"{item.event_type} event refused by redis")
             if not session.queue:
                 self._retire(session)
             else:  # round robin: sessions left out of a full batch go first next time

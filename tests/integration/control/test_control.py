@@ -11,9 +11,7 @@ import pytest
 import redis.asyncio
 
 from app.config import Settings
-from app.redis import keys
-from app.redis.client import create_redis
-from app.streams.control import (
+from app.control.plane import (
     APPLIED,
     INVALID,
     INVALID_STATE,
@@ -22,6 +20,8 @@ from app.streams.control import (
     ControlClient,
     ControlPlane,
 )
+from app.redis import keys
+from app.redis.client import create_redis
 from tests.support.clock import ManualClock
 from tests.support.streams import RecordingTarget, metric, read_stream
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from app.control.plane import APPLIED, UNKNOWN_SESSION, ControlClient, ControlPlane
 from app.protocol.media import MediaFormat
+from app.publisher.publisher import Publisher
 from app.redis import keys
 from app.redis.client import create_redis
-from app.streams.control import APPLIED, UNKNOWN_SESSION, ControlClient, ControlPlane
-from app.streams.publisher import Publisher
 from app.tools.consume import reassemble, run_consumer
 from app.tools.wav import read_wav
 from tests.support.redis_servers import RedisCluster

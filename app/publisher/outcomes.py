@@ -6,7 +6,8 @@ An XADD retried after a lost reply is refused because its explicit id is already
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from enum import IntEnum
+from typing import TYPE_CHECKING, Final
 
 from redis.exceptions import (
     BusyLoadingError,
@@ -21,16 +22,35 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from app.redis.client import RedisClient
 
 if TYPE_CHECKING:
-    from app.streams.session_queue import QueuedItem, SessionPublisher
+    from app.publisher.session_queue import QueuedItem, SessionPublisher
 
-# Outcome of one queued item in a batch.
-OK, DUPLICATE, RETRY, FAILED = range(4)
+
+class Outcome(IntEnum):
+    """What became of one queued item in a batch, ordered from best to worst.
+
+    The order is relied on: an item written with several commands (an event goes to the
+    session stream and the events stream) takes the worst of their outcomes, `max()`. So a
+    refusal of any of them fails the item, else a transient error has it retried, else an
+    "id already there" has it checked as a possible duplicate, and only all OK is written.
+    The members are ints: comparing them (`==`, `max`) costs what comparing ints does.
+    """
+
+    OK = 0  # written
+    DUPLICATE = 1  # its explicit id is already in the stream: ours after a retry, or foreign
+    RETRY = 2  # not written for now (connection, timeout, OOM, failover...): try again
+    FAILED = 3  # refused for good
+
+
+OK: Final = Outcome.OK
+DUPLICATE: Final = Outcome.DUPLICATE
+RETRY: Final = Outcome.RETRY
+FAILED: Final = Outcome.FAILED
 
 _TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
                        "READONLY", "NOREPLICAS", "MOVED", "ASK")  # fmt: skip
 
 
-def classify(result: object) -> int:
+def classify(result: object) -> Outcome:
     if not isinstance(result, Exception):
         return OK
     if isinstance(result, (RedisConnectionError, RedisTimeoutError, BusyLoadingError)):
@@ -49,10 +69,10 @@ def classify(result: object) -> int:
 
 async def confirm_duplicates(
     redis: RedisClient, duplicates: list[tuple[SessionPublisher, QueuedItem]]
-) -> dict[int, int]:
+) -> dict[QueuedItem, Outcome]:
     """An id refused as 'already there' is ours (a retry after a lost reply) only if the
     stored entry is identical; anything else is a foreign stream with this session id.
-    The verdict by id() of the item; RedisError/OSError: the read failed."""
+    The verdict by item (items hash by identity); RedisError/OSError: the read failed."""
     if not duplicates:
         return {}
     pipe = redis.pipeline(transaction=False)
@@ -61,12 +81,12 @@ async def confirm_duplicates(
         assert item.entry_id is not None
         pipe.xrange(session.stream_key, item.entry_id, item.entry_id)
     found = await pipe.execute(raise_on_error=False)
-    verdict: dict[int, int] = {}
+    verdict: dict[QueuedItem, Outcome] = {}
     for (_, item), entries in zip(duplicates, found, strict=True):
         if isinstance(entries, Exception):
-            verdict[id(item)] = RETRY
+            verdict[item] = RETRY
         elif entries and entries[0][1] == item.fields:
-            verdict[id(item)] = OK
+            verdict[item] = OK
         else:
-            verdict[id(item)] = FAILED
+            verdict[item] = FAILED
     return verdict

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
+from app.publisher.publisher import Publisher, SessionPublisher
 from app.redis import keys
-from app.streams.publisher import Publisher, SessionPublisher
 from app.tools.consume import decode_event, reassemble
 from tests.support.streams import (
     MONO,
@@ -49,7 +49,7 @@ async def test_round_trip_is_byte_identical(
     publisher = Publisher(redis_client, streams_settings())
     await publisher.start()
     info = session_info(media, encrypted=encrypted)
-    session = publisher.open_session(info, on_overflow=lambda: pytest.fail("overflow"))
+    session = publisher.open_session(info, on_failure=lambda: pytest.fail("overflow"))
     await _publish_call(session, frames, 160)
     await publisher.stop(flush_timeout=10)
 

@@ -1,8 +1,11 @@
 """One session's side of publishing: its bounded queue of audio and event entries.
 
 `SessionPublisher` turns what the transport hands it into the fields and ids of stream entries
-(schema in app/streams/publisher.py) and queues them in order; it never touches Redis. The
-batch writer (app/streams/writer.py) drains the queue.
+(schema in app/publisher/schema.py) and queues them in order; it never touches Redis. The
+publisher (app/publisher/publisher.py) drains the queue. Between the two is one seam each way:
+the session sees its publisher as a `QueueOwner` (settings it needs, and `enqueued()` to join
+the sessions to write), and the publisher uses the session's queue, counters and its public
+`lose()`, `fail()` and `log_fields()`.
 """
 
 from __future__ import annotations
@@ -12,38 +15,17 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import orjson
 
 from app.observability.metrics import FRAMES_LOST
 from app.protocol.media import MediaFormat
+from app.publisher.payload_crypto import PayloadCipher
+from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES, SCHEMA_VERSION
 from app.redis import keys
-from app.streams.payload_crypto import PayloadCipher
-
-if TYPE_CHECKING:
-    from app.streams.publisher import Publisher
 
 log = logging.getLogger("app.streams.publisher")
-
-SCHEMA_VERSION: Final = "1"
-EVENT_TYPES: Final = frozenset(
-    {
-        "opened",
-        "paused",
-        "resumed",
-        "discarded",
-        "language_updated",
-        "client_error",
-        "closing",
-        "closed",
-    }
-)
-F_OFFSET: Final = b"offset"
-F_SAMPLES: Final = b"samples"
-F_AUDIO: Final = b"audio"
-F_KID: Final = b"kid"
-F_NONCE: Final = b"nonce"
 
 _EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
 # The RESP of an audio XADD after its head (command, key, trim) up to the audio itself: id and
@@ -103,6 +85,28 @@ class QueuedEvent:
 QueuedItem = QueuedAudio | QueuedEvent
 
 
+class QueueOwner(Protocol):
+    """What a session's queue needs of the publisher that drains it."""
+
+    @property
+    def backlog_seconds(self) -> float:
+        """How many seconds of audio a session's queue holds at most."""
+        ...
+
+    @property
+    def probe_events(self) -> bool:
+        """Whether probes' events are published."""
+        ...
+
+    def audio_command_head(self, stream_key: str) -> bytes | None:
+        """The packed head of the session's audio XADDs, or None (see the publisher)."""
+        ...
+
+    def enqueued(self, session: SessionPublisher, *, audio: bool) -> None:
+        """`session` queued an entry (`audio`: a frame)."""
+        ...
+
+
 def _wall_clock() -> bytes:
     return datetime.now(UTC).isoformat(timespec="milliseconds").encode()
 
@@ -119,7 +123,7 @@ class SessionPublisher:
         "_lost_metric",
         "_max_items",
         "_next_index",
-        "_on_overflow",
+        "_on_failure",
         "_publish_events",
         "_publisher",
         "backlog_samples",
@@ -137,14 +141,14 @@ class SessionPublisher:
 
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: QueueOwner,
         info: SessionInfo,
-        on_overflow: Callable[[], None],
+        on_failure: Callable[[], None],
         cipher: PayloadCipher | None,
     ) -> None:
         self.info = info
         self._publisher = publisher
-        self._on_overflow = on_overflow
+        self._on_failure = on_failure
         self._cipher = cipher
         self._kid = cipher.key_id.encode() if cipher else b""
         rate = info.media.rate if info.media else 8000
@@ -192,7 +196,7 @@ class SessionPublisher:
             return not self.closed
         if self.failed or self.closed:
             if not self.closed:
-                self._lose(1)
+                self.lose(1)
             return False
         if (
             self.backlog_samples + sample_count > self.bound_samples
@@ -218,11 +222,11 @@ class SessionPublisher:
         self.queue.append(QueuedAudio(entry_id, fields, sample_count, received_at, command))
         self._next_index += 1
         self.backlog_samples += sample_count
-        self._publisher._enqueued(self, audio=True)
+        self._publisher.enqueued(self, audio=True)
         return True
 
     def event(self, event_type: str, fields: Mapping[str, Any]) -> bool:
-        """Queue a lifecycle event (types and schema: app/streams/publisher.py). False when the
+        """Queue a lifecycle event (types and schema: app/publisher/schema.py). False when the
         session is closed or, after an overflow, too many events are already waiting."""
         if event_type == "closed":  # same as close(fields["reason"], fields["counts"])
             if self.closed:
@@ -244,7 +248,7 @@ class SessionPublisher:
             data["last_entry"] = f"{self._next_index}-0"
         self._queue_event("closed", data, closing=True)
         self.closed = True
-        self._publisher._enqueued(self, audio=False)  # lets the writer retire the session
+        self._publisher.enqueued(self, audio=False)  # lets the writer retire the session
 
     def _queue_event(self, event_type: str, data: dict[str, Any], *, closing: bool) -> bool:
         if self.closed:
@@ -252,7 +256,7 @@ class SessionPublisher:
         if not self._publish_events:
             return True
         if len(self.queue) >= self._max_items + _EVENT_SLACK:
-            log.error("event dropped: session backlog full", extra=self._log_fields(event_type))
+            log.error("event dropped: session backlog full", extra=self.log_fields(event_type))
             return False
         if event_type == "opened":
             media = self.info.media
@@ -272,35 +276,38 @@ class SessionPublisher:
             entry_id = b"%d-0" % self._next_index
             self._next_index += 1
         self.queue.append(QueuedEvent(event_type, fields, entry_id, closing))
-        self._publisher._enqueued(self, audio=False)
+        self._publisher.enqueued(self, audio=False)
         return True
 
     def _overflow(self) -> None:
         self.failed = True
-        self._lose(1)
+        self.lose(1)
         log.warning(
             "publish backlog overflow: ending session",
-            extra={**self._log_fields("overflow"), "backlog_seconds": self.backlog_seconds},
+            extra={**self.log_fields("overflow"), "backlog_seconds": self.backlog_seconds},
         )
         self._notify_failure()
 
-    def _fail(self, why: str) -> None:
+    def fail(self, why: str) -> None:
+        """Redis refused one of the session's entries for good (the publisher calls this)."""
         if not self.failed:
             self.failed = True
-            log.error("session stream write failed: ending session", extra=self._log_fields(why))
+            log.error("session stream write failed: ending session", extra=self.log_fields(why))
             self._notify_failure()
 
     def _notify_failure(self) -> None:
         try:
-            self._on_overflow()
+            self._on_failure()
         except Exception:
-            log.exception("on_overflow callback failed", extra=self._log_fields("overflow"))
+            log.exception("on_failure callback failed", extra=self.log_fields("overflow"))
 
-    def _lose(self, frames: int) -> None:
+    def lose(self, frames: int) -> None:
+        """Count `frames` of the session's audio as lost."""
         self.frames_lost += frames
         self._lost_metric.inc(frames)
 
-    def _log_fields(self, what: str) -> dict[str, Any]:
+    def log_fields(self, what: str) -> dict[str, Any]:
+        """The session's ids for a log line about `what`."""
         return {
             "session_id": self.info.session_id,
             "correlation_id": self.info.correlation_id,

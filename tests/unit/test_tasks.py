@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from app.streams.tasks import stop_task
+from app.tasks import stop_task
 
 
 async def test_a_task_that_swallows_a_cancellation_is_cancelled_again() -> None:

@@ -14,7 +14,7 @@ parameters), rate_limited.
 
 Consumer side:
 
-    from app.streams.control import ControlClient
+    from app.control.plane import ControlClient
 
     control = ControlClient(redis)          # a redis.asyncio client on the gateway's Redis
     reply = await control.request(session_id, "pause")
@@ -62,7 +62,7 @@ from app.protocol.messages import DisconnectReason
 from app.ratelimit import TokenBucket
 from app.redis import keys
 from app.redis.client import RedisClient, blocking_read_seconds
-from app.streams.tasks import stop_task
+from app.tasks import stop_task
 
 if TYPE_CHECKING:
     from app.config import Settings
