@@ -2,14 +2,14 @@
 
 Internally audio is two channels of signed 16-bit samples at 8000 Hz (`PcmAudio`); a source
 encodes it once per (format, channel layout) and hands out the same immutable frame objects
-to every session that streams it, so thousands of simulated calls share one copy.
+to every session that streams it, so thousands of simulated calls share one copy. G.711 and
+the RIFF/WAVE layout are `app.tools.wav`'s (one module for both the client and `consume`);
+this module says which WAV files a call can stream and how.
 """
 
 from __future__ import annotations
 
 import math
-import struct
-import sys
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,70 +17,17 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from app.protocol.media import SAMPLE_RATE, AudioFormat, Channel, MediaFormat
+from app.tools import wav
+from app.tools.wav import (
+    WAVE_FORMAT_MULAW,
+    WAVE_FORMAT_PCM,
+    pcm16_le_bytes,
+    pcm16_le_samples,
+    ulaw_decode,
+    ulaw_encode,
+)
 
 FRAME_SAMPLES: Final = 1600  # 200 ms at 8000 Hz, as the Genesys client sends
-
-# --- G.711 µ-law ----------------------------------------------------------------------------
-
-_BIAS: Final = 0x84
-_CLIP: Final = 32635
-
-
-def _encode_sample(sample: int) -> int:
-    # ITU-T G.191 reference: negatives use the one's complement, so -1 encodes like 0.
-    sign = 0x80 if sample < 0 else 0
-    magnitude = min(~sample if sample < 0 else sample, _CLIP) + _BIAS
-    exponent = max(magnitude.bit_length() - 8, 0)  # position of the leading one above bit 7
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return ~(sign | (exponent << 4) | mantissa) & 0xFF
-
-
-def _decode_byte(value: int) -> int:
-    value = ~value & 0xFF
-    magnitude = (((value & 0x0F) << 3) + _BIAS) << ((value & 0x70) >> 4)
-    return _BIAS - magnitude if value & 0x80 else magnitude - _BIAS
-
-
-# Encoder table indexed by the sample's 16-bit two's-complement pattern; decoder by the byte.
-_ENCODE: Final = bytes(_encode_sample(i - 0x10000 if i & 0x8000 else i) for i in range(0x10000))
-_DECODE: Final = tuple(_decode_byte(b) for b in range(256))
-
-
-def ulaw_encode_sample(sample: int) -> int:
-    """One 16-bit linear sample -> one µ-law byte."""
-    return _ENCODE[sample & 0xFFFF]
-
-
-def ulaw_decode_byte(value: int) -> int:
-    """One µ-law byte -> one 16-bit linear sample."""
-    return _DECODE[value]
-
-
-def ulaw_encode(samples: array[int]) -> bytes:
-    """Signed 16-bit samples (array 'h') -> µ-law bytes."""
-    unsigned = array("H", samples.tobytes())
-    return bytes(map(_ENCODE.__getitem__, unsigned))
-
-
-def ulaw_decode(data: bytes) -> array[int]:
-    """µ-law bytes -> signed 16-bit samples (array 'h')."""
-    return array("h", map(_DECODE.__getitem__, data))
-
-
-def _little_endian(samples: array[int]) -> bytes:
-    if sys.byteorder == "little":
-        return samples.tobytes()
-    swapped = array("h", samples)
-    swapped.byteswap()
-    return swapped.tobytes()
-
-
-def _from_little_endian(data: bytes) -> array[int]:
-    samples = array("h", data[: len(data) - len(data) % 2])
-    if sys.byteorder != "little":
-        samples.byteswap()
-    return samples
-
 
 # --- two-channel PCM ------------------------------------------------------------------------
 
@@ -138,7 +85,7 @@ def tone(seconds: float, frequency: float = 1000.0, amplitude: float = 0.5) -> P
 
 def encode(samples: array[int], fmt: AudioFormat) -> bytes:
     """Interleaved 16-bit samples -> wire bytes (PCMU, or L16 little-endian)."""
-    return ulaw_encode(samples) if fmt == "PCMU" else _little_endian(samples)
+    return ulaw_encode(samples) if fmt == "PCMU" else pcm16_le_bytes(samples)
 
 
 def slice_frames(
@@ -223,11 +170,6 @@ def wav_source(path: str | Path, seconds: float | None = None) -> PcmSource:
 
 # --- WAV ------------------------------------------------------------------------------------
 
-_WAVE_FORMAT_PCM: Final = 1
-_WAVE_FORMAT_MULAW: Final = 7
-_WAVE_FORMAT_EXTENSIBLE: Final = 0xFFFE
-
-
 class WavError(ValueError):
     """The file is not a WAV this client can stream (8000 Hz, mono/stereo, PCM16 or µ-law)."""
 
@@ -247,7 +189,7 @@ class WavAudio:
             samples = ulaw_decode(self.data[: len(self.data) - len(self.data) % self.channels])
         else:
             usable = len(self.data) - len(self.data) % (2 * self.channels)
-            samples = _from_little_endian(self.data[:usable])
+            samples = pcm16_le_samples(self.data[:usable])
         if self.channels == 1:
             return PcmAudio.mono(samples)
         return PcmAudio(samples[0::2], samples[1::2])
@@ -258,39 +200,28 @@ def read_wav(path: str | Path) -> WavAudio:
 
 
 def parse_wav(blob: bytes) -> WavAudio:
-    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
-        raise WavError("not a RIFF/WAVE file")
-    fmt: tuple[int, int, int, int] | None = None
-    offset = 12
-    while offset + 8 <= len(blob):
-        chunk_id = blob[offset : offset + 4]
-        (size,) = struct.unpack_from("<I", blob, offset + 4)
-        body = blob[offset + 8 : offset + 8 + size]
-        if chunk_id == b"fmt ":
-            if len(body) < 16:
-                raise WavError("fmt chunk too short")
-            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
-            if tag == _WAVE_FORMAT_EXTENSIBLE and len(body) >= 26:
-                (tag,) = struct.unpack_from("<H", body, 24)  # first bytes of the sub-format GUID
-            fmt = (tag, channels, rate, bits)
-        elif chunk_id == b"data":
-            if fmt is None:
-                raise WavError("data chunk before fmt chunk")
-            return _wav_audio(fmt, body)
-        offset += 8 + size + (size & 1)  # chunks are word-aligned
-    raise WavError("no data chunk")
+    try:
+        content = wav.read_wav(blob)
+    except ValueError as error:
+        raise WavError(str(error)) from None
+    return _wav_audio(content)
 
 
-def _wav_audio(fmt: tuple[int, int, int, int], data: bytes) -> WavAudio:
-    tag, channels, rate, bits = fmt
+def _wav_audio(content: wav.WavContent) -> WavAudio:
+    tag, channels, rate, bits = (
+        content.encoding_tag,
+        content.channels,
+        content.rate,
+        content.bits_per_sample,
+    )
     if rate != SAMPLE_RATE:
         raise WavError(f"sample rate is {rate} Hz; AudioHook audio is 8000 Hz")
     if channels not in (1, 2):
         raise WavError(f"{channels} channels; only mono or stereo is supported")
-    if tag == _WAVE_FORMAT_PCM and bits == 16:
-        return WavAudio("L16", channels, data)
-    if tag == _WAVE_FORMAT_MULAW and bits == 8:
-        return WavAudio("PCMU", channels, data)
+    if tag == WAVE_FORMAT_PCM and bits == 16:
+        return WavAudio("L16", channels, content.data)
+    if tag == WAVE_FORMAT_MULAW and bits == 8:
+        return WavAudio("PCMU", channels, content.data)
     raise WavError(f"unsupported WAV encoding (format tag {tag}, {bits} bits)")
 
 
@@ -298,19 +229,7 @@ def wav_bytes(data: bytes, *, encoding: AudioFormat, channels: int) -> bytes:
     """A WAV file holding interleaved PCMU bytes or L16 little-endian samples."""
     if channels not in (1, 2):
         raise ValueError("channels must be 1 or 2")
-    bits = 8 if encoding == "PCMU" else 16
-    block = channels * bits // 8
-    tag = _WAVE_FORMAT_MULAW if encoding == "PCMU" else _WAVE_FORMAT_PCM
-    fmt = struct.pack("<HHIIHH", tag, channels, SAMPLE_RATE, SAMPLE_RATE * block, block, bits)
-    chunks = []
-    if encoding == "PCMU":  # non-PCM formats carry cbSize and a fact chunk
-        chunks.append(_chunk(b"fmt ", fmt + struct.pack("<H", 0)))
-        chunks.append(_chunk(b"fact", struct.pack("<I", len(data) // block)))
-    else:
-        chunks.append(_chunk(b"fmt ", fmt))
-    chunks.append(_chunk(b"data", data))
-    body = b"WAVE" + b"".join(chunks)
-    return b"RIFF" + struct.pack("<I", len(body)) + body
+    return wav.wav_bytes(encoding, channels, SAMPLE_RATE, data)
 
 
 def write_wav(path: str | Path, data: bytes, *, encoding: AudioFormat, channels: int) -> None:
@@ -322,10 +241,6 @@ def pcm_wav_bytes(audio: PcmAudio, *, layout: Literal["mono", "stereo"] = "stere
     channels: tuple[Channel, ...] = (
         ("external", "internal") if layout == "stereo" else ("external",)
     )
-    data = _little_endian(audio.interleaved(channels))
+    data = pcm16_le_bytes(audio.interleaved(channels))
     return wav_bytes(data, encoding="L16", channels=len(channels))
 
-
-def _chunk(chunk_id: bytes, body: bytes) -> bytes:
-    pad = b"\0" if len(body) & 1 else b""
-    return chunk_id + struct.pack("<I", len(body)) + body + pad

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from array import array
 
-from app.client.audio import ulaw_decode
 from app.protocol.media import MediaFormat
+from app.tools.wav import ulaw_decode
 
 
 def channels(data: bytes, media: MediaFormat) -> list[array[int]]:

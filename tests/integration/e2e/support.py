@@ -24,20 +24,20 @@ import httpx
 from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.client.audio import (
-    PcmAudio,
-    PcmSource,
-    ulaw_decode_byte,
-    ulaw_encode_sample,
-    write_wav,
-)
+from app.client.audio import PcmAudio, PcmSource, write_wav
 from app.client.session import SessionConfig, media_offers
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.protocol.media import AudioFormat
 from app.protocol.messages import encode_client_message
 from app.redis import keys
 from app.redis.client import RedisClient
-from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
+from app.tools.wav import (
+    WAVE_FORMAT_MULAW,
+    WAVE_FORMAT_PCM,
+    read_wav,
+    ulaw_decode_byte,
+    ulaw_encode_sample,
+)
 from tests.support.gateway_process import (
     TEST_API_KEY,
     TEST_CLIENT_SECRET,

@@ -14,12 +14,11 @@ from pathlib import Path
 import redis.asyncio
 from redis.exceptions import ResponseError
 
-from app.client.audio import ulaw_decode_byte
 from app.protocol.media import MediaFormat
 from app.publisher.publisher import Publisher, SessionInfo
 from app.redis import keys as redis_keys
 from app.tools.consume import add_arguments, main, run_consumer
-from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav
+from app.tools.wav import WAVE_FORMAT_MULAW, WAVE_FORMAT_PCM, read_wav, ulaw_decode_byte
 from tests.support.streams import (
     MONO,
     STEREO,
