@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,26 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running_gateway(
+    redis_url: str,
+    log_path: Path,
+    settings: Mapping[str, str] | None = None,
+    integrations: list[dict[str, object]] | None = None,
+    *,
+    base_settings: Mapping[str, str] | None = None,
+) -> Iterator[GatewayProcess]:
+    """A gateway child process on loopback ports, stopped on exit: `settings` over the
+    suite's `base_settings`; `integrations` default to the test integration alone. The
+    gateway and end-to-end suites call it through their own helpers, which supply their
+    base settings and integrations."""
+    process = GatewayProcess(
+        redis_url,
+        log_path,
+        settings={**(base_settings or {}), **(settings or {})},
+        integrations=integrations or DEFAULT_INTEGRATIONS,
+    )
+    with process:
+        yield process

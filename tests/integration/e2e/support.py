@@ -45,6 +45,7 @@ from tests.support.gateway_process import (
     TEST_ORG_ID,
     GatewayProcess,
 )
+from tests.support.gateway_process import running_gateway as support_gateway
 from tests.support.streams import TEST_KEY_ID, TEST_KEYS_JSON
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -82,13 +83,15 @@ def running_gateway(
     replica_id: str,
     settings: Mapping[str, str] | None = None,
 ) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(
+    """A gateway child process named `replica_id`, with this suite's base settings and
+    integrations."""
+    with support_gateway(
         redis_url,
         log_path,
-        settings={**BASE_SETTINGS, "REPLICA_ID": replica_id, **(settings or {})},
-        integrations=INTEGRATIONS,
-    )
-    with process:
+        {"REPLICA_ID": replica_id, **(settings or {})},
+        INTEGRATIONS,
+        base_settings=BASE_SETTINGS,
+    ) as process:
         yield process
 
 

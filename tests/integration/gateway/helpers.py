@@ -18,6 +18,7 @@ import redis.asyncio
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
+from tests.support.gateway_process import running_gateway as support_gateway
 from tests.support.raw_client import RawClient
 from tests.support.session_streams import SessionStream, closed_session_stream
 from tests.support.streams import StreamEntries
@@ -77,16 +78,17 @@ def running_gateway(
     settings: Mapping[str, str] | None = None,
     integrations: list[dict[str, object]] | None = None,
 ) -> Iterator[GatewayProcess]:
-    """A gateway child process on loopback ports, stopped on exit."""
+    """A gateway child process on loopback ports, stopped on exit (`gateway.log` in
+    `log_dir`; this suite's base settings and integrations)."""
     if not redis_server.running:  # another test may have stopped the shared server
         redis_server.start()
-    process = GatewayProcess(
+    with support_gateway(
         redis_server.url,
         log_dir / "gateway.log",
-        settings={**BASE_SETTINGS, **(settings or {})},
-        integrations=integrations or INTEGRATIONS,
-    )
-    with process:
+        settings,
+        integrations or INTEGRATIONS,
+        base_settings=BASE_SETTINGS,
+    ) as process:
         yield process
 
 
