@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
+from app.client.counters import ClientCounters
 from app.protocol.messages import (
     DISCONNECT_REASONS,
     MAX_TEXT_CHARS,
@@ -124,12 +125,15 @@ class ServerMessageChecker:
         offers: Sequence[Mapping[str, Any]],
         *,
         supported_languages_requested: bool = False,
+        counters: ClientCounters | None = None,
     ) -> None:
         self.session_id = session_id
+        # The last server seq seen is the client's `server_seq`: shared with the session
+        # that numbers its messages with these counters (a fresh set when none is given).
+        self.counters = ClientCounters(session_id) if counters is None else counters
         self.offers = [dict(offer) for offer in offers]
         self.supported_languages_requested = supported_languages_requested
         self.phase: Phase = "connecting"
-        self.server_seq = 0  # last server seq seen
         self.client_seq = 0  # last client seq sent
         self.clientseq_seen = 0  # highest clientseq the server reported
         self.open_seq: int | None = None
@@ -137,6 +141,15 @@ class ServerMessageChecker:
         self.pending_ping_seq: int | None = None
         self.selected_media: dict[str, Any] | None = None
         self.gave_up_opening = False  # the client stopped waiting for `opened`
+
+    @property
+    def server_seq(self) -> int:
+        """The last server seq seen."""
+        return self.counters.server_seq
+
+    @server_seq.setter
+    def server_seq(self, value: int) -> None:
+        self.counters.server_seq = value
 
     # --- what the client did ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from app.client.audio import FRAME_SAMPLES
 from app.client.checks import Finding, ServerMessageChecker
+from app.client.counters import ClientCounters
 from app.client.pacing import Pacer
 from app.client.session_data import (
     LAYOUTS,
@@ -40,7 +41,6 @@ from app.client.session_data import (
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.protocol.media import MediaFormat
 from app.protocol.messages import (
-    encode_client_message,
     format_duration,
     format_seconds,
     parse_duration,
@@ -84,14 +84,16 @@ class ClientSession:
         self.endpoint = Endpoint.parse(config.uri)
         self.pacer = pacer or Pacer()
         self.result = SessionResult(config.session_id, config.uri)
+        # seq, the server's seq (the checker keeps it) and the position on the client's
+        # timeline, in samples per channel
+        self.counters = ClientCounters(config.session_id)
         self.checker = ServerMessageChecker(
             config.session_id,
             config.offers,
             supported_languages_requested=config.supported_languages is True,
+            counters=self.counters,
         )
         self._ws: ClientConnection | None = None
-        self._seq = 0
-        self._position = 0  # samples per channel on the client's timeline
         self._paused = False
         self._pause_start = 0
         self._pause_discarded = 0
@@ -196,17 +198,10 @@ class ClientSession:
         ws = self._ws
         if ws is None or self.checker.phase == "closed":
             return False  # nothing is ever sent after closed
-        self._seq += 1
-        text = encode_client_message(
-            msg_type,
-            self.config.session_id,
-            self._seq,
-            self.checker.server_seq,
-            self._position,
-            parameters,
-        )
-        self.checker.sent(msg_type, self._seq)
-        self.result.sent.append(SentMessage(time.time(), msg_type, self._seq, text))
+        counters = self.counters
+        text = counters.message(msg_type, parameters)
+        self.checker.sent(msg_type, counters.seq)
+        self.result.sent.append(SentMessage(time.time(), msg_type, counters.seq, text))
         try:
             await ws.send(text)
         except ConnectionClosed:
@@ -219,11 +214,11 @@ class ClientSession:
             return False
         result = self.result
         if self.config.record_frames:
-            result.frames.append(SentFrame(self._position, frame, time.time()))
+            result.frames.append(SentFrame(self.counters.position, frame, time.time()))
         result.frames_sent += 1
         result.bytes_sent += len(frame)
         result.samples_sent += samples
-        self._position += samples
+        self.counters.position += samples
         try:
             await ws.send(frame)
         except ConnectionClosed:
@@ -374,7 +369,7 @@ class ClientSession:
             result.pauses += 1
             if not self._paused:
                 self._paused = True
-                self._pause_start, self._pause_discarded = self._position, 0
+                self._pause_start, self._pause_discarded = self.counters.position, 0
             await self._send("paused", {})
         elif msg_type == "resume":
             result.resumes += 1
@@ -382,7 +377,7 @@ class ClientSession:
                 self._paused = False
                 start, discarded = self._pause_start, self._pause_discarded
             else:
-                start, discarded = self._position, 0
+                start, discarded = self.counters.position, 0
             await self._send(
                 "resumed",
                 {"start": format_duration(start), "discarded": format_duration(discarded)},
@@ -432,7 +427,7 @@ class ClientSession:
         self._set_deadline(None)
         if result.start_paused:
             self._paused = True
-            self._pause_start, self._pause_discarded = self._position, 0
+            self._pause_start, self._pause_discarded = self.counters.position, 0
             if not await self._send("paused", {}):
                 return
         self._tasks.append(loop.create_task(self._stream()))
@@ -469,9 +464,9 @@ class ClientSession:
                     index += 1
                     samples = len(frame) // (media or _TIMING_FORMAT).bytes_per_sample_group
                     if media is None:
-                        self._position += samples
+                        self.counters.position += samples
                     elif self._paused:
-                        self._position += samples
+                        self.counters.position += samples
                         self._pause_discarded += samples
                         self.result.samples_discarded += samples
                         if not realtime:
@@ -489,8 +484,8 @@ class ClientSession:
         skip = min(parse_duration(discard_to) // FRAME_SAMPLES, count)
         if skip == 0 or media is None:
             return 0
-        start = self._position
-        self._position += skip * FRAME_SAMPLES
+        start = self.counters.position
+        self.counters.position += skip * FRAME_SAMPLES
         self.result.samples_discarded += skip * FRAME_SAMPLES
         await self._send(
             "discarded",

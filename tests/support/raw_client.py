@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.client.checks import Finding, ServerMessageChecker
+from app.client.counters import ClientCounters
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.protocol.media import MediaFormat
 from app.protocol.messages import NULL_UUID, format_duration
@@ -140,14 +141,39 @@ class RawClient:
         self.session_id = request.session_id
         self.organization_id = request.organization_id
         self.connect_started_at = connect_started_at  # time.monotonic() before dialling
-        self.seq = 0  # last client seq sent
-        self.server_seq = 0  # last server seq received
-        self.position = 0  # samples per channel on the client's timeline
+        self.counters = ClientCounters(self.session_id)  # seq, server seq, position
         self.media: MediaFormat | None = None
         self.offers: list[dict[str, Any]] = []
         self.received: list[ServerMessage] = []
         self.findings: list[Finding] = []
         self.checker = ServerMessageChecker(self.session_id, [])
+
+    @property
+    def seq(self) -> int:
+        """The last client seq sent."""
+        return self.counters.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self.counters.seq = value
+
+    @property
+    def server_seq(self) -> int:
+        """The last server seq received."""
+        return self.counters.server_seq
+
+    @server_seq.setter
+    def server_seq(self, value: int) -> None:
+        self.counters.server_seq = value
+
+    @property
+    def position(self) -> int:
+        """Samples per channel on the client's timeline."""
+        return self.counters.position
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self.counters.position = value
 
     # --- connecting ---------------------------------------------------------------------------
 

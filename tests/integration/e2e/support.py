@@ -16,7 +16,7 @@ import time
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +25,10 @@ from redis.exceptions import ResponseError
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.client.audio import PcmAudio, PcmSource, write_wav
+from app.client.counters import ClientCounters
 from app.client.session import SessionConfig, media_offers
 from app.client.upgrade import Endpoint, upgrade_headers
 from app.protocol.media import AudioFormat
-from app.protocol.messages import encode_client_message
 from app.redis import keys
 from app.redis.client import RedisClient
 from app.tools.wav import (
@@ -255,9 +255,10 @@ class WireCall:
     session_id: str
     correlation_id: str
     headers: dict[str, str]
-    seq: int = 0
-    server_seq: int = 0
-    position: int = 0
+    counters: ClientCounters = field(init=False)  # seq, server seq, position
+
+    def __post_init__(self) -> None:
+        self.counters = ClientCounters(self.session_id)
 
     @classmethod
     async def connect(
@@ -286,21 +287,14 @@ class WireCall:
         self, msg_type: str, parameters: Mapping[str, Any], *, seq: int | None = None
     ) -> None:
         """Send a message with the next seq, or with `seq` (then the count does not move)."""
-        if seq is None:
-            self.seq += 1
-            seq = self.seq
-        await self.ws.send(
-            encode_client_message(
-                msg_type, self.session_id, seq, self.server_seq, self.position, parameters
-            )
-        )
+        await self.ws.send(self.counters.message(msg_type, parameters, seq=seq))
 
     async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
             text = await self.ws.recv()
         message = json.loads(text)
         assert isinstance(message, dict)
-        self.server_seq = int(message["seq"])
+        self.counters.server_seq = int(message["seq"])
         return message
 
     async def expect(self, msg_type: str) -> dict[str, Any]:
@@ -342,7 +336,7 @@ class WireCall:
 
     async def audio(self, frame: bytes, samples: int) -> None:
         await self.ws.send(frame)
-        self.position += samples
+        self.counters.position += samples
 
     async def close(self, reason: str = "end") -> None:
         await self.send("close", {"reason": reason})

@@ -198,8 +198,8 @@ async def _bad_json(call: WireCall) -> None:
 
 
 async def _bad_seq(call: WireCall) -> None:
-    call.seq += 5  # skips four: a client that lost count carries on from its own count
-    await call.send("ping", {}, seq=call.seq)
+    call.counters.seq += 5  # skips four: a client that lost count carries on from its own count
+    await call.send("ping", {}, seq=call.counters.seq)
 
 
 async def _unknown_type(call: WireCall) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import redis.asyncio
 from websockets.frames import Frame, Opcode
 
-from app.protocol.messages import encode_client_message
 from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import PROTOCOL_ERRORS, MetricDelta
@@ -29,11 +28,9 @@ async def test_fragmented_messages_with_pings_between_fragments(
         protocol.send_continuation(FRAME[3000:], fin=True)
         protocol.send_binary(second)
         await client._flush()
-        client.position += len(FRAME)  # two frames of two bytes per sample
-        client.seq += 1  # an AudioHook `ping` in three fragments, a WebSocket ping inside
-        text = encode_client_message(
-            "ping", client.session_id, client.seq, client.server_seq, client.position, {}
-        ).encode()
+        client.counters.position += len(FRAME)  # two frames of two bytes per sample
+        # an AudioHook `ping` in three fragments, a WebSocket ping inside
+        text = client.counters.message("ping", {}).encode()
         protocol.send_text(text[:5], fin=False)
         protocol.send_continuation(text[5:9], fin=False)
         protocol.send_ping(b"again")

@@ -135,7 +135,7 @@ class ReconnectingCall:
     async def _stream(self) -> None:
         while not self._stop.is_set():
             frame = self.random.randbytes(FRAME_BYTES)
-            offset = self.client.position
+            offset = self.client.counters.position
             await self.client.send_audio(frame)
             self.sent.append((offset, frame))
             await asyncio.sleep(0.05)

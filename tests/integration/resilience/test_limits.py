@@ -57,7 +57,7 @@ async def assert_healthy(
         sent = []
         for _ in range(5):
             frame = rng.randbytes(FRAME_BYTES)
-            sent.append((client.position, frame))
+            sent.append((client.counters.position, frame))
             await client.send_audio(frame)
         await client.close()
     finally:

@@ -22,8 +22,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from app.client.counters import ClientCounters
 from app.client.upgrade import Endpoint, upgrade_headers
-from app.protocol.messages import encode_client_message
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, TEST_ORG_ID
 
 READ_CHUNK = 65536
@@ -58,9 +58,7 @@ class WireClient:
         self.writer = writer
         self.protocol = protocol
         self.session_id = session_id
-        self.seq = 0
-        self.server_seq = 0
-        self.position = 0  # samples per channel sent
+        self.counters = ClientCounters(session_id)  # seq, server seq, position
         self.messages: list[dict[str, Any]] = []  # every server message, in order
         self.close_code: int | None = None  # the server's close frame, if one came
         self.pongs: list[bytes] = []  # payloads of the WebSocket pongs received
@@ -172,15 +170,12 @@ class WireClient:
     async def send_audio(self, frame: bytes) -> None:
         self.protocol.send_binary(frame)
         await self._flush()
-        self.position += len(frame) // STEREO_BYTES_PER_SAMPLE
+        self.counters.position += len(frame) // STEREO_BYTES_PER_SAMPLE
 
     async def send(self, msg_type: str, parameters: dict[str, Any] | None = None) -> int:
-        self.seq += 1
-        text = encode_client_message(
-            msg_type, self.session_id, self.seq, self.server_seq, self.position, parameters or {}
-        )
+        text = self.counters.message(msg_type, parameters or {})
         await self.send_text(text)
-        return self.seq
+        return self.counters.seq
 
     async def send_open(self) -> None:
         await self.send(
@@ -256,8 +251,8 @@ class WireClient:
     def _on_frame(self, frame: Frame) -> None:
         if frame.opcode is Opcode.TEXT:
             message = orjson.loads(frame.data)
-            assert message["seq"] == self.server_seq + 1, ("server seq gap", message)
-            self.server_seq = message["seq"]
+            assert message["seq"] == self.counters.server_seq + 1, ("server seq gap", message)
+            self.counters.server_seq = message["seq"]
             self.messages.append(message)
             self._pending.append(message)
         elif frame.opcode is Opcode.BINARY:
