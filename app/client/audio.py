@@ -170,6 +170,7 @@ def wav_source(path: str | Path, seconds: float | None = None) -> PcmSource:
 
 # --- WAV ------------------------------------------------------------------------------------
 
+
 class WavError(ValueError):
     """The file is not a WAV this client can stream (8000 Hz, mono/stereo, PCM16 or µ-law)."""
 
@@ -243,4 +244,3 @@ def pcm_wav_bytes(audio: PcmAudio, *, layout: Literal["mono", "stereo"] = "stere
     )
     data = pcm16_le_bytes(audio.interleaved(channels))
     return wav_bytes(data, encoding="L16", channels=len(channels))
-

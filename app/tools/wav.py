@@ -1,4 +1,5 @@
-"""Minimal WAV writing and reading for session recordings.
+"""WAV reading and writing, G.711 µ-law and 16-bit PCM conversion, for session recordings
+and the client.
 
 By default every recording is 16-bit PCM (format tag 1, little-endian), which every player,
 browser, editor and Python's `wave` opens: PCMU audio is expanded from µ-law (G.711) on the
