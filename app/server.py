@@ -35,6 +35,7 @@ log = logging.getLogger("app.server")
 # Large enough for a 65,535-character text message in any UTF-8; the protocol's own limits
 # (text length, max_frame_bytes) are enforced by the session with a protocol answer.
 WS_MAX_MESSAGE_BYTES = 4 * 65_535 + 1024
+LISTEN_BACKLOG = 2048  # uvicorn's default
 
 # Thousands of live sessions keep hundreds of thousands of objects alive, and a full pass of
 # the cyclic collector walks all of them: 100-200 ms at 1,000-2,000 calls, a stall for every
@@ -76,7 +77,10 @@ class ListenError(Exception):
 
 
 def bind_listener(variable: str, host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (not yet listening), as uvicorn would bind it."""
+    """A socket bound to host:port and listening, as uvicorn would bind it. Listening from
+    here on, a connection that arrives while the gateway starts (readiness can be answered
+    by the metrics listener a moment before the main one serves) waits in the backlog
+    instead of being refused."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -89,6 +93,7 @@ def bind_listener(variable: str, host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             why = "address already in use (another gateway or program listens there)"
         raise ListenError(f"{variable}={port}: cannot listen on {address}: {why}") from None
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
