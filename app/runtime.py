@@ -27,6 +27,7 @@ from app.security.authenticator import Authenticator
 from app.security.integrations import Integration, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
 from app.security.session_owners import SessionOwners
+from app.security.upgrade_claims import UpgradeClaims
 from app.transport.load_shedding import LoadShedder
 from app.transport.source_limiter import SourceRateLimiter
 
@@ -49,7 +50,11 @@ class Gateway:
         self.integrations = IntegrationRegistry.from_settings(settings)
         self.authenticator = Authenticator.from_settings(settings, self.integrations, self.redis)
         self.allowlist = IpAllowlist.from_settings(settings, self.redis)
-        self.session_owners = SessionOwners(self.redis, settings.stream_ttl_seconds)
+        self.upgrade_claims = UpgradeClaims(
+            self.redis,
+            self.authenticator.nonces,
+            SessionOwners(self.redis, settings.stream_ttl_seconds),
+        )
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )

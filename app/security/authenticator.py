@@ -28,7 +28,7 @@ from app.security.signature import (
 if TYPE_CHECKING:
     from app.config import Settings
 
-__all__ = ["AuthDecision", "Authenticator", "NonceStoreUnavailable"]
+__all__ = ["REPLAYED", "AuthDecision", "Authenticator", "NonceStoreUnavailable"]
 
 HeaderPairs = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
@@ -44,6 +44,19 @@ class AuthDecision:
     # `connections_rejected{cause=...}` for failures ("auth_<outcome>", "replayed_nonce");
     # "verified" or "unsigned" for accepted requests.
     metric_label: str
+    # An accepted signature's nonce, and until when it would be accepted: what `verify`
+    # leaves to be claimed (None for an unsigned request, which has no nonce).
+    nonce: str | None = None
+    nonce_expires_at: float | None = None
+
+
+REPLAYED = AuthDecision(
+    ok=False,
+    integration=None,
+    outcome=Outcome.FAILED,
+    reason="replayed nonce",
+    metric_label=REPLAYED_NONCE,
+)
 
 
 class Authenticator:
@@ -70,6 +83,10 @@ class Authenticator:
         )
         nonces = NonceCache(redis_client, margin_seconds=settings.signature_clock_skew_seconds)
         return cls(verifier, nonces, public_authority=settings.public_authority)
+
+    @property
+    def nonces(self) -> NonceCache:
+        return self._nonces
 
     def _authority_diagnosis(self, signed: str, used: str | None, host: str | None) -> str:
         """The log line's reason when the signature verifies only under another authority:
@@ -102,6 +119,28 @@ class Authenticator:
         """Decide on one upgrade request; `now` is wall-clock Unix seconds.
 
         Raises NonceStoreUnavailable when Redis cannot record the nonce (answer HTTP 503)."""
+        decision = self.verify(headers, raw_path, query_string, host, now)
+        nonce, nonce_expires_at = decision.nonce, decision.nonce_expires_at
+        if (
+            decision.ok
+            and nonce is not None
+            and nonce_expires_at is not None
+            and not await self._nonces.claim(nonce, nonce_expires_at, now)
+        ):
+            return REPLAYED
+        return decision
+
+    def verify(
+        self,
+        headers: HeaderPairs,
+        raw_path: str | bytes,
+        query_string: str | bytes,
+        host: str | None,
+        now: float,
+    ) -> AuthDecision:
+        """`authenticate` less the nonce claim: an accepted decision carries the nonce, which
+        the caller must claim before it lets the connection proceed (app/transport/admission.py
+        claims it together with the session id, app/security/upgrade_claims.py)."""
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         collected = collect_headers(pairs)
         if host is None and collected.get("host"):
@@ -130,23 +169,12 @@ class Authenticator:
                 reason=reason,
                 metric_label=f"auth_{result.outcome.value.lower()}",
             )
-        nonce, nonce_expires_at = result.nonce, result.nonce_expires_at
-        if (
-            nonce is not None
-            and nonce_expires_at is not None
-            and not await self._nonces.claim(nonce, nonce_expires_at, now)
-        ):
-            return AuthDecision(
-                ok=False,
-                integration=None,
-                outcome=Outcome.FAILED,
-                reason="replayed nonce",
-                metric_label=REPLAYED_NONCE,
-            )
         return AuthDecision(
             ok=True,
             integration=result.integration,
             outcome=result.outcome,
             reason=result.reason,
             metric_label=result.outcome.value.lower(),
+            nonce=result.nonce,
+            nonce_expires_at=result.nonce_expires_at,
         )

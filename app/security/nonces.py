@@ -47,12 +47,17 @@ class NonceCache:
         self._margin = margin_seconds
         self._script = client.register_script(CLAIM_SCRIPT)
 
+    @staticmethod
+    def new_token() -> str:
+        """A token that only one attempt knows."""
+        return secrets.token_hex(16)
+
     def ttl_seconds(self, expires_at: float, now: float) -> int:
         return max(1, math.ceil(expires_at - now + self._margin))
 
     async def claim(self, nonce: str, expires_at: float, now: float) -> bool:
         """True when the nonce was unused (now claimed); False when it is a replay."""
-        return await self.claim_as(secrets.token_hex(16), nonce, expires_at, now)
+        return await self.claim_as(self.new_token(), nonce, expires_at, now)
 
     async def claim_as(self, token: str, nonce: str, expires_at: float, now: float) -> bool:
         """Claim for the attempt holding `token`; claiming again with the same token is

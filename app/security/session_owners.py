@@ -32,14 +32,14 @@ return 0
 class SessionOwners:
     def __init__(self, client: RedisClient, stream_ttl_seconds: int) -> None:
         self._script = client.register_script(CLAIM_SCRIPT)
-        self._ttl = stream_ttl_seconds + LONGEST_CALL_SECONDS
+        self.ttl_seconds = stream_ttl_seconds + LONGEST_CALL_SECONDS
 
     async def claim(self, session_id: str, integration: str) -> bool:
         """True when `integration` owns `session_id` (now or already); False when another
         integration does. Raises NonceStoreUnavailable when Redis cannot be asked."""
         try:
             owned = await self._script(
-                keys=[keys.session_integration(session_id)], args=[integration, self._ttl]
+                keys=[keys.session_integration(session_id)], args=[integration, self.ttl_seconds]
             )
         except (redis.exceptions.RedisError, OSError) as exc:
             raise NonceStoreUnavailable("session owner store unavailable") from exc

@@ -23,8 +23,10 @@ from starlette.websockets import WebSocket
 from app.observability import metrics
 from app.observability.logging import UPGRADE_REFUSED, ThrottledLog
 from app.protocol.messages import NULL_UUID, is_uuid
+from app.security.authenticator import REPLAYED
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
+from app.security.upgrade_claims import Claim
 from app.transport.load_shedding import OVERLOADED_TEXT
 
 if TYPE_CHECKING:
@@ -153,16 +155,29 @@ async def admit(
     if gateway.at_session_limit():  # cheap early answer; admit_session() below decides
         return refuse(503, "session_limit", "Session limit reached")
 
-    try:
-        decision = await gateway.authenticator.authenticate(
-            headers=websocket.scope["headers"],
-            raw_path=websocket.scope.get("raw_path") or websocket.scope["path"].encode(),
-            query_string=websocket.scope.get("query_string", b""),
-            host=headers.get("host"),
-            now=time.time(),
-        )
-    except NonceStoreUnavailable:
-        return refuse(503, "not_ready", "Service unavailable")
+    now = time.time()
+    decision = gateway.authenticator.verify(
+        headers=websocket.scope["headers"],
+        raw_path=websocket.scope.get("raw_path") or websocket.scope["path"].encode(),
+        query_string=websocket.scope.get("query_string", b""),
+        host=headers.get("host"),
+        now=now,
+    )
+    integration = decision.integration
+    if decision.ok:
+        assert integration is not None  # an accepted request always names its integration
+        # The nonce, then the session id: one Redis round trip (app/security/upgrade_claims.py).
+        try:
+            claim = await gateway.upgrade_claims.claim(
+                session_id, integration.name, decision.nonce, decision.nonce_expires_at, now
+            )
+        except NonceStoreUnavailable:
+            return refuse(503, "not_ready", "Service unavailable")
+        if claim is Claim.REPLAYED_NONCE:
+            decision = REPLAYED
+        elif claim is Claim.SESSION_ID_CONFLICT:
+            fields["integration"] = integration.name
+            return refuse(409, "session_id_conflict", "Session id belongs to another integration")
 
     if not decision.ok:
         # A failure never takes a session slot: it is answered `disconnect` unauthorized under
@@ -188,15 +203,7 @@ async def admit(
             return Refusal(401, "Signature verification failed", failure_not_before)
         return admission(None)
 
-    integration = decision.integration
-    assert integration is not None  # an accepted request always names its integration
-    try:
-        owned = await gateway.session_owners.claim(session_id, integration.name)
-    except NonceStoreUnavailable:
-        return refuse(503, "not_ready", "Service unavailable")
-    if not owned:
-        fields["integration"] = integration.name
-        return refuse(409, "session_id_conflict", "Session id belongs to another integration")
+    assert integration is not None
     # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
     # under a limit; the endpoint releases the slot when the connection ends.
     limit_reached = gateway.admit_session(integration)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from app.security.authenticator import Authenticator
     from app.security.integrations import Integration
     from app.security.ipallow import IpAllowlist
-    from app.security.session_owners import SessionOwners
+    from app.security.upgrade_claims import UpgradeClaims
     from app.transport.load_shedding import LoadShedder
     from app.transport.source_limiter import SourceRateLimiter
     from app.transport.websocket import Connection
@@ -55,7 +55,7 @@ class AdmissionHost(GuardHost, Protocol):
     def authenticator(self) -> Authenticator: ...
 
     @property
-    def session_owners(self) -> SessionOwners: ...
+    def upgrade_claims(self) -> UpgradeClaims: ...
 
     def ready_for_sessions(self) -> bool: ...
 

@@ -13,7 +13,7 @@ from tests.integration.gateway.helpers import (
     wait_for_log,
 )
 from tests.support.gateway_process import GatewayProcess
-from tests.support.metrics import REJECTED, metric_value
+from tests.support.metrics import REJECTED, MetricDelta, metric_value
 from tests.support.raw_client import RawClient
 
 CONFLICT = "session_id_conflict"
@@ -68,3 +68,27 @@ async def test_the_id_of_a_live_session_is_refused_to_another_integration(
         await live.send("ping", {})
         await live.expect("pong")
         await live.close()
+
+
+async def test_a_request_refused_for_the_session_id_has_spent_its_nonce(
+    gateway: GatewayProcess, gateway_redis: redis.asyncio.Redis
+) -> None:
+    """The nonce is claimed before the session id (one Redis round trip decides both): the
+    refused request sent again is a replay, answered `unauthorized`, not a second 409."""
+    async with await RawClient.connect(gateway.ws_url) as first:
+        await first.open()
+        await first.close()
+    conflicting = RawClient.request(
+        gateway.ws_url,
+        api_key=ROTATING_KEY,
+        client_secret=ROTATING_NEW_SECRET,
+        session_id=first.session_id,
+    )
+    assert (await RawClient.rejection(conflicting)).status == 409
+    conflicts = MetricDelta(gateway, REJECTED, cause=CONFLICT)
+    replays = MetricDelta(gateway, REJECTED, cause="replayed_nonce")
+    async with await RawClient.connect(conflicting) as replay:
+        await replay.send_open()
+        await replay.expect_disconnect("unauthorized")
+    assert (replays.delta(), conflicts.delta()) == (1, 0)
+    assert await gateway_redis.get(keys.session_integration(first.session_id)) == b"test"

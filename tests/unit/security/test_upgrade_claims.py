@@ -1,0 +1,138 @@
+"""The nonce and session-id claims of a verified upgrade, against a real redis-server and a real
+3-master Redis Cluster: a replay is refused and writes nothing, a conflicting session id is
+refused after its nonce is spent, a retried command finds its own claims, and on a single
+server both claims are one command."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from app.redis import keys
+from app.redis.client import RedisClient, create_redis
+from app.redis.embedded import EmbeddedRedis
+from app.security.nonces import NonceCache, NonceStoreUnavailable
+from app.security.session_owners import SessionOwners
+from app.security.upgrade_claims import Claim, UpgradeClaims
+from tests.support.redis_servers import RedisCluster, redis_stopped
+from tests.support.streams import streams_settings
+
+STREAM_TTL = 3600
+NONCE = "claims-test-nonce-0123456789abcdef"
+OTHER_NONCE = "claims-test-nonce-fedcba9876543210"
+SESSION = "6c6fd3a8-4b9a-4d8c-9a64-3c1bd8a1b7a5"
+OTHER_SESSION = "0f3e1c52-7f0e-4b86-a0a4-8b5c6f43c0d1"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with RedisCluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+async def client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[RedisClient]:
+    """A client of a single server (claims in one script) or of a cluster (two commands)."""
+    if request.param == "standalone":
+        standalone = redis.asyncio.Redis.from_url(redis_url)
+        yield standalone
+        await standalone.aclose()
+        return
+    cluster: RedisCluster = request.getfixturevalue("cluster")
+    clustered = create_redis(streams_settings(redis_cluster=True), cluster.url)
+    assert isinstance(clustered, ClusterClient)
+    await clustered.flushall()  # routed to every primary
+    yield clustered
+    await clustered.aclose()
+
+
+def claims_for(client: RedisClient) -> UpgradeClaims:
+    return UpgradeClaims(client, NonceCache(client), SessionOwners(client, STREAM_TTL))
+
+
+async def test_a_replayed_nonce_is_refused_and_claims_no_session_id(client: RedisClient) -> None:
+    claims, now = claims_for(client), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    # The same nonce again, by another attempt: a replay, whatever session id it names ...
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.REPLAYED_NONCE
+    assert await claims.claim(OTHER_SESSION, "b", NONCE, now + 10, now) is Claim.REPLAYED_NONCE
+    # ... and a replay writes nothing: the other session id is still nobody's.
+    assert await client.exists(keys.session_integration(OTHER_SESSION)) == 0
+    assert await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now) is Claim.CLAIMED
+
+
+async def test_another_integrations_session_id_is_refused_after_its_nonce_is_spent(
+    client: RedisClient,
+) -> None:
+    claims, now = claims_for(client), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    conflict = await claims.claim(SESSION, "b", OTHER_NONCE, now + 10, now)
+    assert conflict is Claim.SESSION_ID_CONFLICT
+    assert await client.get(keys.session_integration(SESSION)) == b"a"
+    # The refused request's nonce is used: sent again, it is a replay before it is a conflict.
+    replay = await claims.claim(SESSION, "b", OTHER_NONCE, now + 10, now)
+    assert replay is Claim.REPLAYED_NONCE
+
+
+async def test_the_owning_integration_reconnects_with_a_new_nonce(client: RedisClient) -> None:
+    claims, now = claims_for(client), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    await client.expire(keys.session_integration(SESSION), 100)
+    assert await claims.claim(SESSION, "a", OTHER_NONCE, now + 10, now) is Claim.CLAIMED
+    owner_ttl = await client.ttl(keys.session_integration(SESSION))
+    assert owner_ttl > STREAM_TTL  # renewed: the stream TTL plus the longest call
+    nonce_ttl = await client.ttl(keys.nonce_key(NONCE))
+    assert 10 <= nonce_ttl <= 13  # the rest of the acceptance window plus the default margin
+
+
+async def test_a_claim_retried_by_the_same_attempt_finds_its_own_claims(
+    client: RedisClient,
+) -> None:
+    claims, now = claims_for(client), time.time()
+    first = await claims.claim(SESSION, "a", NONCE, now + 10, now, token="attempt-1")
+    again = await claims.claim(SESSION, "a", NONCE, now + 10, now, token="attempt-1")
+    other = await claims.claim(SESSION, "a", NONCE, now + 10, now, token="attempt-2")
+    assert (first, again, other) == (Claim.CLAIMED, Claim.CLAIMED, Claim.REPLAYED_NONCE)
+    assert await client.get(keys.nonce_key(NONCE)) == b"attempt-1"
+
+
+async def test_an_unsigned_request_claims_the_session_id_only(client: RedisClient) -> None:
+    claims, now = claims_for(client), time.time()
+    assert await claims.claim(SESSION, "a", None, None, now) is Claim.CLAIMED
+    assert await claims.claim(SESSION, "a", None, None, now) is Claim.CLAIMED
+    assert await claims.claim(SESSION, "b", None, None, now) is Claim.SESSION_ID_CONFLICT
+    assert await client.get(keys.session_integration(SESSION)) == b"a"
+
+
+async def test_on_a_single_server_both_claims_are_one_command(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    # Loads the scripts, so the counted claims below are the claims themselves.
+    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)
+    await redis_client.config_resetstat()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    stats = await redis_client.info("commandstats")
+    ignored = {"cmdstat_config", "cmdstat_info"}
+    counted = {name: value["calls"] for name, value in stats.items() if name not in ignored}
+    # One EVALSHA; the GETs and SETs are the script's own (each key read, then written).
+    assert counted == {"cmdstat_evalsha": 1, "cmdstat_get": 2, "cmdstat_set": 2}, counted
+
+
+async def test_redis_unavailable_raises(tmp_path: Path) -> None:
+    with EmbeddedRedis(data_dir=tmp_path / "redis") as server:
+        client = redis.asyncio.Redis.from_url(server.url, socket_timeout=1.0)
+        try:
+            claims, now = claims_for(client), time.time()
+            with redis_stopped(server):
+                with pytest.raises(NonceStoreUnavailable):
+                    await claims.claim(SESSION, "a", NONCE, now + 10, now)
+                with pytest.raises(NonceStoreUnavailable):
+                    await claims.claim(SESSION, "a", None, None, now)
+        finally:
+            await client.aclose()
