@@ -108,8 +108,10 @@ class SessionReporter:
         self._log_budget = SESSION_LOG_BUDGET
         metrics.SESSIONS_STARTED.labels(self.integration).inc()
         metrics.SESSIONS_ACTIVE.labels(self.integration).inc()
+        # At DEBUG: an accepted call's lines at INFO are "session opened" and "session closed"
+        # (which every session logs, opened or not, with these fields and more).
         if not self._quiet:
-            log.info("session connected", extra=self.log_fields)
+            log.debug("session connected", extra=self.log_fields)
 
     # --- the hot path -------------------------------------------------------------------------
     def audio(self, frame: AudioFrame, now: float) -> None:
