@@ -84,6 +84,23 @@ def _uvicorn_line(record: logging.LogRecord) -> bool:
     return True
 
 
+class _ConnectionLogger(logging.Logger):
+    """The logger named "uvicorn.error" that uvicorn's WebSocket protocol and the websockets
+    library use for each connection (app/transport/ws_protocol.py hands them this one): the
+    same filter and level, but the per-connection INFO lines the filter drops ("connection
+    open", '... "WebSocket ..." [accepted]', two per accepted call) are not even made into
+    records."""
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if msg not in _PER_CONNECTION_MESSAGES:
+            super().info(msg, *args, **kwargs)
+
+
+CONNECTION_LOG = _ConnectionLogger("uvicorn.error", logging.INFO)
+CONNECTION_LOG.parent = logging.getLogger("uvicorn.error")  # its handlers: the root's
+CONNECTION_LOG.filters[:] = [_uvicorn_line]
+
+
 def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
@@ -109,6 +126,7 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     uvicorn_error = logging.getLogger("uvicorn.error")
     uvicorn_error.filters[:] = [_uvicorn_line]
+    CONNECTION_LOG.setLevel(uvicorn_error.level)
 
 
 class ThrottledLog:

@@ -21,11 +21,17 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
+
+from app.observability.logging import CONNECTION_LOG
+
+if TYPE_CHECKING:
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
 
 try:
     from websockets.speedups import apply_mask
@@ -227,6 +233,17 @@ _NO_RECEIVE_QUEUE = _NoReceiveQueue()
 
 
 class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        # "uvicorn.error", less the two records a call made only for its filter to drop.
+        self.logger = self.conn.logger = CONNECTION_LOG
+
     _sink: MessageSink | None = None  # set by take_over: direct mode
     _parser: FrameParser | None = None
     _early_data = False  # bytes arrived after the upgrade request, before the take-over
