@@ -76,17 +76,21 @@ def gateway_env(
 
 
 def spawn_gateway(
-    env: Mapping[str, str], log_path: Path, python: str | None = None
+    env: Mapping[str, str],
+    log_path: Path,
+    python: str | None = None,
+    wrapper: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """`audiohook-gateway serve` as a child process, its output appended to `log_path`.
     `python`: the interpreter (and so the installed `app`) to run it with; another checkout's
-    virtual environment benches that commit against this one's client."""
+    virtual environment benches that commit against this one's client. `wrapper`: a command
+    the interpreter runs under (valgrind, for example)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         return subprocess.Popen(  # noqa: S603 - the operator's own interpreter path
             # -P: `app` comes from the interpreter's environment, never from the current
             # directory (which may be another checkout).
-            [python or sys.executable, "-P", "-m", "app.cli", "serve"],
+            [*wrapper, python or sys.executable, "-P", "-m", "app.cli", "serve"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -115,6 +119,7 @@ class SpawnedStack:
     cores: Cores
     settings: dict[str, str] = field(default_factory=dict)  # extra AUDIOHOOK_* without prefix
     python: str | None = None  # the gateway's interpreter, when not this one
+    wrapper: tuple[str, ...] = ()  # a command the gateway's interpreter runs under
     client_secret: str = field(
         default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode()
     )
@@ -157,7 +162,7 @@ class SpawnedStack:
                 **self.settings,
             },
         )
-        self.gateway = spawn_gateway(env, self.log_path, self.python)
+        self.gateway = spawn_gateway(env, self.log_path, self.python, self.wrapper)
         if self.cores.gateway:
             os.sched_setaffinity(self.gateway.pid, self.cores.gateway)
         if self.cores.others:
