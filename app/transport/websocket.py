@@ -43,9 +43,10 @@ from app.protocol.session import (
     SessionOpened,
 )
 from app.transport.admission import Admission, Refusal, admit
+from app.transport.frames import CLOSE_MESSAGE_TOO_BIG
 from app.transport.load_shedding import RETRY_AFTER_SECONDS
 from app.transport.session_reporter import SessionReporter
-from app.transport.ws_protocol import CLOSE_MESSAGE_TOO_BIG, AudioHookWebSocketProtocol
+from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
     from app.control.plane import ControlCommand

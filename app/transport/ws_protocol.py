@@ -2,10 +2,11 @@
 
 The handshake (admission, denial responses, `accept`) flows through ASGI as uvicorn does it.
 Once the endpoint has accepted, `take_over` switches the protocol to direct mode: every
-complete message of a TCP read is parsed here (``FrameParser``) and handed synchronously to
-the session's ``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per
-frame and no pause/resume of reading. Messages the server sends still go through ASGI `send`
-(rare: a few per session), so uvicorn keeps writing them, the keepalive pings and the close.
+complete message of a TCP read is parsed (``FrameParser``, app/transport/frames.py) and handed
+synchronously to the session's ``MessageSink``, in order, with no ASGI dict, queue, future or
+task wake-up per frame and no pause/resume of reading. Messages the server sends still go
+through ASGI `send` (rare: a few per session), so uvicorn keeps writing them, the keepalive
+pings and the close.
 
 Before the take-over (and under any other use), every complete frame of a read reaches the
 application before a parser error in that read is reported: uvicorn's own protocol reports
@@ -19,8 +20,6 @@ parsing per frame, so past `MAX_BYTES_AFTER_CLOSE` the socket is dropped.
 from __future__ import annotations
 
 import asyncio
-import struct
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -28,176 +27,23 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 
 from app.observability.logging import CONNECTION_LOG
+from app.transport.frames import (
+    CLOSE_ABNORMAL,
+    CLOSE_INVALID_DATA,
+    CLOSE_PROTOCOL_ERROR,
+    FRAME_BURST,
+    FRAME_RATE,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameParser,
+)
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
     from uvicorn.server import ServerState
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets ships its C speedups for common platforms
-    from websockets.utils import apply_mask
-
-CLOSE_PROTOCOL_ERROR = 1002
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_INVALID_DATA = 1007
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_ABNORMAL = 1006  # never sent: reported when the socket went without a close frame
-
-# Frames per second a connection may send after a burst, whatever their kind: a real client
-# sends 5 to 50 audio frames a second and a few others; tiny frames (empty pings, pongs,
-# continuations) cost ~200 times more CPU per byte than audio, so they are bounded here.
-FRAME_RATE = 200
-FRAME_BURST = 500
-
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-
-_U16 = struct.Struct("!H").unpack_from
-_U64 = struct.Struct("!Q").unpack_from
-
-
-class FrameError(Exception):
-    """The client broke RFC 6455; the connection is failed with `code`."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class FrameParser:
-    """Client frames (RFC 6455 section 5) in, whole messages out, through callbacks.
-
-    `feed` takes the bytes of each read; every message completed by them goes to `on_message`
-    (bytes for binary, str for text) and every control frame to `on_control`, in wire order.
-    A broken rule raises ``FrameError`` after the messages before it were delivered. No
-    extension is negotiated, so the RSV bits must be clear.
-    """
-
-    __slots__ = (
-        "_buffer",
-        "_fragment_opcode",
-        "_fragments",
-        "_fragments_size",
-        "_max_size",
-        "_need",
-        "_on_control",
-        "frames_left",
-        "on_message",
-    )
-
-    def __init__(
-        self,
-        max_size: int,
-        on_message: Callable[[bytes | str], None],
-        on_control: Callable[[int, bytes], None],
-    ) -> None:
-        self._max_size = max_size
-        self.on_message = on_message  # replaceable: the protocol mutes it when the connection ends
-        self._on_control = on_control
-        self._buffer = bytearray()  # an incomplete frame carried over from earlier reads
-        self._need = 0  # buffered bytes needed before parsing is worth trying again
-        self._fragments: list[bytes] = []  # payloads of a fragmented message so far
-        self._fragment_opcode = 0  # OP_TEXT or OP_BINARY while a fragmented message is open
-        self._fragments_size = 0
-        # Frames of any kind (control and continuation frames included: they never reach the
-        # session's own message bound) this parser may still take; the protocol refills it.
-        self.frames_left = FRAME_BURST
-
-    def feed(self, data: bytes) -> None:
-        buffer = self._buffer
-        if buffer:
-            # Appending is amortised O(1) and the frame is parsed only once it is whole, so a
-            # client trickling a large frame a byte at a time costs no quadratic copying.
-            buffer += data
-            if len(buffer) < self._need:
-                return
-            data = bytes(buffer)
-            buffer.clear()
-        pos = 0
-        end = len(data)
-        while pos < end:
-            if end - pos < 2:
-                self._keep(data, pos, 2)
-                return
-            self.frames_left -= 1
-            if self.frames_left < 0:  # checked before the frame costs anything more
-                raise FrameError(CLOSE_POLICY_VIOLATION, "too many frames")
-            first = data[pos]
-            second = data[pos + 1]
-            opcode = first & 0x0F
-            if first & 0x70:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits must be 0")
-            if not second & 0x80:  # section 5.1: a server fails an unmasked client frame
-                raise FrameError(CLOSE_PROTOCOL_ERROR, "incorrect masking")
-            length = second & 0x7F
-            if length < 126:
-                head = pos + 6  # 2 header bytes and the 4-byte masking key
-            elif length == 126:
-                head = pos + 8
-                if end < head:
-                    self._keep(data, pos, 8)
-                    return
-                length = _U16(data, pos + 2)[0]
-            else:
-                head = pos + 14
-                if end < head:
-                    self._keep(data, pos, 14)
-                    return
-                length = _U64(data, pos + 2)[0]
-            if opcode >= OP_CLOSE:
-                if opcode > OP_PONG:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid opcode {opcode:#x}")
-                # Section 5.5: control frames are never fragmented and carry <= 125 bytes;
-                # they may arrive between the fragments of a message.
-                if not first & 0x80 or length > 125:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "invalid control frame")
-            elif opcode == OP_CONTINUATION:
-                if not self._fragment_opcode:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "unexpected continuation frame")
-                if self._fragments_size + length > self._max_size:
-                    raise FrameError(CLOSE_MESSAGE_TOO_BIG, "message too big")
-            elif opcode <= OP_BINARY:
-                if self._fragment_opcode:
-                    raise FrameError(CLOSE_PROTOCOL_ERROR, "expected a continuation frame")
-                if length > self._max_size:  # refused before its payload is even read
-                    raise FrameError(CLOSE_MESSAGE_TOO_BIG, "message too big")
-            else:
-                raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid opcode {opcode:#x}")
-            stop = head + length
-            if end < stop:
-                self._keep(data, pos, stop - pos)
-                return
-            payload = apply_mask(data[head:stop], data[head - 4 : head])
-            pos = stop
-            if opcode >= OP_CLOSE:
-                self._on_control(opcode, payload)
-            elif first & 0x80:  # FIN: the message is complete
-                if opcode == OP_CONTINUATION:
-                    self._fragments.append(payload)
-                    payload = b"".join(self._fragments)
-                    opcode = self._fragment_opcode
-                    self._fragments = []
-                    self._fragments_size = 0
-                    self._fragment_opcode = 0
-                if opcode == OP_BINARY:
-                    self.on_message(payload)
-                else:
-                    try:
-                        text = payload.decode()
-                    except UnicodeDecodeError:
-                        raise FrameError(CLOSE_INVALID_DATA, "invalid UTF-8 text") from None
-                    self.on_message(text)
-            else:
-                if opcode != OP_CONTINUATION:
-                    self._fragment_opcode = opcode
-                self._fragments.append(payload)
-                self._fragments_size += length
-
-    def _keep(self, data: bytes, pos: int, need: int) -> None:
-        self._buffer += memoryview(data)[pos:]
-        self._need = need
 
 
 def _ignore(data: bytes | str) -> None:

@@ -8,7 +8,7 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from app.transport.ws_protocol import FrameError, FrameParser
+from app.transport.frames import FrameError, FrameParser
 
 MAX_SIZE = 300_000
 
