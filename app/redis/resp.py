@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -97,16 +100,47 @@ class PipelineConnection:
 
 
 async def _round_trip(connection: Any, commands: list[Any], read_timeout: float) -> list[Any]:
-    replies: list[Any] = []
     try:
         async with asyncio.timeout(read_timeout):
             await connection.send_packed_command(pack_commands(commands))
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response(timeout=math.inf))
-                except ResponseError as exc:
-                    replies.append(exc)
+            return await _read_replies(connection, len(commands))
     except TimeoutError as exc:
         await connection.disconnect()  # replies still in flight: the socket is out of step
         raise RedisTimeoutError("timeout in a pipelined round trip") from exc
+
+
+async def _read_replies(connection: Any, count: int) -> list[Any]:
+    """`count` replies, Redis error replies as ResponseError objects.
+
+    With hiredis (a dependency), the replies are taken from redis-py's hiredis reader in one
+    loop: an awaited `read_response()` per reply (a coroutine and its checks for each audio
+    frame) cost more than writing the frame. Without it, one `read_response()` per reply."""
+    parser = connection._parser
+    if not isinstance(parser, _AsyncHiredisParser):
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(await connection.read_response(timeout=math.inf))
+            except ResponseError as exc:
+                replies.append(exc)
+        return replies
+    # Both made by redis-py on connect: the hiredis reader (with redis-py's error classes)
+    # and the stream it reads from.
+    reader: Any = parser._reader
+    read_more: Callable[[], Awaitable[bool]] = parser.read_from_socket
+    replies = []
+    try:
+        while len(replies) < count:
+            reply = reader.gets()
+            if reply is NOT_ENOUGH_DATA:
+                await read_more()
+            elif isinstance(reply, RedisConnectionError):
+                raise reply
+            else:
+                replies.append(reply)
+    except (RedisConnectionError, OSError) as exc:
+        await connection.disconnect()
+        if isinstance(exc, RedisConnectionError):
+            raise
+        raise RedisConnectionError(f"error reading from redis: {exc}") from exc
     return replies

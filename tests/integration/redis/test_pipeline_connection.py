@@ -1,0 +1,74 @@
+"""The publisher's pipelined round trips against a real redis-server: every reply, in order,
+error replies as objects of redis-py's classes, and a dropped connection reported and redone."""
+
+from __future__ import annotations
+
+import redis.asyncio
+from redis.exceptions import ResponseError
+
+from app.redis.client import close_redis, create_redis
+from app.redis.resp import PipelineConnection
+from tests.support.streams import streams_settings
+
+Redis = redis.asyncio.Redis
+
+
+async def test_replies_of_a_batch_larger_than_one_read_come_back_in_order(
+    redis_client: Redis,
+) -> None:
+    await redis_client.set("pipeline:text", "not a stream")
+    commands: list[object] = []
+    for index in range(3_000):
+        # A 4 KB entry each: the replies of the batch arrive over several socket reads.
+        commands.append(("XADD", "pipeline:stream", f"{index + 1}-0", "audio", b"\x7f" * 4096))
+        if index % 1000 == 0:
+            commands.append(("XADD", "pipeline:text", "*", "field", "value"))  # WRONGTYPE
+    connection = PipelineConnection(redis_client)
+    try:
+        replies = await connection.execute(commands, 10.0)
+    finally:
+        await connection.close()
+
+    assert len(replies) == len(commands)
+    errors = [reply for reply in replies if isinstance(reply, Exception)]
+    assert len(errors) == 3
+    assert all(type(error) is ResponseError and "WRONGTYPE" in str(error) for error in errors)
+    ids = [reply for reply in replies if not isinstance(reply, Exception)]
+    assert ids == [b"%d-0" % (index + 1) for index in range(3_000)]
+    assert await redis_client.xlen("pipeline:stream") == 3_000
+
+
+async def test_an_id_already_in_the_stream_is_answered_as_an_error_object(
+    redis_client: Redis,
+) -> None:
+    connection = PipelineConnection(redis_client)
+    try:
+        replies = await connection.execute(
+            [("XADD", "pipeline:dup", "5-0", "a", "1"), ("XADD", "pipeline:dup", "5-0", "a", "1")],
+            5.0,
+        )
+    finally:
+        await connection.close()
+    assert replies[0] == b"5-0"
+    assert isinstance(replies[1], ResponseError)
+    assert "equal or smaller" in str(replies[1])
+
+
+async def test_a_killed_connection_is_dropped_and_the_round_trip_redone_on_a_new_one(
+    redis_client: Redis, redis_url: str
+) -> None:
+    # The gateway's own client: its retry policy redoes a round trip once on a new connection.
+    client = create_redis(streams_settings(), redis_url)
+    connection = PipelineConnection(client)
+    try:
+        first = await connection.execute([("CLIENT", "ID")], 5.0)
+        killed = await redis_client.execute_command("CLIENT", "KILL", "ID", first[0])
+        assert killed == 1
+        # The read fails as a connection error: the socket is dropped and the batch is sent
+        # again on a new one.
+        second = await connection.execute([("CLIENT", "ID"), ("PING",)], 5.0)
+        assert second[1] == b"PONG"
+        assert second[0] != first[0]
+    finally:
+        await connection.close()
+        await close_redis(client)
