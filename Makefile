@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint typecheck ci
+.PHONY: install run test lint typecheck ci compiled test-compiled
 
 $(BIN)/audiohook-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,15 @@ test: install     ## the whole test suite
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check app tests deploy
-	$(BIN)/ruff format --check app tests deploy
+	$(BIN)/ruff check app tests deploy setup.py
+	$(BIN)/ruff format --check app tests deploy setup.py
 	$(BIN)/mypy
+
+compiled: install  ## the per-frame modules compiled with mypyc, in .venv-compiled (needs a C compiler)
+	bash .ci/compiled --build-only
+
+test-compiled: install  ## the tests that start gateways, with those gateways on the compiled build
+	bash .ci/compiled
 
 ci:               ## what CI runs
 	bash .ci/run

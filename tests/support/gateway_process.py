@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,11 @@ TEST_INTEGRATION: dict[str, object] = {
     "client_secrets": [TEST_CLIENT_SECRET],
 }
 DEFAULT_INTEGRATIONS = [TEST_INTEGRATION]
+
+# The interpreter of an environment with the compiled build installed (`make test-compiled`
+# sets it): the gateway processes of the tests then run the compiled modules. Unset, they run
+# this environment's `app`, i.e. the source tree.
+COMPILED_GATEWAY_PYTHON = os.environ.get("TEST_COMPILED_GATEWAY_PYTHON") or None
 
 
 class GatewayProcess:
@@ -58,7 +64,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
-        self.process = spawn_gateway(self.env, self.log_path)
+        self.process = spawn_gateway(self.env, self.log_path, COMPILED_GATEWAY_PYTHON)
         if wait_ready(self.process, self.metrics_url, timeout):
             return self
         if self.process.poll() is not None:
