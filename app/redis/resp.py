@@ -124,10 +124,12 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
             except ResponseError as exc:
                 replies.append(exc)
         return replies
-    # Both made by redis-py on connect: the hiredis reader (with redis-py's error classes)
-    # and the stream it reads from.
-    reader: Any = parser._reader
-    read_more: Callable[[], Awaitable[bool]] = parser.read_from_socket
+    # Made by redis-py on connect: the hiredis reader (with redis-py's error classes) and the
+    # stream it reads from. Untyped on purpose: redis-py declares `_reader` as None, and a
+    # compiled build checks the declared type of what it reads.
+    hiredis_parser: Any = parser
+    reader: Any = hiredis_parser._reader
+    read_more: Callable[[], Awaitable[bool]] = hiredis_parser.read_from_socket
     replies = []
     try:
         while len(replies) < count:
