@@ -16,6 +16,7 @@ from app.control.plane import (
     INVALID,
     INVALID_STATE,
     RATE_LIMITED_RESULT,
+    REGISTRY_WRITES_PER_ROUND_TRIP,
     UNKNOWN_SESSION,
     ControlClient,
     ControlPlane,
@@ -269,6 +270,34 @@ async def test_plane_from_settings_reads_its_inbox_within_a_short_socket_timeout
         assert (reply.result, reply.replica) == (APPLIED, "replica-t")
         assert [c.command for c in target.applied] == ["pause"]
         assert metric("audiohook_redis_errors_total", failed_reads) == failures_before
+    finally:
+        await plane.stop()
+        await client.aclose()
+
+
+async def test_the_registry_of_many_sessions_is_written_and_refreshed_in_full(
+    redis_url: str,
+) -> None:
+    """Hundreds of sessions: the registry is written over several round trips (a bounded
+    number of writes each), and every session's entry is kept, not only the first batch's."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    plane = ControlPlane(client, "replica-many", session_ttl=0.6, block_seconds=0.2)
+    await plane.start()
+    session_ids = [f"many-{index}" for index in range(3 * REGISTRY_WRITES_PER_ROUND_TRIP + 7)]
+    try:
+        for session_id in session_ids:
+            plane.register(session_id, RecordingTarget())
+        await asyncio.sleep(1.5)  # well past one TTL: only refreshed entries are left
+        owners = await client.mget([keys.session_owner(s) for s in session_ids])
+        assert owners == [b"replica-many"] * len(session_ids)
+        for session_id in session_ids[::2]:
+            plane.unregister(session_id)
+        deadline = time.monotonic() + 5
+        while await client.exists(*(keys.session_owner(s) for s in session_ids[::2])):
+            assert time.monotonic() < deadline, "registry entries of ended sessions not deleted"
+            await asyncio.sleep(0.05)
+        owners = await client.mget([keys.session_owner(s) for s in session_ids[1::2]])
+        assert owners == [b"replica-many"] * len(session_ids[1::2])
     finally:
         await plane.stop()
         await client.aclose()
