@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.integration.bench.support import run_bench
 
 FAILURE_KINDS = ("wrong secret", "unknown key", "expired", "replayed nonce")
 
 
 def test_auth_bench_measures_the_minimum_failure_delay_on_a_real_gateway() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "app.bench.auth", "--requests", "20", "--connects", "3",
-         "--min-delay", "0.3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )  # fmt: skip
-    output = completed.stdout + completed.stderr
+    _, stdout, output = run_bench(
+        "app.bench.auth", "--requests", "20", "--connects", "3", "--min-delay", "0.3"
+    )
     rows = {
         line.strip().split("  ")[0]: line
-        for line in completed.stdout.splitlines()
+        for line in stdout.splitlines()
         if line.startswith("  ") and " p50 " in line
     }
     assert set(rows) == {"success", "success (failures pending)", *FAILURE_KINDS}, output

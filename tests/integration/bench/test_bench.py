@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from tests.integration.bench.support import run_bench
 
 
 def test_bench_spawn_small_run_reports_zero_loss() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "app.cli", "bench", "--spawn", "--sessions", "5", "--seconds", "3"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    code, stdout, output = run_bench(
+        "app.cli", "bench", "--spawn", "--sessions", "5", "--seconds", "3"
     )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    lines = completed.stdout.strip().splitlines()
-    assert "frames sent / in Redis / lost" in completed.stdout  # the table
+    assert code == 0, output
+    lines = stdout.strip().splitlines()
+    assert "frames sent / in Redis / lost" in stdout  # the table
     summary = json.loads(lines[-1])  # the one JSON line
     (step,) = summary["steps"]
     assert step["opened"] == 5

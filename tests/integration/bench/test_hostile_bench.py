@@ -4,9 +4,9 @@ row per class and one JSON line with every figure."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
+
+from tests.integration.bench.support import run_bench
 
 ROW_KEYS = {
     "kind",
@@ -34,14 +34,15 @@ ROW_KEYS = {
 
 
 def hostile(kind: str, *extra: str) -> dict[str, Any]:
-    command = [sys.executable, "-m", "app.cli", "bench", "--spawn", "--hostile", kind]
-    command += ["--sessions", "3", "--attack-seconds", "2", "--new-call-rate", "2", *extra]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    assert "frames lost" in completed.stdout
-    assert "log bytes" in completed.stdout
-    assert kind in completed.stdout
-    summary = json.loads(completed.stdout.strip().splitlines()[-1])  # the one JSON line
+    code, stdout, output = run_bench(
+        "app.cli", "bench", "--spawn", "--hostile", kind,
+        "--sessions", "3", "--attack-seconds", "2", "--new-call-rate", "2", *extra,
+    )  # fmt: skip
+    assert code == 0, output
+    assert "frames lost" in stdout
+    assert "log bytes" in stdout
+    assert kind in stdout
+    summary = json.loads(stdout.strip().splitlines()[-1])  # the one JSON line
     row: dict[str, Any]
     (row,) = summary["hostile"]
     assert set(row) == ROW_KEYS

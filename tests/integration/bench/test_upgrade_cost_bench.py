@@ -4,24 +4,19 @@ itself, and the gateway's CPU per call read from the process."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+
+from tests.integration.bench.support import run_bench
 
 
 def test_upgrade_cost_bench_reports_cpu_per_call() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "app.bench.upgrade_cost", "--calls", "20", "--rounds", "2",
-         "--warmup", "2", "--idle-seconds", "0.2"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    code, stdout, output = run_bench(
+        "app.bench.upgrade_cost", "--calls", "20", "--rounds", "2", "--warmup", "2",
+        "--idle-seconds", "0.2",
     )  # fmt: skip
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output
-    rounds = [line for line in completed.stdout.splitlines() if line.startswith("round ")]
+    assert code == 0, output
+    rounds = [line for line in stdout.splitlines() if line.startswith("round ")]
     assert len(rounds) == 2, output
-    summary = json.loads(completed.stdout.splitlines()[-1])
+    summary = json.loads(stdout.splitlines()[-1])
     assert summary["calls_per_round"] == 20
     assert summary["unit"] == "cpu_us"
     assert summary["gateway_per_call"] > 0, output
