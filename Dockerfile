@@ -40,11 +40,14 @@ COPY app ./app
 # same gateway as pure Python. The compiler needs the Python headers: the official images
 # have them; a distribution's Python gets them from its python3-dev package.
 # pip byte-compiles the package, so the read-only container never needs to write .pyc files.
+# The compiler is not pinned: it only runs here, and a pin breaks with each Debian point release.
 ARG AUDIOHOOK_COMPILE=1
+# hadolint ignore=DL3008
 RUN if [ "$AUDIOHOOK_COMPILE" != 1 ]; then pip install --no-cache-dir --no-deps . ; exit; fi \
  && headers="$(python -c "import os, sysconfig; print(os.path.join(sysconfig.get_path('include'), 'Python.h'))")" \
+ && if [ -f "$headers" ]; then python_dev=""; else python_dev="python3-dev"; fi \
  && apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev $([ -f "$headers" ] || echo python3-dev) \
+ && apt-get install -y --no-install-recommends gcc libc6-dev ${python_dev:+"$python_dev"} \
  && python -m venv /opt/build \
  && python -c "import sysconfig; print(sysconfig.get_path('purelib'))" \
         > "$(/opt/build/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/runtime.pth" \
