@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.exceptions import RedisError, ResponseError
@@ -41,6 +41,9 @@ from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
 from app.tasks import stop_task
 from app.tools.wav import WAV_ENCODINGS, WavEncoding, WavWriter
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger("app.streams.consumer")
 
@@ -464,21 +467,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"audiohook-gateway consume: {message}", file=sys.stderr)
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"audiohook-gateway {command}: {message}", file=sys.stderr)
     return code
 
 
-def main(args: argparse.Namespace) -> int:
+def settings_and_redis_url(args: argparse.Namespace, command: str) -> tuple[Settings, str] | int:
+    """For a command that reads what a gateway publishes (`consume`, `transcribe`): the checked
+    settings of `args.env_file` and the Redis to read, from --redis-url, AUDIOHOOK_REDIS_URL or
+    the running embedded Redis of that gateway. An int instead: the exit code, with the problem
+    said in one line."""
     from app import preflight
-    from app.redis.client import blocking_read_seconds, create_redis
     from app.redis.embedded import running_server_url
 
     env_file: Path | None = getattr(args, "env_file", None)
     try:
         settings = preflight.load_checked_settings(env_file)
     except preflight.ConfigProblems as exc:
-        return preflight.report(exc.problems, "consume")
+        return preflight.report(exc.problems, command)
     url = args.redis_url or settings.redis_url
     data_dir = settings.redis_embedded_dir
     if not url and data_dir is not None:
@@ -486,16 +492,28 @@ def main(args: argparse.Namespace) -> int:
         if not url:
             serve = f"audiohook-gateway serve --env-file {env_file}" if env_file else "the gateway"
             return _fail(
+                command,
                 f"the gateway's embedded Redis ({data_dir}) is not running: start {serve} first "
-                "(consume reads what it publishes), or pass --redis-url",
+                f"({command} reads what it publishes), or pass --redis-url",
                 preflight.EXIT_START,
             )
     if not url:
         return _fail(
+            command,
             "no Redis to read: pass --redis-url or set AUDIOHOOK_REDIS_URL; to follow a local "
             "gateway's embedded Redis, give its env file (--env-file .env.example)",
             preflight.EXIT_CONFIG,
         )
+    return settings, url
+
+
+def main(args: argparse.Namespace) -> int:
+    from app.redis.client import blocking_read_seconds, create_redis
+
+    target = settings_and_redis_url(args, "consume")
+    if isinstance(target, int):
+        return target
+    settings, url = target
     if args.cluster is not None:
         settings = settings.model_copy(update={"redis_cluster": args.cluster})
     raw_keys = (

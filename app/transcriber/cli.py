@@ -8,7 +8,6 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 
 from app.transcriber.follow import DEFAULT_GROUP, Transcriber, TranscriberOptions
 from app.transcriber.session import OFFSETS
@@ -43,33 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"audiohook-gateway transcribe: {message}", file=sys.stderr)
-    return code
-
-
 def main(args: argparse.Namespace) -> int:
     from app import preflight
     from app.publisher.payload_crypto import parse_keys
     from app.redis.client import create_redis
-    from app.redis.embedded import running_server_url
-    from app.tools.consume import stop_on_signals
+    from app.tools.consume import settings_and_redis_url, stop_on_signals
     from app.transcriber.recognizer import load_recognizer
 
-    env_file: Path | None = getattr(args, "env_file", None)
-    try:
-        settings = preflight.load_checked_settings(env_file)
-    except preflight.ConfigProblems as exc:
-        return preflight.report(exc.problems, "transcribe")
-    url = args.redis_url or settings.redis_url
-    if not url and settings.redis_embedded_dir is not None:
-        url = running_server_url(settings.redis_embedded_dir)  # a local gateway's own Redis
-    if not url:
-        return _fail("no Redis to read: pass --redis-url or --env-file", preflight.EXIT_CONFIG)
+    target = settings_and_redis_url(args, "transcribe")
+    if isinstance(target, int):
+        return target
+    settings, url = target
     try:
         recognizer = load_recognizer(args.recognizer)
     except (RuntimeError, ImportError, AttributeError) as exc:
-        return _fail(str(exc), preflight.EXIT_CONFIG)
+        print(f"audiohook-gateway transcribe: {exc}", file=sys.stderr)
+        return preflight.EXIT_CONFIG
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     options = TranscriberOptions(
         group=args.group,
