@@ -140,9 +140,10 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
                 raise reply
             else:
                 replies.append(reply)
-    except (RedisConnectionError, OSError) as exc:
+    except RedisConnectionError:
         await connection.disconnect()
-        if isinstance(exc, RedisConnectionError):
-            raise
+        raise
+    except OSError as exc:
+        await connection.disconnect()
         raise RedisConnectionError(f"error reading from redis: {exc}") from exc
     return replies

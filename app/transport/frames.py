@@ -1,7 +1,8 @@
 """RFC 6455 client frames in, whole messages out: the parser of accepted AudioHook sessions.
 
 Pure computation on the bytes of each read (no I/O, no event loop), so that it can be compiled
-with the other per-frame modules (see setup.py); app/transport/ws_protocol.py drives it.
+with the other per-frame modules (pyproject.toml, compiled-modules);
+app/transport/ws_protocol.py drives it.
 """
 
 from __future__ import annotations
