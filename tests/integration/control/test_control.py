@@ -301,3 +301,31 @@ async def test_the_registry_of_many_sessions_is_written_and_refreshed_in_full(
     finally:
         await plane.stop()
         await client.aclose()
+
+
+async def test_a_registry_write_redis_refuses_is_counted_and_retried(redis_url: str) -> None:
+    """Registry writes are pipelined with Redis error replies kept as values: a refused write
+    (here the compare-and-delete meets a key of the wrong type) must not pass for done."""
+    client = redis.asyncio.Redis.from_url(redis_url)
+    plane = ControlPlane(client, "replica-e", block_seconds=0.2, retry_max_seconds=0.1)
+    await plane.start()
+    refused = {"operation": "control_registry"}
+    try:
+        plane.register("refused", RecordingTarget())
+        await _registered(client, "refused", "replica-e")
+        errors_before = metric("audiohook_redis_errors_total", refused)
+        await client.delete(keys.session_owner("refused"))
+        await client.rpush(keys.session_owner("refused"), "not a registry entry")
+        plane.unregister("refused")
+        deadline = time.monotonic() + 5
+        while metric("audiohook_redis_errors_total", refused) < errors_before + 2:
+            assert time.monotonic() < deadline, "refused registry write not retried"
+            await asyncio.sleep(0.02)
+        await client.delete(keys.session_owner("refused"))
+        await client.set(keys.session_owner("refused"), "replica-e")
+        while await client.exists(keys.session_owner("refused")):  # the retry goes through
+            assert time.monotonic() < deadline, "registry entry not deleted once writable"
+            await asyncio.sleep(0.02)
+    finally:
+        await plane.stop()
+        await client.aclose()
