@@ -11,7 +11,9 @@ per second and each streams --seconds of audio, then closes. Reported: sessions 
 failed; upgrade and `open`->`opened` latency; frames sent vs audio entries found in Redis
 (loss); ingest latency client send -> entry readable in Redis (see app/bench/streams.py);
 gateway CPU and RSS while all calls stream, memory per session; the load generator's own CPU
-and timer lag. Printed as a table and one JSON line (the last line of output).
+and timer lag; where the ingest latency goes (app/bench/attribution.py: the gateway's own
+receipt-to-ack share within 10 and 20 ms, from its metrics, and how long Redis waited for a
+core). Printed as a table and one JSON line (the last line of output).
 
 --spawn starts a gateway (one worker) and a Redis server of its own on loopback, pinned:
 gateway on CPU 0, everything else on the other CPUs. --ramp raises N by --ramp-step until a
@@ -38,6 +40,7 @@ from typing import Any
 
 import redis.asyncio
 
+from app.bench.attribution import PublishLatencyWindow, run_queue_wait_seconds
 from app.bench.spawn import BENCH_API_KEY, Cores, SpawnedStack
 from app.bench.streams import Arrivals, ArrivalSampler, StreamCount, count_entries
 from app.bench.wsload import (
@@ -66,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--redis-url", help="the gateway's Redis (for loss and latency)")
     target.add_argument("--gateway-pid", type=int, help="gateway process id (CPU and RSS)")
     target.add_argument("--redis-pid", type=int, help="Redis process id (CPU)")
+    target.add_argument(
+        "--metrics-url", help="the gateway's metrics listener, e.g. http://127.0.0.1:9090"
+    )
     target.add_argument(
         "--gateway-setting",
         action="append",
@@ -133,6 +139,7 @@ class Target:
     gateway_pid: int | None
     redis_pid: int | None
     cores: Cores
+    metrics_url: str | None = None
 
 
 @dataclass
@@ -143,6 +150,7 @@ class Sample:
     gateway_cpu: float | None
     gateway_rss: int | None
     redis_cpu: float | None
+    redis_wait: float | None  # seconds Redis waited for a core, per second
     generator_cpu: float
 
 
@@ -151,6 +159,7 @@ class Monitor:
     gateway_pid: int | None
     redis_pid: int | None
     samples: list[Sample] = field(default_factory=list)
+    _redis_waited: float | None = None
 
     def __post_init__(self) -> None:
         import psutil  # a dev dependency: the bench is a development tool
@@ -161,17 +170,27 @@ class Monitor:
         for process in (self._gateway, self._redis, self._self):
             if process is not None:
                 process.cpu_percent(None)
+        self._redis_waited = run_queue_wait_seconds(self.redis_pid) if self.redis_pid else None
 
     def rss(self) -> int | None:
         return self._gateway.memory_info().rss if self._gateway else None
 
     def sample(self, streaming: int) -> None:
+        """Called once a second."""
+        waited = run_queue_wait_seconds(self.redis_pid) if self.redis_pid else None
+        redis_wait = (
+            waited - self._redis_waited
+            if waited is not None and self._redis_waited is not None
+            else None
+        )
+        self._redis_waited = waited
         self.samples.append(
             Sample(
                 streaming,
                 self._gateway.cpu_percent(None) if self._gateway else None,
                 self.rss(),
                 self._redis.cpu_percent(None) if self._redis else None,
+                redis_wait,
                 self._self.cpu_percent(None),
             )
         )
@@ -224,12 +243,20 @@ async def run_load(
     clock.start()
     calls: list[Call] = []
     timeout = seconds + sessions / start_rate + 60
+    publish_window = PublishLatencyWindow(target.metrics_url) if target.metrics_url else None
 
     async def watch() -> None:
         while True:
             await asyncio.sleep(1.0)
-            monitor.sample(sum(1 for c in calls if c.stats.opened and not c.stats.finished_at
-                               and c.stats.frames_sent < c.plan.frames))  # fmt: skip
+            streaming = sum(1 for c in calls if c.stats.opened and not c.stats.finished_at
+                            and c.stats.frames_sent < c.plan.frames)  # fmt: skip
+            monitor.sample(streaming)
+            if publish_window is None or publish_window.ended:
+                continue
+            if not publish_window.started and streaming >= sessions:
+                await publish_window.start()
+            elif publish_window.started and streaming < sessions:
+                await publish_window.end()
 
     watcher = asyncio.create_task(watch())
     audio = silence_frame()
@@ -244,6 +271,8 @@ async def run_load(
         ))  # fmt: skip
     stats: list[CallStats] = list(await asyncio.gather(*tasks))
     watcher.cancel()
+    if publish_window is not None and publish_window.started and not publish_window.ended:
+        await publish_window.end()  # every call ended within one sample
     await clock.stop()
     arrivals: Arrivals = sampler.stop() if sampler else {}
     counts: list[StreamCount] = []
@@ -259,7 +288,7 @@ async def run_load(
         finally:
             await client.aclose()
     return _report(sessions, seconds, start_rate, stats, counts, arrivals, monitor,
-                   rss_before, clock)  # fmt: skip
+                   rss_before, clock, publish_window)  # fmt: skip
 
 
 def _ingest_latencies(
@@ -283,7 +312,7 @@ def _ingest_latencies(
 def _report(
     sessions: int, seconds: float, start_rate: float, stats: Sequence[CallStats],
     counts: Sequence[StreamCount], arrivals: Arrivals, monitor: Monitor,
-    rss_before: int | None, clock: FrameClock,
+    rss_before: int | None, clock: FrameClock, publish_window: PublishLatencyWindow | None,
 ) -> dict[str, Any]:  # fmt: skip
     opened = [s for s in stats if s.opened]
     failed = [s for s in stats if s.failure is not None or not s.closed]
@@ -345,6 +374,9 @@ def _report(
             round((peak_rss - rss_before) / 1024 / sessions, 1) if peak_rss and rss_before else None
         ),
         "redis_cpu_pct": _mean([m.redis_cpu for m in full]),
+        "redis_cpu_wait_pct": _mean([m.redis_wait * 100 for m in full if m.redis_wait is not None]),
+        "gateway_ack_within_10ms_pct": publish_window and publish_window.share_within(0.01),
+        "gateway_ack_within_20ms_pct": publish_window and publish_window.share_within(0.02),
         "generator_cpu_pct": _mean([m.generator_cpu for m in full]),
         "generator_lag_ms_p99": _ms(_pct(clock.lags, 0.99)),
         "generator_lag_ms_max": _ms(clock.max_lag),
@@ -385,7 +417,11 @@ _ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("gateway RSS before / peak (MiB)",
      lambda r: f"{r['gateway_rss_mib_before']} / {r['gateway_rss_mib_peak']}"),
     ("RSS per session (KiB)", lambda r: f"{r['rss_kib_per_session']}"),
-    ("Redis CPU %", lambda r: f"{r['redis_cpu_pct']}"),
+    ("gateway receipt->Redis ack <= 10 / 20 ms (%)",
+     lambda r: f"{r['gateway_ack_within_10ms_pct']} / {r['gateway_ack_within_20ms_pct']}"
+               "  (all calls live)"),
+    ("Redis CPU % / waiting for a core %",
+     lambda r: f"{r['redis_cpu_pct']} / {r['redis_cpu_wait_pct']}"),
     ("load generator CPU % / lag p99 (ms)",
      lambda r: f"{r['generator_cpu_pct']} / {r['generator_lag_ms_p99']}"),
 ]  # fmt: skip
@@ -429,11 +465,12 @@ def _target(args: argparse.Namespace, stack: SpawnedStack | None, cores: Cores) 
         assert stack.gateway is not None
         assert stack.redis is not None
         return Target(stack.uri, BENCH_API_KEY, stack.client_secret, stack.redis_url,
-                      stack.gateway.pid, stack.redis.pid, cores)  # fmt: skip
+                      stack.gateway.pid, stack.redis.pid, cores,
+                      f"http://127.0.0.1:{stack.metrics_port}")  # fmt: skip
     if not args.uri or not args.api_key:
         raise SystemExit("bench: give --spawn, or --uri and --api-key of a running gateway")
     return Target(args.uri, args.api_key, args.client_secret, args.redis_url,
-                  args.gateway_pid, args.redis_pid, cores)  # fmt: skip
+                  args.gateway_pid, args.redis_pid, cores, args.metrics_url)  # fmt: skip
 
 
 def raise_open_files_limit() -> None:
