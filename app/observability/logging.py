@@ -107,8 +107,19 @@ def _clip(text: str, limit: int) -> str:
     return f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
+def skip_unwritten_record_attributes() -> None:
+    """Records are made without the attributes JsonFormatter never writes (it leaves out
+    every standard one): the caller's source location, found by walking the stack for each
+    record, and the thread and process names. The logging module's documented switches."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def configure_logging(level: str) -> None:
     """Send all logs, uvicorn's included, to stderr as JSON lines."""
+    skip_unwritten_record_attributes()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
