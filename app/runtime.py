@@ -111,6 +111,7 @@ class Gateway:
                 await task
         await self.control.stop()
         await self.publisher.stop(flush_timeout=self.settings.drain_close_wait_seconds)
+        await self.upgrade_claims.close()
         await close_redis(self.redis)
         log.info("gateway stopped", extra={"replica_id": self.replica_id})
 

@@ -7,17 +7,25 @@ attempt is a replay and leaves the session's owner untouched; otherwise the nonc
 (or found claimed by this attempt: a retried command) and then the session id, which another
 integration may already own. On Redis Cluster the two keys live in different slots, so the
 claims stay two commands, nonce first.
+
+The script goes out on a connection of its own (app/redis/resp.py, as the publisher's writes
+do) when one is idle: a command through redis-py's client (a pool checkout that probes the
+socket, a task for its timed write) cost more than the round trip itself. Beyond
+`CLAIM_CONNECTIONS` claims at once, the rest go through the client's pool as before.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
+import redis.asyncio
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 
 from app.redis import keys
 from app.redis.client import RedisClient
+from app.redis.resp import PipelineConnection
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.session_owners import SessionOwners
 
@@ -42,6 +50,12 @@ return 1
 """
 
 
+# Claims that may be in flight on connections of their own; more at once use the pool.
+CLAIM_CONNECTIONS = 2
+# Round-trip bound on those connections for a client made without a socket timeout.
+DEFAULT_TIMEOUT_SECONDS = 5.0
+
+
 class Claim(enum.Enum):
     CLAIMED = "claimed"
     REPLAYED_NONCE = "replayed_nonce"
@@ -56,6 +70,17 @@ class UpgradeClaims:
         self._script = (
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
         )
+        self._idle: list[PipelineConnection] = []
+        self._timeout = DEFAULT_TIMEOUT_SECONDS
+        if isinstance(client, redis.asyncio.Redis):
+            self._idle = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
+            timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+            self._timeout = float(timeout or DEFAULT_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        """Close the claims' own connections (claims made later reopen them)."""
+        for connection in self._idle:
+            await connection.close()
 
     async def claim(
         self,
@@ -92,17 +117,20 @@ class UpgradeClaims:
         session_id: str,
         integration: str,
     ) -> Claim:
-        assert self._script is not None
+        script = self._script
+        assert script is not None
+        script_keys = (keys.nonce_key(nonce), keys.session_integration(session_id))
+        args = (
+            token,
+            self._nonces.ttl_seconds(nonce_expires_at, now),
+            integration,
+            self._owners.ttl_seconds,
+        )
         try:
-            answer = await self._script(
-                keys=[keys.nonce_key(nonce), keys.session_integration(session_id)],
-                args=[
-                    token,
-                    self._nonces.ttl_seconds(nonce_expires_at, now),
-                    integration,
-                    self._owners.ttl_seconds,
-                ],
-            )
+            if self._idle:
+                answer = await self._run_on_own_connection(script_keys, args)
+            else:
+                answer = await script(keys=script_keys, args=args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise NonceStoreUnavailable("nonce and session owner store unavailable") from exc
         if answer == 1:
@@ -112,3 +140,29 @@ class UpgradeClaims:
         if answer == 2:
             return Claim.SESSION_ID_CONFLICT
         raise NonceStoreUnavailable(f"unexpected answer from the claim script: {answer!r}")
+
+    async def _run_on_own_connection(
+        self, script_keys: tuple[str, str], args: tuple[Any, ...]
+    ) -> Any:
+        """The script's answer, by EVALSHA on an idle connection of the claims' own (loading
+        the script first if Redis does not have it). Raises as redis-py would."""
+        script = self._script
+        assert script is not None
+        connection = self._idle.pop()
+        try:
+            for _ in range(2):
+                command = ("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+                (answer,) = await connection.execute([command], self._timeout)
+                if not isinstance(answer, redis.exceptions.NoScriptError):
+                    break
+                await script.registered_client.script_load(script.script)  # a restarted Redis
+            if isinstance(answer, redis.exceptions.ResponseError):
+                raise answer
+            return answer
+        except BaseException:
+            # Cancelled or failed mid round trip: its reply may still come, and would be read
+            # as the next claim's answer. The next claim on it connects afresh.
+            await connection.close()
+            raise
+        finally:
+            self._idle.append(connection)

@@ -5,6 +5,7 @@ server both claims are one command."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from app.redis.client import RedisClient, create_redis
 from app.redis.embedded import EmbeddedRedis
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.session_owners import SessionOwners
-from app.security.upgrade_claims import Claim, UpgradeClaims
+from app.security.upgrade_claims import CLAIM_CONNECTIONS, Claim, UpgradeClaims
 from tests.support.redis_servers import RedisCluster, redis_stopped
 from tests.support.streams import streams_settings
 
@@ -136,3 +137,79 @@ async def test_redis_unavailable_raises(tmp_path: Path) -> None:
                     await claims.claim(SESSION, "a", None, None, now)
         finally:
             await client.aclose()
+
+
+# --- standalone Redis: the claims' own connections -------------------------------------------
+
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+while true do
+  local now = redis.call('TIME')
+  if (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1]) then
+    return 1
+  end
+end
+"""
+
+
+async def test_claims_beyond_the_own_connections_are_all_decided(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    sessions = [f"{SESSION[:-2]}{n:02d}" for n in range(3 * CLAIM_CONNECTIONS)]
+    nonces = [f"{NONCE}-{n}" for n in range(len(sessions))]
+    first = await asyncio.gather(
+        *(claims.claim(s, "a", n, now + 10, now) for s, n in zip(sessions, nonces, strict=True))
+    )
+    again = await asyncio.gather(
+        *(
+            claims.claim(s, "b", f"{n}-new", now + 10, now)
+            for s, n in zip(sessions, nonces, strict=True)
+        ),
+        *(claims.claim(s, "a", n, now + 10, now) for s, n in zip(sessions, nonces, strict=True)),
+    )
+    assert first == [Claim.CLAIMED] * len(sessions)
+    assert again == [Claim.SESSION_ID_CONFLICT] * len(sessions) + [Claim.REPLAYED_NONCE] * len(
+        sessions
+    )
+    await claims.close()
+
+
+async def test_a_flushed_script_is_loaded_again(redis_client: redis.asyncio.Redis) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    await redis_client.script_flush()
+    assert await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now) is Claim.CLAIMED
+    assert await claims.claim(OTHER_SESSION, "b", NONCE + "x", now + 10, now) is (
+        Claim.SESSION_ID_CONFLICT
+    )
+    await claims.close()
+
+
+async def test_a_claim_cancelled_in_flight_leaves_no_answer_for_the_next(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    busy = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        # Redis busy for a while: the next claim's command waits in its socket, unanswered.
+        hold = asyncio.create_task(busy.eval(BUSY_SCRIPT, 0, 500_000))
+        await asyncio.sleep(0.05)
+        cancelled = asyncio.create_task(claims.claim(SESSION, "a", NONCE + "-2", now + 10, now))
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(claims._idle) < CLAIM_CONNECTIONS:  # written, waiting for its answer
+                break
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await hold
+        # The cancelled claim's answer (CLAIMED) must not be read as this one's.
+        assert await claims.claim(SESSION, "b", OTHER_NONCE, now + 10, now) is (
+            Claim.SESSION_ID_CONFLICT
+        )
+    finally:
+        await busy.aclose()
+        await claims.close()
