@@ -30,10 +30,20 @@ _IGNORED_ATTRIBUTES = _STANDARD_ATTRIBUTES | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
+    # The last record's whole second and its text: most records share it with the one before.
+    _second = -1
+    _second_text = ""
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname,
             "logger": record.name,
             "message": _clip(record.getMessage(), MAX_MESSAGE_CHARS),

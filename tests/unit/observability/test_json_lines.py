@@ -57,3 +57,18 @@ def test_lines_are_the_same_without_the_unwritten_attributes(restored_switches: 
         "session_id": "s-1",
         "frames": 3,
     }
+
+
+def test_each_line_has_its_own_second_and_milliseconds() -> None:
+    formatter = JsonFormatter()
+    record = logging.LogRecord("app", logging.INFO, "", 0, "tick", None, None)
+    stamps = []
+    for created in (1_700_000_000.5, 1_700_000_000.75, 1_700_000_001.0, 1_699_999_999.125):
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        stamps.append(json.loads(formatter.format(record))["time"])
+    assert stamps == [
+        "2023-11-14T22:13:20.500Z",
+        "2023-11-14T22:13:20.750Z",
+        "2023-11-14T22:13:21.000Z",
+        "2023-11-14T22:13:19.125Z",
+    ]
