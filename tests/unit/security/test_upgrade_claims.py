@@ -194,7 +194,10 @@ async def test_a_claim_cancelled_in_flight_leaves_no_answer_for_the_next(
     busy = redis.asyncio.Redis.from_url(redis_url)
     try:
         # Redis busy for a while: the next claim's command waits in its socket, unanswered.
-        hold = asyncio.create_task(busy.eval(BUSY_SCRIPT, 0, 500_000))
+        async def keep_busy() -> None:
+            await busy.eval(BUSY_SCRIPT, 0, 500_000)
+
+        hold = asyncio.create_task(keep_busy())
         await asyncio.sleep(0.05)
         cancelled = asyncio.create_task(claims.claim(SESSION, "a", NONCE + "-2", now + 10, now))
         for _ in range(100):
