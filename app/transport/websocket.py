@@ -173,7 +173,12 @@ class Connection:
             # Idempotent: reports the session closed if the client never sent `close`.
             self._dispatch(self.session.connection_lost(time.monotonic()))
             self._close_code = self._close_code or 1000
-            self._start_sender()
+            if self._outgoing or self.websocket.client_state is not WebSocketState.DISCONNECTED:
+                self._start_sender()
+            elif self._sender is None:
+                # Nothing to send and the socket is gone (the usual end: the client closed
+                # after `closed`): what a sender would find to do, without the task.
+                self._sending_over = True
             close_timeout = self.gateway.settings.close_timeout_seconds
             if self._sender is not None:
                 try:
