@@ -219,8 +219,10 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         default=256,
         ge=4,
-        description="Connections to Redis per replica (standalone); at the bound, callers wait "
-        "up to redis_timeout_seconds for a free one.",
+        description="Connections to Redis per replica (standalone) in the shared pool; at the "
+        "bound, callers wait up to redis_timeout_seconds for a free one. Six more are kept "
+        "outside it: the publisher's two writers, the control plane's registry writer, the "
+        "readiness check and two for upgrade claims.",
     )
     redis_timeout_seconds: float = Field(
         default=5.0, gt=0, description="Connect and read timeout of Redis operations."
