@@ -253,9 +253,13 @@ async def run_load(
             monitor.sample(streaming)
             if publish_window is None or publish_window.ended:
                 continue
-            if not publish_window.started and streaming >= sessions:
+            # Every call that will stream is streaming: all started, none still connecting
+            # (refused calls, e.g. shed with 503, do not hold the window back).
+            refused = sum(1 for c in calls if c.stats.failure is not None and not c.stats.opened)
+            all_live = len(calls) == sessions and streaming > 0 and streaming + refused >= sessions
+            if not publish_window.started and all_live:
                 await publish_window.start()
-            elif publish_window.started and streaming < sessions:
+            elif publish_window.started and not all_live:
                 await publish_window.end()
 
     watcher = asyncio.create_task(watch())
