@@ -173,12 +173,7 @@ class Connection:
             # Idempotent: reports the session closed if the client never sent `close`.
             self._dispatch(self.session.connection_lost(time.monotonic()))
             self._close_code = self._close_code or 1000
-            if self._outgoing or self.websocket.client_state is not WebSocketState.DISCONNECTED:
-                self._start_sender()
-            elif self._sender is None:
-                # Nothing to send and the socket is gone (the usual end: the client closed
-                # after `closed`): what a sender would find to do, without the task.
-                self._sending_over = True
+            self._start_sender()
             close_timeout = self.gateway.settings.close_timeout_seconds
             if self._sender is not None:
                 try:
@@ -341,8 +336,18 @@ class Connection:
 
     def _start_sender(self) -> None:
         """At most one sender at a time, so messages leave strictly in queue (seq) order."""
-        if self._sender is None and not self._sending_over:
-            self._sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
+        if self._sender is not None or self._sending_over:
+            return
+        if (
+            not self._outgoing
+            and self._close_code is not None
+            and self.websocket.client_state is WebSocketState.DISCONNECTED
+        ):
+            # Closing with nothing to send and the socket already gone (the usual end: the
+            # client closed after `closed`): all a sender would do, without the task.
+            self._sending_over = True
+            return
+        self._sender = asyncio.create_task(self._send_loop(), name=f"send-{self.session_id}")
 
     async def _send_loop(self) -> None:
         """Send what is queued, close the socket if asked, and end once nothing is left."""
