@@ -159,7 +159,7 @@ class Monitor:
     gateway_pid: int | None
     redis_pid: int | None
     samples: list[Sample] = field(default_factory=list)
-    _redis_waited: float | None = None
+    _redis_waited: float | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         import psutil  # a dev dependency: the bench is a development tool
