@@ -103,13 +103,22 @@ class SessionOpened:
     open_received_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AudioFrame:
-    """A received audio frame; `sample_offset` is the stream position (samples) at its start."""
+    """A received audio frame; `sample_offset` is the stream position (samples) at its start.
+    Treat it as immutable: it is not frozen only so that its `__init__` can be written out."""
 
     data: bytes = field(repr=False)  # never printed: audio must not reach logs
     sample_offset: int
     sample_count: int
+
+    def __init__(self, data: bytes, sample_offset: int, sample_count: int) -> None:
+        # One is made per frame. The __init__ the dataclass decorator writes stays interpreted
+        # bytecode in the compiled build (and a frozen one sets each field through
+        # object.__setattr__); this one is compiled with the module.
+        self.data = data
+        self.sample_offset = sample_offset
+        self.sample_count = sample_count
 
 
 @dataclass(frozen=True, slots=True)

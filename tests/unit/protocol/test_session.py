@@ -1089,9 +1089,16 @@ def test_connection_lost_after_closed_reports_once() -> None:
 
 
 def test_outputs_are_frozen() -> None:
-    frame = AudioFrame(b"x", 0, 1)
+    text = SendText("{}", "pong")
     with pytest.raises(AttributeError):
-        frame.sample_offset = 3  # type: ignore[misc]
+        text.text = "[]"  # type: ignore[misc]
+
+
+def test_an_audio_frame_compares_by_value_and_never_prints_its_audio() -> None:
+    frame = AudioFrame(b"x", 0, 1)
+    assert frame == AudioFrame(b"x", 0, 1)
+    assert frame != AudioFrame(b"x", 1, 1)
+    assert (frame.data, frame.sample_offset, frame.sample_count) == (b"x", 0, 1)
     assert "x" not in repr(frame).split("sample_offset")[0].replace("AudioFrame(", "")
 
 
