@@ -32,7 +32,7 @@ from app.transport.load_shedding import LoadShedder
 from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
-    from app.transport.websocket import Connection
+    from app.transport.connection import Connection
 
 log = logging.getLogger("app.runtime")
 

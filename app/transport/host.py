@@ -18,9 +18,9 @@ if TYPE_CHECKING:
     from app.security.integrations import Integration
     from app.security.ipallow import IpAllowlist
     from app.security.upgrade_claims import UpgradeClaims
+    from app.transport.connection import Connection
     from app.transport.load_shedding import LoadShedder
     from app.transport.source_limiter import SourceRateLimiter
-    from app.transport.websocket import Connection
 
 
 class ReadinessHost(Protocol):
@@ -77,7 +77,7 @@ class ReporterHost(Protocol):
 
 
 class ConnectionHost(ReporterHost, Protocol):
-    """A live connection (websocket.py): its session's configuration and the live set."""
+    """A live connection (connection.py): its session's configuration and the live set."""
 
     @property
     def settings(self) -> Settings: ...

@@ -10,7 +10,6 @@ Consumers' commands are applied by the connection (`Connection.apply`).
 from __future__ import annotations
 
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from app.observability import metrics
@@ -35,8 +34,8 @@ from app.publisher.publisher import SessionInfo, SessionPublisher
 if TYPE_CHECKING:
     from app.security.integrations import Integration
     from app.transport.admission import Admission
+    from app.transport.connection import Connection
     from app.transport.host import ReporterHost
-    from app.transport.websocket import Connection
 
 log = logging.getLogger("app.session")
 
@@ -80,10 +79,12 @@ class SessionReporter:
     def __init__(self, gateway: ReporterHost, admission: Admission, connection: Connection) -> None:
         self.gateway = gateway
         self.admission = admission
-        # Weak: the connection holds its reporter, and an ended session must be freed by
-        # reference counting. Cycles left to the collector are walked by its full passes,
-        # which grow with every live session and stall the event loop for all of them.
-        self._connection = weakref.ref(connection)
+        # The connection holds its reporter: this reference back is dropped when the connection
+        # ends (`forget_connection`), so an ended session is freed by reference counting.
+        # Cycles left to the collector are walked by its full passes, which grow with every
+        # live session and stall the event loop for all of them. (Not a weak reference: the
+        # compiled Connection cannot be referred to weakly.)
+        self._connection: Connection | None = connection
         self.session = connection.session
         self.integration = (
             admission.integration.name if admission.integration else UNKNOWN_INTEGRATION
@@ -165,7 +166,7 @@ class SessionReporter:
                 "mode": integration.mode if integration else "monitor",
             },
         )
-        connection = self._connection()
+        connection = self._connection
         if connection is not None:
             self.gateway.control.register(event.session_id, connection)
         self._registered = True
@@ -346,9 +347,13 @@ class SessionReporter:
         self._end_with_error("Server Error: audio backlog overflow")
 
     def _end_with_error(self, info: str) -> None:
-        connection = self._connection()
+        connection = self._connection
         if connection is not None:  # else the session is over already
             connection.end_with_error(info)
+
+    def forget_connection(self) -> None:
+        """The connection has ended: let go of it (see __init__)."""
+        self._connection = None
 
     def oversized_message(self) -> None:
         metrics.PROTOCOL_ERRORS.labels("message_too_large").inc()

@@ -58,7 +58,7 @@ async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway
 # Per-call objects, by module and qualified name: the session's own and the WebSocket and HTTP
 # protocols (and so the transport and handshake headers they hold).
 SESSION_CLASSES = {
-    "app.transport.websocket.Connection",
+    "app.transport.connection.Connection",
     "app.transport.session_reporter.SessionReporter",
     "app.protocol.session.ServerSession",
     "app.publisher.session_queue.SessionPublisher",
