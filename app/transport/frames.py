@@ -60,6 +60,7 @@ class FrameParser:
         "_max_size",
         "_need",
         "_on_control",
+        "_refilled_at",
         "frames_left",
         "on_message",
     )
@@ -69,6 +70,7 @@ class FrameParser:
         max_size: int,
         on_message: Callable[[bytes | str], None],
         on_control: Callable[[int, bytes], None],
+        now: float = 0.0,
     ) -> None:
         self._max_size = max_size
         self.on_message = on_message  # replaceable: the protocol mutes it when the connection ends
@@ -79,8 +81,17 @@ class FrameParser:
         self._fragment_opcode = 0  # OP_TEXT or OP_BINARY while a fragmented message is open
         self._fragments_size = 0
         # Frames of any kind (control and continuation frames included: they never reach the
-        # session's own message bound) this parser may still take; the protocol refills it.
+        # session's own message bound) this parser may still take; `receive` refills it.
         self.frames_left = FRAME_BURST
+        self._refilled_at = now  # when the budget was last refilled (the caller's clock)
+
+    def receive(self, data: bytes, now: float) -> None:
+        """`feed` the bytes of a read made at `now`, first refilling the frame budget at
+        FRAME_RATE a second since the last read, up to FRAME_BURST."""
+        refill = int((now - self._refilled_at) * FRAME_RATE)
+        self._refilled_at = now
+        self.frames_left = min(FRAME_BURST, self.frames_left + refill)
+        self.feed(data)
 
     def feed(self, data: bytes) -> None:
         buffer = self._buffer

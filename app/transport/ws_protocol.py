@@ -31,8 +31,6 @@ from app.transport.frames import (
     CLOSE_ABNORMAL,
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
-    FRAME_BURST,
-    FRAME_RATE,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
@@ -94,7 +92,6 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _parser: FrameParser | None = None
     _early_data = False  # bytes arrived after the upgrade request, before the take-over
     _bytes_after_close = 0
-    _refilled_at = 0.0  # when the parser's frame budget was last refilled
     _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
     handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
 
@@ -106,13 +103,8 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
         parser = self._parser
         if parser is not None:
-            now = self.loop.time()
-            parser.frames_left = min(
-                FRAME_BURST, parser.frames_left + int((now - self._refilled_at) * FRAME_RATE)
-            )
-            self._refilled_at = now
             try:
-                parser.feed(data)
+                parser.receive(data, self.loop.time())
             except FrameError as exc:
                 self._fail(exc.code, exc.reason)
             return
@@ -134,8 +126,9 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             self._end(CLOSE_ABNORMAL)
             return
         # Messages go straight to the sink; once the connection ends, nowhere (_end).
-        self._parser = FrameParser(self.config.ws_max_size, sink.message_received, self._control)
-        self._refilled_at = self.loop.time()
+        self._parser = FrameParser(
+            self.config.ws_max_size, sink.message_received, self._control, self.loop.time()
+        )
         if self._early_data or self.conn.reader.buffer or not self.queue.empty():
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
         # uvicorn keeps the handshake's request and response (every header, a few KB) for the

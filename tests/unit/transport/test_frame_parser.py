@@ -8,7 +8,7 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from app.transport.frames import FrameError, FrameParser
+from app.transport.frames import FRAME_BURST, FRAME_RATE, FrameError, FrameParser
 
 MAX_SIZE = 300_000
 
@@ -197,3 +197,20 @@ def test_a_close_reason_is_checked_by_the_protocol_not_the_parser() -> None:
 )
 def test_protocol_violations_fail_1002(frame: bytes) -> None:
     assert failure(frame)[0] == 1002
+
+
+def test_the_frame_budget_is_a_burst_then_a_rate_refilled_by_the_time_between_reads() -> None:
+    recorder = Recorder()
+    parser = FrameParser(MAX_SIZE, recorder.message, recorder.control, now=100.0)
+    frame = masked(Opcode.BINARY, b"\0" * 10)
+    parser.receive(frame * FRAME_BURST, 100.0)  # the whole burst in one read
+    assert parser.frames_left == 0
+    parser.receive(frame * (FRAME_RATE // 2), 100.5)  # half a second: half the rate again
+    assert parser.frames_left == 0
+    parser.receive(b"", 1000.0)  # a long pause refills no more than the burst
+    assert parser.frames_left == FRAME_BURST
+    parser.frames_left = 0
+    with pytest.raises(FrameError, match="too many frames") as failed:
+        parser.receive(frame, 1000.0)
+    assert failed.value.code == 1008
+    assert len(recorder.events) == FRAME_BURST + FRAME_RATE // 2
