@@ -335,6 +335,13 @@ class Settings(BaseSettings):
         "once the core is saturated, before queues build up; a call ramp that the worker "
         "absorbs peaks near 0.9 on a 2-core box. 0 disables.",
     )
+    overload_max_redis_round_trip_seconds: float = Field(
+        0.2,
+        ge=0,
+        description="Load shedding: new upgrades get HTTP 503 (Retry-After) while Redis takes "
+        "longer than this to answer the worker's writes (smoothed slowest round trip), i.e. "
+        "Redis answers but is not keeping up; 0 disables.",
+    )
     overload_max_handshakes_in_flight: int = Field(
         100,
         ge=0,

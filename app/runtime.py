@@ -58,7 +58,9 @@ class Gateway:
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
-        self.load_shedder = LoadShedder.from_settings(settings)
+        self.load_shedder = LoadShedder.from_settings(
+            settings, self.publisher.take_round_trip_seconds
+        )
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's
         # awaits, so simultaneous upgrades cannot all slip under a limit.

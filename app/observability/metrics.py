@@ -221,6 +221,12 @@ WORKER_CPU_UTILIZATION = Gauge(
     "Share of one core the worker process uses (smoothed over about a second).",
     namespace=NAMESPACE,
 )
+REDIS_ROUND_TRIP = Gauge(
+    "redis_round_trip_seconds",
+    "How long Redis takes to answer the worker's writes (smoothed slowest round trip, or the "
+    "age of one still out).",
+    namespace=NAMESPACE,
+)
 HANDSHAKES_IN_FLIGHT = Gauge(
     "handshakes_in_flight", "WebSocket upgrades being admitted (authentication, nonce claim).",
     namespace=NAMESPACE,
@@ -234,7 +240,7 @@ HANDSHAKE_QUEUE_SECONDS = Histogram(
 LOAD_SHED = Counter(
     "load_shed",
     "Upgrades refused as overloaded, by the signal that decided (event_loop_lag, "
-    "cpu_utilization, handshakes_in_flight, handshake_age).",
+    "cpu_utilization, redis_round_trip, handshakes_in_flight, handshake_age).",
     ["signal"],
     namespace=NAMESPACE,
 )

@@ -106,6 +106,13 @@ class Publisher:
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
         self._batches_in_flight = 0
+        # For the load shedder (take_round_trip_seconds): when each round trip now out was
+        # sent, the slowest one that came back since it last asked, and how many times Redis
+        # was found down (a round trip that spans one is readiness's business, not the
+        # shedder's: once Redis is back, new calls must not be refused for it).
+        self._round_trips_sent_at: list[float] = []
+        self._slowest_round_trip = 0.0
+        self._times_down = 0
         self._backoff = _BACKOFF_START
         self._retry_at = float("-inf")  # on the event loop's clock
         self._ready = False
@@ -127,6 +134,19 @@ class Publisher:
 
     def has_key(self, key_id: str) -> bool:
         return key_id in self._keys
+
+    def take_round_trip_seconds(self) -> float:
+        """How long Redis takes to answer this worker's writes, since the last call: the
+        slowest round trip that came back since then, or how long the oldest one still out
+        has waited, whichever is longer (the load shedder asks every 50 ms). Round trips, not
+        frames' ages: audio that waited out a Redis outage is acknowledged late, but a Redis
+        that answers quickly again is keeping up. While Redis is down this is 0: readiness
+        refuses new calls then."""
+        slowest = self._slowest_round_trip
+        self._slowest_round_trip = 0.0
+        if self._round_trips_sent_at and self._ready:
+            slowest = max(slowest, self._clock() - self._round_trips_sent_at[0])
+        return slowest
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -284,6 +304,9 @@ class Publisher:
         for session, _, _ in plan:
             session.in_flight = True
         self._batches_in_flight += 1
+        sent_at = self._clock()
+        self._round_trips_sent_at.append(sent_at)
+        times_down = self._times_down
         try:
             try:
                 results = await connection.execute(commands, self._read_timeout)
@@ -293,6 +316,9 @@ class Publisher:
             return await self._settle(plan, iter(results))
         finally:
             self._batches_in_flight -= 1
+            self._round_trips_sent_at.remove(sent_at)
+            if self._times_down == times_down:
+                self._slowest_round_trip = max(self._slowest_round_trip, self._clock() - sent_at)
             for session, _, _ in plan:
                 session.in_flight = False
 
@@ -414,6 +440,7 @@ class Publisher:
             self._was_up = True
         elif not up and self._ready:
             log.warning("redis unavailable")
+            self._times_down += 1
         self._ready = up
         REDIS_UP.set(1 if up else 0)
 

@@ -3,7 +3,7 @@ with `Retry-After`), so the client tries another replica and the calls already l
 their latency. Without it, an overloaded worker queues upgrades until their signatures
 expire and answers them `unauthorized`, and every live call's audio waits in the same queue.
 
-An upgrade is shed when any of four cheap signals says the worker is behind:
+An upgrade is shed when any of five cheap signals says the worker is behind:
 
 - event-loop lag: a monitor task sleeps a short interval and measures how late it wakes
   (smoothed). Every callback waits that long, the live calls' audio frames included.
@@ -12,6 +12,11 @@ An upgrade is shed when any of four cheap signals says the worker is behind:
   calls just below saturation keeps the headroom the live calls' latency needs.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
+- Redis round trip: how long Redis takes to answer the worker's writes (the slowest round
+  trip of each interval, or the age of one still out; smoothed). Redis that still answers but
+  cannot keep up (its core saturated, other replicas writing to it) makes every live call's
+  audio wait while this worker's own CPU and loop look fine; readiness only turns when Redis
+  stops answering.
 - handshake age: time from the TCP connection to admission. An upgrade that already waited
   this long in the worker's queues is refused rather than served late. Time spent in the
   kernel's accept queue is invisible to the worker, so the age by the request's own
@@ -32,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from app.config import Settings
@@ -57,9 +62,10 @@ STRAIN_FRACTION: Final = 0.25
 # Weight of the newest CPU sample (one per monitor interval): a time constant of about 1 s.
 CPU_SMOOTHING: Final = 0.05
 
-LAG, CPU, IN_FLIGHT, AGE = (
+LAG, CPU, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
     "event_loop_lag",
     "cpu_utilization",
+    "redis_round_trip",
     "handshakes_in_flight",
     "handshake_age",
 )
@@ -87,10 +93,16 @@ class LoadShedder:
         clock_skew_seconds: float = 0.0,
         interval: float = MONITOR_INTERVAL_SECONDS,
         max_cpu: float = 0.0,
+        max_redis_round_trip_seconds: float = 0.0,
+        redis_round_trip: Callable[[], float] | None = None,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
         self.max_cpu = max_cpu
         self.cpu = 0.0  # smoothed share of one core used by this process
+        self.max_redis_round_trip_seconds = max_redis_round_trip_seconds
+        # Where the monitor reads it (the publisher's take_round_trip_seconds).
+        self._redis_round_trip_source = redis_round_trip
+        self.redis_round_trip = 0.0  # smoothed, seconds
         self.max_handshakes = max_handshakes
         self.max_age_seconds = max_age_seconds
         self.clock_skew_seconds = clock_skew_seconds
@@ -100,13 +112,17 @@ class LoadShedder:
         self._log = ThrottledLog(log, LOG_LINES_PER_SECOND)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LoadShedder:
+    def from_settings(
+        cls, settings: Settings, redis_round_trip: Callable[[], float] | None = None
+    ) -> LoadShedder:
         return cls(
             settings.overload_max_event_loop_lag_seconds,
             settings.overload_max_handshakes_in_flight,
             settings.overload_max_handshake_age_seconds,
             settings.signature_clock_skew_seconds,
             max_cpu=settings.overload_max_cpu_utilization,
+            max_redis_round_trip_seconds=settings.overload_max_redis_round_trip_seconds,
+            redis_round_trip=redis_round_trip,
         )
 
     # --- the decision -------------------------------------------------------------------------
@@ -117,6 +133,9 @@ class LoadShedder:
             return LAG
         if self.max_cpu and self.cpu > self.max_cpu:
             return CPU
+        round_trip_bound = self.max_redis_round_trip_seconds
+        if round_trip_bound and self.redis_round_trip > round_trip_bound:
+            return REDIS_ROUND_TRIP
         if self.max_handshakes and self.handshakes > self.max_handshakes:
             return IN_FLIGHT
         if self.max_age_seconds and age is not None and age > self.max_age_seconds:
@@ -157,6 +176,7 @@ class LoadShedder:
                 "signal": reason,
                 "event_loop_lag_ms": round(self.lag * 1000, 1),
                 "cpu_utilization": round(self.cpu, 2),
+                "redis_round_trip_ms": round(self.redis_round_trip * 1000, 1),
                 "handshakes_in_flight": self.handshakes,
             },
         )
@@ -185,9 +205,13 @@ class LoadShedder:
         self.cpu += CPU_SMOOTHING * (sample - self.cpu)
         metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
 
+    def record_redis_round_trip(self, sample: float) -> None:
+        self.redis_round_trip += LAG_SMOOTHING * (sample - self.redis_round_trip)
+        metrics.REDIS_ROUND_TRIP.set(self.redis_round_trip)
+
     async def run(self) -> None:
-        """Measure how late the loop wakes this task and how busy the process is, forever
-        (a gateway background task)."""
+        """Measure how late the loop wakes this task, how busy the process is and how long
+        Redis takes to answer its writes, forever (a gateway background task)."""
         started, cpu_started = time.monotonic(), time.process_time()
         while True:
             await asyncio.sleep(self.interval)
@@ -196,4 +220,6 @@ class LoadShedder:
             self.record_lag(elapsed - self.interval)
             if elapsed > 0:
                 self.record_cpu((cpu_now - cpu_started) / elapsed)
+            if self._redis_round_trip_source is not None:
+                self.record_redis_round_trip(self._redis_round_trip_source())
             started, cpu_started = now, cpu_now

@@ -2,7 +2,9 @@
 get a fast 503 with Retry-After and are counted, and a call already live loses nothing.
 
 "Behind" is made deterministic: Redis pauses write commands, so an upgrade claiming its nonce
-stays in admission; with at most one handshake in flight every further upgrade is shed.
+stays in admission; with at most one handshake in flight every further upgrade is shed. Or
+Redis is kept busy with scripts that each hold it for a quarter of a second: it still answers
+(readiness holds), but every write of the live call waits.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call
 from tests.integration.resilience.helpers import gateway_process, refused
 from tests.integration.resilience.wire import WireClient
-from tests.support.metrics import REJECTED, Growth, scrape, wait_for_metric
+from tests.support.metrics import REJECTED, Growth, scrape, scrape_when, wait_for_metric
 
 IN_FLIGHT = "audiohook_handshakes_in_flight"
 SHED = "audiohook_load_shed_total"
 QUEUE_AGE_COUNT = "audiohook_handshake_queue_seconds_count"
+ROUND_TRIP = "audiohook_redis_round_trip_seconds"
+# Holds Redis for ARGV[1] microseconds (its own clock), then returns.
+BUSY_SCRIPT = """
+local start = redis.call('TIME')
+local began = start[1] * 1000000 + start[2]
+repeat
+  local now = redis.call('TIME')
+until now[1] * 1000000 + now[2] - began >= tonumber(ARGV[1])
+return 1
+"""
 
 
 async def test_upgrades_beyond_the_handshake_bound_are_shed_and_live_calls_keep_streaming(
@@ -106,3 +118,42 @@ async def test_an_upgrade_older_than_the_age_bound_gets_503_before_the_websocket
     assert grew(SHED, signal="handshake_age") == 1
     assert grew(REJECTED, cause="overloaded") == 1
     assert grew(QUEUE_AGE_COUNT) == 0  # never reached admission
+
+
+async def test_upgrades_are_shed_while_redis_answers_slowly_and_taken_again_once_it_keeps_up(
+    redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
+) -> None:
+    settings = {"OVERLOAD_MAX_REDIS_ROUND_TRIP_SECONDS": "0.1"}
+    busy_client = redis.asyncio.Redis.from_url(redis_server.url)
+    keep_busy = asyncio.Event()
+
+    async def hold_redis() -> None:
+        while keep_busy.is_set():
+            await busy_client.eval(BUSY_SCRIPT, 0, 250_000)
+            await asyncio.sleep(0.005)
+
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        async with alongside_good_call(gateway.ws_url, redis_client) as call:
+            before = await scrape(gateway)
+            keep_busy.set()
+            busy = asyncio.create_task(hold_redis())
+            try:
+                await scrape_when(gateway, lambda m: m.value(ROUND_TRIP) > 0.1, "slow round trips")
+                answer = await refused(gateway.ws_url)
+            finally:
+                keep_busy.clear()
+                await busy
+            await scrape_when(gateway, lambda m: m.value(ROUND_TRIP) < 0.1, "a catch-up")
+            client = await WireClient.connect(gateway.ws_url)  # taken again
+            try:
+                await client.open()
+                await client.close()
+            finally:
+                await client.aclose()
+            await call.wait_frames(3)
+        grew = Growth(before, await scrape(gateway))
+    await busy_client.aclose()
+    assert answer.status == 503
+    assert answer.headers.get("retry-after") == "1"
+    assert grew(SHED, signal="redis_round_trip") == 1
+    assert grew(REJECTED) == 1  # not refused as not ready: Redis kept answering

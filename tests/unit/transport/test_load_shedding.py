@@ -6,7 +6,15 @@ import asyncio
 import time
 
 from app.config import Settings
-from app.transport.load_shedding import AGE, CONNECTED_AT, CPU, IN_FLIGHT, LAG, LoadShedder
+from app.transport.load_shedding import (
+    AGE,
+    CONNECTED_AT,
+    CPU,
+    IN_FLIGHT,
+    LAG,
+    REDIS_ROUND_TRIP,
+    LoadShedder,
+)
 
 
 def shedder(lag: float = 0.1, handshakes: int = 10, age: float = 2.0) -> LoadShedder:
@@ -124,3 +132,44 @@ def test_the_monitor_measures_the_process_cpu() -> None:
 
     asyncio.run(busy())
     assert decider.cpu > 0.3  # smoothed up from 0 towards a full core
+
+
+def test_slow_redis_round_trips_shed_and_a_lone_slow_one_does_not() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          max_redis_round_trip_seconds=0.2)  # fmt: skip
+    decider.record_redis_round_trip(0.4)  # one slow round trip
+    assert decider.reason(age=None) is None
+    for _ in range(5):  # a quarter of a second of round trips of half a second
+        decider.record_redis_round_trip(0.5)
+    assert decider.reason(age=None) == REDIS_ROUND_TRIP
+    for _ in range(20):  # Redis keeps up again
+        decider.record_redis_round_trip(0.01)
+    assert decider.reason(age=None) is None
+    disabled = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0)
+    for _ in range(20):
+        disabled.record_redis_round_trip(5.0)
+    assert disabled.reason(age=None) is None
+
+
+def test_the_monitor_reads_the_redis_round_trip_from_its_source() -> None:
+    delays = iter([0.0, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    asked = 0
+
+    def source() -> float:
+        nonlocal asked
+        asked += 1
+        return next(delays, 0.3)
+
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          interval=0.005, max_redis_round_trip_seconds=0.2,
+                          redis_round_trip=source)  # fmt: skip
+
+    async def measure() -> None:
+        monitor = asyncio.create_task(decider.run())
+        while asked < 10:
+            await asyncio.sleep(0.005)
+        monitor.cancel()
+
+    asyncio.run(measure())
+    assert decider.redis_round_trip > 0.2
+    assert decider.reason(age=None) == REDIS_ROUND_TRIP
