@@ -105,11 +105,11 @@ class Publisher:
         self._pending: dict[SessionPublisher, None] = {}  # sessions with queued items, in order
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
-        self._batches_in_flight = 0
-        # For the load shedder (take_round_trip_seconds): when each round trip now out was
-        # sent, the slowest one that came back since it last asked, and how many times Redis
-        # was found down (a round trip that spans one is readiness's business, not the
-        # shedder's: once Redis is back, new calls must not be refused for it).
+        # When each round trip now out was sent (their count: batches in flight). For the load
+        # shedder (take_round_trip_seconds), also the slowest one that came back since it last
+        # asked, and how many times Redis was found down (a round trip that spans one is
+        # readiness's business, not the shedder's: once Redis is back, new calls must not be
+        # refused for it).
         self._round_trips_sent_at: list[float] = []
         self._slowest_round_trip = 0.0
         self._times_down = 0
@@ -257,7 +257,7 @@ class Publisher:
                 # Only overlap a round trip that is slow: a quick one takes these frames
                 # itself, and many small batches would cost more CPU than one large one.
                 await asyncio.sleep(
-                    _OVERLAP_AFTER_SECONDS if self._batches_in_flight else _LINGER_SECONDS
+                    _OVERLAP_AFTER_SECONDS if self._round_trips_sent_at else _LINGER_SECONDS
                 )
             elif written:
                 self._backoff = _BACKOFF_START
@@ -303,7 +303,6 @@ class Publisher:
             return None
         for session, _, _ in plan:
             session.in_flight = True
-        self._batches_in_flight += 1
         sent_at = self._clock()
         self._round_trips_sent_at.append(sent_at)
         times_down = self._times_down
@@ -315,7 +314,6 @@ class Publisher:
                 return False
             return await self._settle(plan, iter(results))
         finally:
-            self._batches_in_flight -= 1
             self._round_trips_sent_at.remove(sent_at)
             if self._times_down == times_down:
                 self._slowest_round_trip = max(self._slowest_round_trip, self._clock() - sent_at)
