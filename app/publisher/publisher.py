@@ -107,12 +107,12 @@ class Publisher:
         self._wakeup = asyncio.Event()
         # When each round trip now out was sent (their count: batches in flight). For the load
         # shedder (take_round_trip_seconds), also the slowest one that came back since it last
-        # asked, and how many times Redis was found down (a round trip that spans one is
-        # readiness's business, not the shedder's: once Redis is back, new calls must not be
-        # refused for it).
+        # asked, and when Redis was last found up: a round trip's wait counts from then, since
+        # waiting out an outage is readiness's business, not the shedder's (once Redis is back,
+        # new calls must not be refused for it).
         self._round_trips_sent_at: list[float] = []
         self._slowest_round_trip = 0.0
-        self._times_down = 0
+        self._up_since = float("-inf")
         self._backoff = _BACKOFF_START
         self._retry_at = float("-inf")  # on the event loop's clock
         self._ready = False
@@ -145,8 +145,11 @@ class Publisher:
         slowest = self._slowest_round_trip
         self._slowest_round_trip = 0.0
         if self._round_trips_sent_at and self._ready:
-            slowest = max(slowest, self._clock() - self._round_trips_sent_at[0])
+            slowest = max(slowest, self._waited_while_up(self._round_trips_sent_at[0]))
         return slowest
+
+    def _waited_while_up(self, sent_at: float) -> float:
+        return self._clock() - max(sent_at, self._up_since)
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -305,7 +308,6 @@ class Publisher:
             session.in_flight = True
         sent_at = self._clock()
         self._round_trips_sent_at.append(sent_at)
-        times_down = self._times_down
         try:
             try:
                 results = await connection.execute(commands, self._read_timeout)
@@ -315,8 +317,10 @@ class Publisher:
             return await self._settle(plan, iter(results))
         finally:
             self._round_trips_sent_at.remove(sent_at)
-            if self._times_down == times_down:
-                self._slowest_round_trip = max(self._slowest_round_trip, self._clock() - sent_at)
+            if self._ready:  # one that failed, or was refused, is readiness's business too
+                self._slowest_round_trip = max(
+                    self._slowest_round_trip, self._waited_while_up(sent_at)
+                )
             for session, _, _ in plan:
                 session.in_flight = False
 
@@ -436,9 +440,9 @@ class Publisher:
                 REDIS_RECONNECTS.inc()
                 log.info("redis reachable again", extra={"backlog_frames": self._backlog_frames})
             self._was_up = True
+            self._up_since = self._clock()
         elif not up and self._ready:
             log.warning("redis unavailable")
-            self._times_down += 1
         self._ready = up
         REDIS_UP.set(1 if up else 0)
 

@@ -12,7 +12,7 @@ from app.publisher.publisher import Publisher
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from app.tools.consume import reassemble
-from tests.support.redis_servers import redis_outage
+from tests.support.redis_servers import redis_outage, redis_stalled
 from tests.support.streams import (
     MONO,
     STEREO,
@@ -155,4 +155,32 @@ async def test_stop_counts_audio_it_could_not_write(own_redis: EmbeddedRedis) ->
         assert time.monotonic() - started >= 0.5
     assert session.frames_lost == 5
     assert metric("audiohook_frames_lost_total", {"integration": "stop-lost"}) == 5
+    await client.aclose()
+
+
+async def test_a_write_that_waited_out_a_stall_does_not_count_as_slow_redis(
+    own_redis: EmbeddedRedis,
+) -> None:
+    """The load shedder's Redis signal is for a Redis that answers slowly. A write retried
+    while Redis was frozen and answered once it resumed waited out an outage (readiness's
+    business): counted, it would keep new calls refused after readiness is back."""
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    settings = streams_settings(redis_timeout_seconds=1.0, publish_retry_max_seconds=0.02)
+    publisher = Publisher(client, settings, health_interval=0.1)
+    await publisher.start()
+    info = session_info(MediaFormat("PCMU", MONO), integration="stall-signal")
+    session = publisher.open_session(info, lambda: None)
+    in_flight = publisher._round_trips_sent_at  # when each write now out was sent
+    with redis_stalled(own_redis):
+        session.audio(bytes(160), 0, 160, time.monotonic())
+        await _wait_for(lambda: not publisher.ready)  # the first write timed out
+        # Resume Redis while a retry sent after that has been out for half a second.
+        await _wait_for(lambda: in_flight and time.monotonic() - in_flight[0] > 0.5)
+        assert publisher.take_round_trip_seconds() == 0.0  # while down: readiness's business
+    await _wait_for(lambda: publisher.ready)
+    assert await publisher.flush(5)
+    assert session.frames_lost == 0
+    assert publisher.take_round_trip_seconds() < 0.2
+    session.close("end", {})
+    await publisher.stop(flush_timeout=5)
     await client.aclose()
