@@ -139,13 +139,17 @@ class Gateway:
         """Drive every session's timeouts from one task rather than one timer per session."""
         while True:
             await asyncio.sleep(TICK_INTERVAL_SECONDS)
-            now = time.monotonic()
-            for connection in list(self.connections):
-                try:
-                    connection.tick(now)
-                except Exception:  # one broken session must not stop every session's timers
-                    log.exception("session timer failed", extra=connection.log_fields)
-                    connection.end_with_error("Server Error: internal error")
+            self._tick_each(time.monotonic())
+
+    def _tick_each(self, now: float) -> None:
+        # Not inline in the loop above: its loop variable would keep the last session ticked
+        # alive while the task sleeps, past that session's end.
+        for connection in list(self.connections):
+            try:
+                connection.tick(now)
+            except Exception:  # one broken session must not stop every session's timers
+                log.exception("session timer failed", extra=connection.log_fields)
+                connection.end_with_error("Server Error: internal error")
 
     def connection_started(self, connection: Connection) -> None:
         self.connections.add(connection)

@@ -22,7 +22,7 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
-from app.runtime import Gateway
+from app.runtime import TICK_INTERVAL_SECONDS, Gateway
 from app.server import uvicorn_config
 from tests.integration.gateway.helpers import BASE_SETTINGS
 from tests.support.gateway_process import TEST_INTEGRATION
@@ -91,6 +91,8 @@ async def test_an_ended_session_is_freed_without_the_cyclic_collector(
         for _ in range(5):
             await client.send_audio(FRAME)
         assert live_session_objects() == SESSION_CLASSES  # what this test looks for exists
+        # Live across a few ticks of the sessions' timer task, which must not keep it either.
+        await asyncio.sleep(3 * TICK_INTERVAL_SECONDS)
         await client.close()
         await client.aclose()
         for _ in range(200):  # the gateway finishes the session, the writer its entries
