@@ -9,6 +9,7 @@ configured drain action, every frame the sessions sent is in Redis, and the proc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.integration.resilience.helpers import gateway_process, readyz, refuse
 from tests.integration.resilience.wire import WireClient
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET, GatewayProcess
 from tests.support.metrics import REJECTED, metric_value
+from tests.support.redis_servers import redis_stalled
 from tests.support.session_streams import SessionStream, closed_session_stream
 
 FRAME_BYTES = 3200  # 200 ms of stereo PCMU
@@ -201,3 +203,51 @@ async def test_drain_reconnect(
     assert stored.offsets_and_audio == [(frame.offset, frame.data) for frame in ignored.frames]
     assert b'"frames_lost":0' in stored.closed[b"data"]
     assert b'"reason":"disconnect"' in stored.closed[b"data"]
+
+
+async def test_exit_with_redis_frozen_is_bounded_and_counts_what_it_could_not_write(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """SIGTERM while Redis is frozen and the calls ignore `disconnect`: the process still
+    exits 0 within its bound, and each call's unwritten audio is one error line that counts
+    it, not a traceback."""
+    grace, close_wait = 1.0, 1.0
+    settings = {
+        "DRAIN_ACTION": "disconnect",
+        "DRAIN_GRACE_SECONDS": str(grace),
+        "DRAIN_CLOSE_WAIT_SECONDS": str(close_wait),
+    }
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        clients = [await WireClient.connect(gateway.ws_url) for _ in range(3)]
+        for client in clients:
+            await client.open()
+
+        async def stream_until_cut(client: WireClient) -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    await client.send_audio(bytes(FRAME_BYTES))
+                    await asyncio.sleep(0.2)
+
+        streams = [asyncio.create_task(stream_until_cut(client)) for client in clients]
+        try:
+            await asyncio.sleep(0.5)
+            with redis_stalled(redis_server):
+                await asyncio.sleep(0.5)  # audio now waits for Redis
+                gateway.terminate()
+                exit_code = await asyncio.to_thread(
+                    gateway.wait, grace + 2 * close_wait + HANG_GUARD
+                )
+        finally:
+            for task in streams:
+                task.cancel()
+            for client in clients:
+                await client.aclose()
+        records = gateway.log_records()
+
+    assert exit_code == 0, gateway.log_tail()
+    assert [r for r in records if "exception" in r] == []
+    errors = [r for r in records if r["level"] == "ERROR"]
+    assert {r["message"] for r in errors} == {"publisher stopped with unwritten audio"}
+    sessions = {client.session_id for client in clients}
+    assert sorted(str(r["session_id"]) for r in errors) == sorted(sessions)  # one line each
+    assert all(int(str(r["frames_lost"])) > 0 for r in errors)
