@@ -29,6 +29,14 @@ FRAME_BYTES = 3200  # 200 ms of stereo PCMU
 HANG_GUARD = 20.0
 
 
+def drain_settings(action: str, grace: float, close_wait: float) -> dict[str, str]:
+    return {
+        "DRAIN_ACTION": action,
+        "DRAIN_GRACE_SECONDS": str(grace),
+        "DRAIN_CLOSE_WAIT_SECONDS": str(close_wait),
+    }
+
+
 def call(uri: str, seconds: float) -> ClientSession:
     """A Genesys-like real-time stereo PCMU call of `seconds` of audio."""
     config = SessionConfig(
@@ -75,11 +83,7 @@ async def test_drain_disconnect_completed(
     redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
 ) -> None:
     grace, close_wait = 2.5, 3.0
-    settings = {
-        "DRAIN_ACTION": "disconnect",
-        "DRAIN_GRACE_SECONDS": str(grace),
-        "DRAIN_CLOSE_WAIT_SECONDS": str(close_wait),
-    }
+    settings = drain_settings("disconnect", grace, close_wait)
     with gateway_process(redis_server, tmp_path, settings) as gateway:
         long_calls = [call(gateway.ws_url, 60.0) for _ in range(3)]
         runs = [asyncio.create_task(s.run()) for s in long_calls]
@@ -154,11 +158,7 @@ async def test_drain_reconnect(
     redis_server: EmbeddedRedis, redis_client: redis.asyncio.Redis, tmp_path: Path
 ) -> None:
     grace, close_wait = 1.0, 2.0
-    settings = {
-        "DRAIN_ACTION": "reconnect",
-        "DRAIN_GRACE_SECONDS": str(grace),
-        "DRAIN_CLOSE_WAIT_SECONDS": str(close_wait),
-    }
+    settings = drain_settings("reconnect", grace, close_wait)
     with gateway_process(redis_server, tmp_path, settings) as gateway:
         honouring: list[ReconnectingCall] = []
         for seed in range(2):
@@ -212,11 +212,7 @@ async def test_exit_with_redis_frozen_is_bounded_and_counts_what_it_could_not_wr
     exits 0 within its bound, and each call's unwritten audio is one error line that counts
     it, not a traceback."""
     grace, close_wait = 1.0, 1.0
-    settings = {
-        "DRAIN_ACTION": "disconnect",
-        "DRAIN_GRACE_SECONDS": str(grace),
-        "DRAIN_CLOSE_WAIT_SECONDS": str(close_wait),
-    }
+    settings = drain_settings("disconnect", grace, close_wait)
     with gateway_process(redis_server, tmp_path, settings) as gateway:
         clients = [await WireClient.connect(gateway.ws_url) for _ in range(3)]
         for client in clients:
