@@ -19,6 +19,7 @@ from app.security.signature import (
     request_target,
     sign_request,
     signature_params_value,
+    unfold_obs_fold,
 )
 from tests.unit.security.vectors import (
     API_KEY,
@@ -389,6 +390,14 @@ def test_rotation_any_configured_secret_verifies() -> None:
 
 
 # --- request components ---------------------------------------------------------------------------
+
+
+def test_obs_fold_unfolding_is_linear_in_a_long_run_of_blanks() -> None:
+    # A regular expression with a leading `[ \t]*` took quadratic time here: 0.13 s for 8 KB
+    # of spaces, minutes for this (the test's timeout fails it); unfolding must take one pass.
+    blanks = " " * 400_000
+    assert unfold_obs_fold(f"a{blanks}x\r\n y") == f"a{blanks}x y"
+    assert canonicalize_field_value([f"a{blanks}b"]) == f"a{blanks}b"
 
 
 def test_header_canonicalisation() -> None:

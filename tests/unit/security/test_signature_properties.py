@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from app.security.signature import (
     collect_headers,
     request_target,
     signature_params_value,
+    unfold_obs_fold,
 )
 from tests.unit.security.vectors import (
     AUTHORITY,
@@ -186,3 +188,15 @@ def test_random_bytes_in_a_signed_component_never_raise(
     result = CHECK.verify(signed, NOW)
     # Verified exactly when the bytes canonicalise to what was signed.
     assert (result.outcome is Outcome.VERIFIED) == unchanged, result
+
+
+# RFC 9112 section 5.2's obs-fold as a regular expression: the reference for the one-pass
+# unfolding (which it cannot be itself: it backtracks quadratically on a run of blanks).
+_OBS_FOLD_REFERENCE = re.compile(r"[ \t]*\r\n[ \t]+")
+
+
+@BOUNDED
+@given(st.lists(st.sampled_from([" ", "\t", "\r\n", "\r", "\n", "a", ","]), max_size=30))
+def test_obs_fold_unfolding_matches_the_rfc_pattern(pieces: list[str]) -> None:
+    value = "".join(pieces)
+    assert unfold_obs_fold(value) == _OBS_FOLD_REFERENCE.sub(" ", value)
