@@ -175,9 +175,15 @@ def guarded_http_protocol(
                 self._ws.handshake_deadline = self._deadline
             # uvicorn: the sans-I/O WebSocket protocol sets `handshake_initiated` once the
             # websockets parser accepted the head; if it refused it, nothing is sent.
-            if getattr(self._ws, "handshake_initiated", True):
-                return
             error = getattr(getattr(self._ws, "conn", None), "handshake_exc", None)
+            if getattr(self._ws, "handshake_initiated", True):
+                response = getattr(self._ws, "response", None)
+                if getattr(self._ws, "handshake_complete", False) and response is not None:
+                    # Answered already, before the application ran: websockets refused the
+                    # handshake itself (a missing key, another version). Counted here.
+                    status = response.status_code
+                    self._reject(status, "bad_request", f"refused by the handshake: {error}")
+                return
             if isinstance(error, RequestLineTooLong | HeaderLineTooLong | TooManyHeaders):
                 self._refuse(431, "request_head_too_large", "request line or header too large")
             else:

@@ -20,13 +20,15 @@ parsing per frame, so past `MAX_BYTES_AFTER_CLOSE` the socket is dropped.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 
-from app.observability.logging import CONNECTION_LOG
+from app.observability.logging import CONNECTION_LOG, ThrottledLog
+from app.observability.metrics import PROTOCOL_ERRORS
 from app.transport.frames import (
     CLOSE_ABNORMAL,
     CLOSE_INVALID_DATA,
@@ -60,6 +62,10 @@ class MessageSink(Protocol):
 
 # Enough for the audio a real client has in flight when our close frame reaches it.
 MAX_BYTES_AFTER_CLOSE = 256 * 1024
+# A conforming client sends nothing between its upgrade request and our response.
+MAX_BYTES_BEFORE_RESPONSE = 64 * 1024
+
+_early_data_log = ThrottledLog(logging.getLogger("app.transport.ws_protocol"), per_second=20.0)
 
 
 class _NoReceiveQueue:
@@ -91,6 +97,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     _sink: MessageSink | None = None  # set by take_over: direct mode
     _parser: FrameParser | None = None
     _early_data = False  # bytes arrived after the upgrade request, before the take-over
+    _early_bytes = 0
     _bytes_after_close = 0
     _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
     handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
@@ -108,12 +115,34 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             except FrameError as exc:
                 self._fail(exc.code, exc.reason)
             return
-        if self.handshake_initiated:
+        if self.handshake_initiated and not self.handshake_complete:
+            # Section 4.1: nothing may follow the request before our response. Such bytes are
+            # never parsed or queued (websockets would parse them as frames, and uvicorn fail
+            # an assertion on a bad one); take_over fails the connection for them, and past a
+            # bound a client still sending them while admission decides is dropped. (uvicorn
+            # hands over only the request head: what shared its read is never seen.)
             self._early_data = True
+            self._early_bytes += len(data)
+            if self._early_bytes > MAX_BYTES_BEFORE_RESPONSE:
+                self._drop_early()
+            return
         self.conn.receive_data(data)
         self.handle_events()  # frames parsed before a parser error, if any
         if self.conn.parser_exc is not None:
             self.handle_parser_exception()
+
+    def _drop_early(self) -> None:
+        """Drop a connection whose client keeps sending before the handshake response:
+        counted, logged within the refusals' rate, and aborted (admission, if still
+        deciding, finds the connection gone)."""
+        PROTOCOL_ERRORS.labels("data_before_handshake_response").inc()
+        _early_data_log.log(
+            logging.WARNING,
+            "data_before_handshake_response",
+            "connection dropped: data before the handshake response",
+            {"client_address": self.client[0] if self.client else None, "bytes": self._early_bytes},
+        )
+        self.transport.abort()
 
     def take_over(self, sink: MessageSink) -> None:
         """Deliver every later message of this accepted connection straight to `sink`.

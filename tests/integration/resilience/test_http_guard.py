@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from app.redis.embedded import EmbeddedRedis
+from app.transport.ws_protocol import MAX_BYTES_BEFORE_RESPONSE
 from tests.integration.resilience.helpers import gateway_process, readyz
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess
-from tests.support.metrics import REJECTED, metric_value
+from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value
 
 DEADLINE = 1.0  # OPEN_TIMEOUT_SECONDS: the deadline until the application takes over
 HANG_GUARD = 10.0  # generous bound on anything the server must do
@@ -71,6 +73,19 @@ MALFORMED = [
         "request_head_too_large",
     ),
     Malformed("head that never ends", UPGRADE, None, "request_timeout"),
+    # Heads the WebSocket handshake parser takes but refuses to upgrade: it answers them itself.
+    Malformed(
+        "WebSocket version 8",
+        UPGRADE.replace(b"Version: 13", b"Version: 8") + b"\r\n",
+        b"4",
+        "bad_request",
+    ),
+    Malformed(
+        "no Sec-WebSocket-Key",
+        UPGRADE.replace(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", b"") + b"\r\n",
+        b"400",
+        "bad_request",
+    ),
 ]
 
 
@@ -247,3 +262,67 @@ async def test_malformed_requests_count_against_the_source_rate_limit(
             await good_call(gateway, source="127.0.0.5")
         assert refusal.value.status == 429
         await good_call(gateway, source="127.0.0.6")  # another source keeps its budget
+
+
+# --- data before the handshake response (RFC 6455 section 4.1: a client must wait for it) ----
+
+EARLY_DATA = {"kind": "data_before_handshake_response"}
+UNMASKED_FRAME = b"\x82\x02ab"  # refused by every WebSocket parser: a client's frames are masked
+
+
+def failed_login_upgrade() -> bytes:
+    """A well-formed upgrade with an unknown API key: admission holds it for the failure
+    delay before answering."""
+    ids = "".join(
+        f"Audiohook-{name}-Id: {uuid.uuid4()}\r\n"
+        for name in ("Session", "Organization", "Correlation")
+    )
+    return UPGRADE + ids.encode() + b"X-API-KEY: not-a-known-key\r\n\r\n"
+
+
+def new_log_text(gateway: GatewayProcess, since: int) -> str:
+    return gateway.log_path.read_bytes()[since:].decode()
+
+
+@pytest.fixture(scope="module")
+def gateway_answering_401(
+    redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    """Failed logins answered HTTP 401 after the failure delay: the head waits in admission."""
+    settings = {"OPEN_TIMEOUT_SECONDS": str(DEADLINE), "AUTH_FAILURE_RESPONSE": "http_401"}
+    with gateway_process(redis_server, tmp_path_factory.mktemp("guard401"), settings) as process:
+        yield process
+
+
+async def test_a_bad_frame_while_the_upgrade_waits_for_its_answer_is_never_parsed(
+    gateway_answering_401: GatewayProcess,
+) -> None:
+    gateway = gateway_answering_401
+    log_before = gateway.log_path.stat().st_size
+    with dial(gateway) as sock:
+        send(sock, failed_login_upgrade())
+        time.sleep(0.1)  # read, and waiting out the failure delay in admission
+        send(sock, UNMASKED_FRAME)
+        answer = until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    log_text = new_log_text(gateway, log_before)
+    assert "Traceback" not in log_text
+    assert "Fatal error" not in log_text
+
+
+async def test_a_client_streaming_before_the_answer_is_dropped_past_a_bound(
+    gateway_answering_401: GatewayProcess,
+) -> None:
+    gateway = gateway_answering_401
+    before = metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA)
+    log_before = gateway.log_path.stat().st_size
+    with dial(gateway) as sock:
+        send(sock, failed_login_upgrade())
+        time.sleep(0.1)
+        send(sock, bytes(MAX_BYTES_BEFORE_RESPONSE + 65536))
+        assert not until_closed(sock).startswith(b"HTTP/1.1 401")  # dropped before its answer
+    assert metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA) == before + 1
+    time.sleep(1.0)  # admission finishes its failure delay, to find the connection gone
+    log_text = new_log_text(gateway, log_before)
+    assert "connection dropped: data before the handshake response" in log_text
+    assert "Traceback" not in log_text
