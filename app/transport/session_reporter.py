@@ -357,11 +357,15 @@ class SessionReporter:
 
     def oversized_message(self) -> None:
         metrics.PROTOCOL_ERRORS.labels("message_too_large").inc()
-        log.warning("message above the WebSocket size limit; socket closed", extra=self.log_fields)
+        self._log(
+            logging.WARNING,
+            "message above the WebSocket size limit; socket closed",
+            self.log_fields,
+        )
 
     def outgoing_overflow(self) -> None:
         metrics.CONNECTIONS_REJECTED.labels("client_not_reading").inc()
-        log.warning("client stopped reading; closing socket", extra=self.log_fields)
+        self._log(logging.WARNING, "client stopped reading; closing socket", self.log_fields)
 
     def event_message_sent(self) -> None:
         """A consumer's `event` command was sent to the client."""

@@ -102,6 +102,24 @@ async def test_frames_read_together_with_an_oversized_frame_are_all_published(
     assert oversized.delta() == 1
 
 
+async def test_a_failed_login_announcing_an_oversized_message_is_counted_not_logged(
+    gateway: GatewayProcess,
+) -> None:
+    """A failed login's session writes no lines, its 1009 included: any client can open
+    such connections by the hundred."""
+    oversized = MetricDelta(gateway, PROTOCOL_ERRORS, kind="message_too_large")
+    log_before = log_size(gateway)
+    for _ in range(3):
+        client = await WireClient.connect(gateway.ws_url, api_key="not-a-known-key")
+        try:  # a binary frame head announcing 1 TiB, with its masking key
+            client.writer.write(b"\x82\xff" + (1 << 40).to_bytes(8) + b"\0\0\0\0")
+            assert await client.wait_closed() == 1009
+        finally:
+            await client.aclose()
+    assert oversized.delta() == 3
+    assert "WebSocket size limit" not in gateway.log_path.read_bytes()[log_before:].decode()
+
+
 async def test_audio_far_faster_than_real_time_ends_the_session(
     redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
