@@ -23,6 +23,7 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from app.observability.logging import LISTENER, configure_logging
+from app.open_files import raise_open_file_limit
 from app.preflight import EXIT_START
 from app.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from app.runtime import Gateway
@@ -211,6 +212,7 @@ def run(settings: Settings) -> int:
         print(f"audiohook-gateway serve: {exc}", file=sys.stderr)
         return EXIT_START
     configure_logging(settings.log_level)
+    raise_open_file_limit(settings.max_sessions)  # before the embedded Redis inherits it
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]

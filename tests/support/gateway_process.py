@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -42,7 +42,9 @@ class GatewayProcess:
         log_path: Path,
         settings: Mapping[str, str] | None = None,
         integrations: list[dict[str, object]] | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
+        self.wrapper = wrapper  # a command the gateway's interpreter runs under
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
@@ -64,7 +66,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
-        self.process = spawn_gateway(self.env, self.log_path, COMPILED_GATEWAY_PYTHON)
+        self.process = spawn_gateway(self.env, self.log_path, COMPILED_GATEWAY_PYTHON, self.wrapper)
         if wait_ready(self.process, self.metrics_url, timeout):
             return self
         if self.process.poll() is not None:

@@ -1,0 +1,69 @@
+"""A worker holds one descriptor per connection. Started under a soft open-file limit below
+what its calls need (1,024 is a common default), it raises the limit to the hard one
+(app/open_files.py); otherwise the kernel resets connections past it, calls and probes alike,
+before the gateway sees them."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import sys
+from pathlib import Path
+
+from app.redis.embedded import EmbeddedRedis
+from tests.integration.gateway.helpers import BASE_SETTINGS, INTEGRATIONS
+from tests.integration.resilience.wire import WireClient
+from tests.support.gateway_process import GatewayProcess
+
+LOW_SOFT_LIMIT = 256
+IDLE_CONNECTIONS = 400  # more than the low limit lets a process hold
+
+# Runs the gateway's interpreter with the soft limit lowered, as a service manager may.
+LOWER_SOFT_LIMIT = (
+    "import os, resource, sys; "
+    "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({LOW_SOFT_LIMIT}, hard)); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def open_file_limits(pid: int) -> tuple[str, str]:
+    """(soft, hard) of a process's open-file limit, as /proc shows them."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open-file limit in /proc")
+
+
+async def test_a_gateway_started_under_a_low_soft_limit_holds_more_connections(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    # This test holds the idle connections itself: its own soft limit must allow them.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < IDLE_CONNECTIONS + 512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    gateway = GatewayProcess(
+        redis_server.url,
+        tmp_path / "gateway.log",
+        {**BASE_SETTINGS, "OPEN_TIMEOUT_SECONDS": "60"},
+        INTEGRATIONS,
+        wrapper=(sys.executable, "-c", LOWER_SOFT_LIMIT),
+    )
+    with gateway, contextlib.ExitStack() as idle:
+        assert gateway.process is not None
+        gateway_soft, gateway_hard = open_file_limits(gateway.process.pid)
+        assert gateway_soft == gateway_hard
+        assert int(gateway_soft) > IDLE_CONNECTIONS + 100
+        for _ in range(IDLE_CONNECTIONS):
+            idle.enter_context(socket.create_connection(("127.0.0.1", gateway.port)))
+        client = await WireClient.connect(gateway.ws_url)  # accepted beyond the low limit
+        try:
+            await client.open()
+            await client.send_audio(b"\xff" * 3200)
+            await client.close()
+        finally:
+            await client.aclose()
+        records = [r for r in gateway.log_records() if r["message"] == "open file limit"]
+        assert [r["open_file_limit"] for r in records] == [int(gateway_soft)]

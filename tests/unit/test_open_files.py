@@ -1,0 +1,38 @@
+"""raise_open_file_limit in a child process (a process cannot take back a lowered hard limit):
+the soft limit goes up to the hard one, and a hard limit too low for max_sessions is a warning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+RUN = """
+import logging, resource, sys
+from app.open_files import raise_open_file_limit
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+print(raise_open_file_limit(int(sys.argv[3])))
+print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def run(soft: int, hard: int, max_sessions: int) -> tuple[list[int], str]:
+    result = subprocess.run(
+        [sys.executable, "-c", RUN, str(soft), str(hard), str(max_sessions)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [int(line) for line in result.stdout.split()], result.stderr
+
+
+def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
+    (returned, in_force), log = run(256, 8192, 2000)
+    assert returned == in_force == 8192
+    assert log.startswith("INFO open file limit")
+
+
+def test_a_hard_limit_below_what_max_sessions_needs_is_a_warning() -> None:
+    (returned, in_force), log = run(256, 1024, 2000)
+    assert returned == in_force == 1024
+    assert log.startswith("WARNING open file limit below what max_sessions needs")
