@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import BASE_SETTINGS, INTEGRATIONS
-from tests.integration.resilience.wire import WireClient
+from tests.integration.resilience.helpers import good_call
 from tests.support.gateway_process import GatewayProcess
 
 LOW_SOFT_LIMIT = 256
@@ -58,12 +58,6 @@ async def test_a_gateway_started_under_a_low_soft_limit_holds_more_connections(
         assert int(gateway_soft) > IDLE_CONNECTIONS + 100
         for _ in range(IDLE_CONNECTIONS):
             idle.enter_context(socket.create_connection(("127.0.0.1", gateway.port)))
-        client = await WireClient.connect(gateway.ws_url)  # accepted beyond the low limit
-        try:
-            await client.open()
-            await client.send_audio(b"\xff" * 3200)
-            await client.close()
-        finally:
-            await client.aclose()
+        await good_call(gateway)  # accepted beyond the low limit
         records = [r for r in gateway.log_records() if r["message"] == "open file limit"]
         assert [r["open_file_limit"] for r in records] == [int(gateway_soft)]

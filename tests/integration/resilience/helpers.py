@@ -64,3 +64,14 @@ async def refused(uri: str, **kwargs: Any) -> Refused:
         return answer
     await client.aclose()
     raise AssertionError("the upgrade was accepted")
+
+
+async def good_call(gateway: GatewayProcess, source: str = "127.0.0.1") -> None:
+    """A short call from `source`: open, one frame of audio, close."""
+    client = await WireClient.connect(gateway.ws_url, source=source)
+    try:
+        await client.open()
+        await client.send_audio(b"\xff" * 3200)
+        await client.close()
+    finally:
+        await client.aclose()

@@ -18,8 +18,8 @@ import pytest
 
 from app.redis.embedded import EmbeddedRedis
 from app.transport.ws_protocol import MAX_BYTES_BEFORE_RESPONSE
-from tests.integration.resilience.helpers import gateway_process, readyz
-from tests.integration.resilience.wire import Refused, WireClient
+from tests.integration.resilience.helpers import gateway_process, good_call, readyz
+from tests.integration.resilience.wire import Refused
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value
 
@@ -157,16 +157,6 @@ def settled_fds(gateway: GatewayProcess, at_most: int) -> int:
     return count
 
 
-async def good_call(gateway: GatewayProcess, source: str = "127.0.0.1") -> None:
-    client = await WireClient.connect(gateway.ws_url, source=source)
-    try:
-        await client.open()
-        await client.send_audio(b"\xff" * 3200)
-        await client.close()
-    finally:
-        await client.aclose()
-
-
 @pytest.mark.parametrize("case", MALFORMED, ids=[case.name for case in MALFORMED])
 async def test_malformed_request_is_answered_and_closed(
     gateway: GatewayProcess, case: Malformed
@@ -267,6 +257,7 @@ async def test_malformed_requests_count_against_the_source_rate_limit(
 # --- data before the handshake response (RFC 6455 section 4.1: a client must wait for it) ----
 
 EARLY_DATA = {"kind": "data_before_handshake_response"}
+FAILURE_DELAY = 1.0  # how long admission holds a failed login before its 401
 UNMASKED_FRAME = b"\x82\x02ab"  # refused by every WebSocket parser: a client's frames are masked
 
 
@@ -289,7 +280,11 @@ def gateway_answering_401(
     redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
     """Failed logins answered HTTP 401 after the failure delay: the head waits in admission."""
-    settings = {"OPEN_TIMEOUT_SECONDS": str(DEADLINE), "AUTH_FAILURE_RESPONSE": "http_401"}
+    settings = {
+        "AUTH_FAILURE_RESPONSE": "http_401",
+        "AUTH_MIN_FAILURE_DELAY_SECONDS": str(FAILURE_DELAY),
+        "OPEN_TIMEOUT_SECONDS": str(FAILURE_DELAY + HANG_GUARD),
+    }
     with gateway_process(redis_server, tmp_path_factory.mktemp("guard401"), settings) as process:
         yield process
 
@@ -322,7 +317,7 @@ async def test_a_client_streaming_before_the_answer_is_dropped_past_a_bound(
         send(sock, bytes(MAX_BYTES_BEFORE_RESPONSE + 65536))
         assert not until_closed(sock).startswith(b"HTTP/1.1 401")  # dropped before its answer
     assert metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA) == before + 1
-    time.sleep(1.0)  # admission finishes its failure delay, to find the connection gone
+    time.sleep(FAILURE_DELAY)  # admission finishes its failure delay, to find the connection gone
     log_text = new_log_text(gateway, log_before)
     assert "connection dropped: data before the handshake response" in log_text
     assert "Traceback" not in log_text
