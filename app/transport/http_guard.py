@@ -104,6 +104,7 @@ def guarded_http_protocol(
                 if len(data) > room:
                     self._feed(data[:room])
                     if self._finished:
+                        self._hand_on(data[room:])
                         return
                     if not self._head_complete:
                         self._refuse(431, "request_head_too_large", "request head too large")
@@ -114,8 +115,9 @@ def guarded_http_protocol(
         def _feed(self, data: bytes) -> None:
             try:
                 self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
+            except httptools.HttpParserUpgrade as upgrade:
                 self._upgrade()
+                self._hand_on(data[upgrade.args[0] :])
             except httptools.HttpParserError:
                 refusal, self._refusal = self._refusal, None
                 if refusal is not None:
@@ -188,6 +190,15 @@ def guarded_http_protocol(
                 self._refuse(431, "request_head_too_large", "request line or header too large")
             else:
                 self._refuse(400, "bad_request", f"refused by the handshake parser: {error}")
+
+        def _hand_on(self, rest: bytes) -> None:
+            """Bytes that shared a read with the upgrade request: uvicorn hands the WebSocket
+            protocol the request head alone and would lose them. A client must wait for the
+            response (RFC 6455 section 4.1), so there they are early data: counted, and the
+            connection failed at the take-over, not left waiting for an `open` it lost."""
+            ws = self._ws
+            if rest and isinstance(ws, AudioHookWebSocketProtocol) and not ws.handshake_complete:
+                ws.data_received(rest)
 
         def _taken_over(self) -> bool:
             if self._ws is not None:  # uvicorn: set once the handshake is answered or lost

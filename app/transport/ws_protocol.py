@@ -64,6 +64,7 @@ class MessageSink(Protocol):
 MAX_BYTES_AFTER_CLOSE = 256 * 1024
 # A conforming client sends nothing between its upgrade request and our response.
 MAX_BYTES_BEFORE_RESPONSE = 64 * 1024
+DATA_BEFORE_RESPONSE = "data_before_handshake_response"  # the protocol error's kind
 
 _early_data_log = ThrottledLog(logging.getLogger("app.transport.ws_protocol"), per_second=20.0)
 
@@ -119,8 +120,8 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             # Section 4.1: nothing may follow the request before our response. Such bytes are
             # never parsed or queued (websockets would parse them as frames, and uvicorn fail
             # an assertion on a bad one); take_over fails the connection for them, and past a
-            # bound a client still sending them while admission decides is dropped. (uvicorn
-            # hands over only the request head: what shared its read is never seen.)
+            # bound a client still sending them while admission decides is dropped. (Bytes
+            # that shared the request's read come from the HTTP guard: uvicorn drops them.)
             self._early_data = True
             self._early_bytes += len(data)
             if self._early_bytes > MAX_BYTES_BEFORE_RESPONSE:
@@ -135,10 +136,10 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         """Drop a connection whose client keeps sending before the handshake response:
         counted, logged within the refusals' rate, and aborted (admission, if still
         deciding, finds the connection gone)."""
-        PROTOCOL_ERRORS.labels("data_before_handshake_response").inc()
+        PROTOCOL_ERRORS.labels(DATA_BEFORE_RESPONSE).inc()
         _early_data_log.log(
             logging.WARNING,
-            "data_before_handshake_response",
+            DATA_BEFORE_RESPONSE,
             "connection dropped: data before the handshake response",
             {"client_address": self.client[0] if self.client else None, "bytes": self._early_bytes},
         )
@@ -159,6 +160,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             self.config.ws_max_size, sink.message_received, self._control, self.loop.time()
         )
         if self._early_data or self.conn.reader.buffer or not self.queue.empty():
+            PROTOCOL_ERRORS.labels(DATA_BEFORE_RESPONSE).inc()
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
         # uvicorn keeps the handshake's request and response (every header, a few KB) for the
         # life of the connection; nothing reads them again.

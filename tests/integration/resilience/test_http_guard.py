@@ -271,6 +271,12 @@ def failed_login_upgrade() -> bytes:
     return UPGRADE + ids.encode() + b"X-API-KEY: not-a-known-key\r\n\r\n"
 
 
+def masked_text(text: str) -> bytes:
+    """A client's text frame (masked with a zero key), up to 125 bytes."""
+    payload = text.encode()
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
 def new_log_text(gateway: GatewayProcess, since: int) -> str:
     return gateway.log_path.read_bytes()[since:].decode()
 
@@ -287,6 +293,20 @@ def gateway_answering_401(
     }
     with gateway_process(redis_server, tmp_path_factory.mktemp("guard401"), settings) as process:
         yield process
+
+
+async def test_a_message_sent_with_the_request_head_fails_the_connection_at_once(
+    gateway: GatewayProcess,
+) -> None:
+    """Bytes that share a read with the head are early data too: the connection is failed
+    with 1002 when it is accepted, not left waiting for a message it would never see."""
+    before = metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA)
+    with dial(gateway) as sock:
+        send(sock, failed_login_upgrade() + masked_text('{"type": "open"}'))
+        answer = until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 101"), answer[:200]
+    assert (1002).to_bytes(2) + b"data sent before the handshake response" in answer
+    assert metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA) == before + 1
 
 
 async def test_a_bad_frame_while_the_upgrade_waits_for_its_answer_is_never_parsed(
