@@ -97,8 +97,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
 
     _sink: MessageSink | None = None  # set by take_over: direct mode
     _parser: FrameParser | None = None
-    _early_data = False  # bytes arrived after the upgrade request, before the take-over
-    _early_bytes = 0
+    _early_bytes = 0  # arrived after the upgrade request, before the response
     _bytes_after_close = 0
     _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
     handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
@@ -122,7 +121,6 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             # an assertion on a bad one); take_over fails the connection for them, and past a
             # bound a client still sending them while admission decides is dropped. (Bytes
             # that shared the request's read come from the HTTP guard: uvicorn drops them.)
-            self._early_data = True
             self._early_bytes += len(data)
             if self._early_bytes > MAX_BYTES_BEFORE_RESPONSE:
                 self._drop_early()
@@ -159,7 +157,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         self._parser = FrameParser(
             self.config.ws_max_size, sink.message_received, self._control, self.loop.time()
         )
-        if self._early_data or self.conn.reader.buffer or not self.queue.empty():
+        if self._early_bytes or self.conn.reader.buffer or not self.queue.empty():
             PROTOCOL_ERRORS.labels(DATA_BEFORE_RESPONSE).inc()
             self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
         # uvicorn keeps the handshake's request and response (every header, a few KB) for the
