@@ -78,6 +78,11 @@ _OVERLAP_AFTER_SECONDS = 0.004  # how long a second batch waits for the first to
 # its batch. A round trip costs far more CPU than the entries it carries: at a few thousand
 # frames per second, written as they come, most batches held one or two frames.
 _LINGER_SECONDS = 0.004
+# A batch with this many new entries leaves at once, lingering or not: lingering only pays off
+# for a small batch. Frames that arrive in a burst (calls whose frames line up) would otherwise
+# wait out the linger with nothing to gain; at an even 10,000 frames a second this many arrive
+# in about the linger anyway.
+_FULL_BATCH_ENTRIES = 32
 
 
 class Publisher:
@@ -90,6 +95,7 @@ class Publisher:
         *,
         clock: Callable[[], float] = time.monotonic,
         health_interval: float = 1.0,
+        linger_seconds: float = _LINGER_SECONDS,
     ) -> None:
         self._redis = redis
         self._clock = clock
@@ -105,6 +111,9 @@ class Publisher:
         self._pending: dict[SessionPublisher, None] = {}  # sessions with queued items, in order
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
+        self._linger_seconds = linger_seconds
+        self._arrived_since_batch = 0  # entries queued since a writer last took a batch
+        self._lingering: list[asyncio.Future[None]] = []  # writers waiting for a fuller batch
         # When each round trip now out was sent (their count: batches in flight). For the load
         # shedder (take_round_trip_seconds), also the slowest one that came back since it last
         # asked, and when Redis was last found up: a round trip's wait counts from then, since
@@ -225,6 +234,9 @@ class Publisher:
         if session not in self._pending:
             self._pending[session] = None
         self._wakeup.set()
+        self._arrived_since_batch += 1
+        if self._lingering and self._arrived_since_batch >= _FULL_BATCH_ENTRIES:
+            _release_all(self._lingering)
 
     # --- the writer -----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -259,14 +271,29 @@ class Publisher:
                     await self._wakeup.wait()
                 # Only overlap a round trip that is slow: a quick one takes these frames
                 # itself, and many small batches would cost more CPU than one large one.
-                await asyncio.sleep(
-                    _OVERLAP_AFTER_SECONDS if self._round_trips_sent_at else _LINGER_SECONDS
+                await self._linger(
+                    _OVERLAP_AFTER_SECONDS if self._round_trips_sent_at else self._linger_seconds
                 )
             elif written:
                 self._backoff = _BACKOFF_START
             else:
                 self._retry_at = loop.time() + self._backoff
                 self._backoff = min(self._backoff * 2, self._retry_max)
+
+    async def _linger(self, seconds: float) -> None:
+        """Wait up to `seconds` for more entries to join the next batch; not at all once it
+        is full (`_FULL_BATCH_ENTRIES`)."""
+        if self._arrived_since_batch >= _FULL_BATCH_ENTRIES:
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(seconds, _release_all, [waiter])
+        self._lingering.append(waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._lingering.remove(waiter)
 
     async def _write_batch(self, connection: PipelineConnection) -> bool | None:
         """One pipelined round trip; True unless something must be retried, None when there
@@ -304,6 +331,7 @@ class Publisher:
                 break
         if not plan:
             return None
+        self._arrived_since_batch = 0
         for session, _, _ in plan:
             session.in_flight = True
         sent_at = self._clock()
@@ -456,3 +484,9 @@ class Publisher:
         for session in self._pending:
             fill = max(fill, session.backlog_samples / session.bound_samples)
         PUBLISH_BACKLOG_FILL_RATIO.set(fill)
+
+
+def _release_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)

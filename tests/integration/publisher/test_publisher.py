@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -10,7 +11,7 @@ import pytest
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
-from app.publisher.publisher import Publisher, SessionPublisher
+from app.publisher.publisher import _FULL_BATCH_ENTRIES, Publisher, SessionPublisher
 from app.redis import keys
 from app.tools.consume import decode_event, reassemble
 from tests.support.streams import (
@@ -193,6 +194,28 @@ async def test_metrics_count_published_frames_and_events(redis_client: Redis) ->
     assert metric("audiohook_publish_latency_seconds_count") - latency_before == 10
     assert metric("audiohook_publish_backlog_frames") == 0
     assert metric("audiohook_redis_up") == 1
+
+
+async def test_a_batch_lingers_until_full_then_leaves_at_once(redis_client: Redis) -> None:
+    """The writer holds a small batch for more entries (CPU: fewer round trips), but entries
+    that arrive in a burst and fill a batch are written without waiting out the linger."""
+    publisher = Publisher(redis_client, streams_settings(), linger_seconds=60.0)
+    await publisher.start()
+    info = session_info(MediaFormat("PCMU", MONO))
+    session = publisher.open_session(info, lambda: None)
+    stream = keys.audio_stream(info.session_id)
+    await asyncio.sleep(0.1)  # the writers found nothing to write and wait
+    session.event("opened", {})
+    await asyncio.sleep(0.3)  # both woke for it and now linger for a minute
+    assert await redis_client.xlen(stream) == 0
+    for n in range(_FULL_BATCH_ENTRIES - 1):  # with `opened`, a full batch
+        assert session.audio(bytes(160), n * 160, 160, time.monotonic())
+    deadline = time.monotonic() + 10
+    while await redis_client.xlen(stream) < _FULL_BATCH_ENTRIES:
+        assert time.monotonic() < deadline, "a full batch waited for the linger"
+        await asyncio.sleep(0.02)
+    await publisher.stop(flush_timeout=1)
+    assert await redis_client.xlen(stream) == _FULL_BATCH_ENTRIES
 
 
 async def test_open_session_rejects_live_duplicate_and_unknown_key(redis_client: Redis) -> None:
