@@ -112,7 +112,7 @@ class Publisher:
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
         self._linger_seconds = linger_seconds
-        self._arrived_since_batch = 0  # entries queued since a writer last took a batch
+        self._arrived_since_batch = 0  # entries queued since a writer last made a batch
         self._lingering: list[asyncio.Future[None]] = []  # writers waiting for a fuller batch
         # When each round trip now out was sent (their count: batches in flight). For the load
         # shedder (take_round_trip_seconds), also the slowest one that came back since it last
@@ -300,6 +300,7 @@ class Publisher:
         was nothing to write."""
         commands: list[Any] = []  # argument tuples, or lists of bytes packed already
         plan: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]], int]] = []
+        self._arrived_since_batch = 0  # what is queued now joins this batch or waits for it
         budget = self._batch_max
         per_session = max(1, budget // max(1, len(self._pending)))
         now = self._clock()
@@ -331,7 +332,6 @@ class Publisher:
                 break
         if not plan:
             return None
-        self._arrived_since_batch = 0
         for session, _, _ in plan:
             session.in_flight = True
         sent_at = self._clock()
