@@ -78,10 +78,10 @@ _OVERLAP_AFTER_SECONDS = 0.004  # how long a second batch waits for the first to
 # its batch. A round trip costs far more CPU than the entries it carries: at a few thousand
 # frames per second, written as they come, most batches held one or two frames.
 _LINGER_SECONDS = 0.004
-# A batch with this many new entries leaves at once, lingering or not: lingering only pays off
-# for a small batch. Frames that arrive in a burst (calls whose frames line up) would otherwise
-# wait out the linger with nothing to gain; at an even 10,000 frames a second this many arrive
-# in about the linger anyway.
+# A writer waiting for more entries (the linger, or the overlap wait) stops waiting once this
+# many new ones are queued: waiting only pays off for a small batch. Frames that arrive in a
+# burst (calls whose frames line up) would otherwise wait for nothing; at an even 10,000 frames
+# a second this many arrive in about the linger anyway.
 _FULL_BATCH_ENTRIES = 32
 
 
@@ -112,7 +112,7 @@ class Publisher:
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
         self._linger_seconds = linger_seconds
-        self._arrived_since_batch = 0  # entries queued since a writer last made a batch
+        self._arrived_since_batch = 0  # entries queued since a writer last looked for a batch
         self._lingering: list[asyncio.Future[None]] = []  # writers waiting for a fuller batch
         # When each round trip now out was sent (their count: batches in flight). For the load
         # shedder (take_round_trip_seconds), also the slowest one that came back since it last
