@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 
 from app.control.plane import APPLIED, INVALID_STATE, UNKNOWN_SESSION, ControlClient
+from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import INTEGRATIONS, events_of, running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
@@ -90,6 +91,15 @@ async def wait_for_event(
         await asyncio.sleep(0.02)
 
 
+async def wait_registered(client: redis.asyncio.Redis, session_id: str) -> None:
+    """Until the session's registry entry is written (in the background, after `opened`):
+    before that, a command is answered `unknown_session`."""
+    deadline = time.monotonic() + 5.0
+    while not await client.exists(keys.session_owner(session_id)):
+        assert time.monotonic() < deadline, f"{session_id} never registered"
+        await asyncio.sleep(0.02)
+
+
 async def test_final_transcripts_reach_the_client_before_closed(
     window_gateway: GatewayProcess, gateway_redis: redis.asyncio.Redis
 ) -> None:
@@ -154,6 +164,7 @@ async def test_monitor_integrations_answer_close_at_once(
     async with await RawClient.connect(window_gateway.ws_url) as client:
         await client.open()
         await client.send_audio(FRAME)
+        await wait_registered(gateway_redis, client.session_id)
         reply = await ControlClient(gateway_redis).request(client.session_id, "finish")
         assert reply.result == INVALID_STATE  # no close window while streaming
         await client.close()  # `closed` is the next message: no window
@@ -174,6 +185,7 @@ async def test_language_update_is_published_for_consumers(
         assert json.loads(updated[b"data"]) == {"language": "de-DE"}
         await client.send("close", {"reason": "end"})
         await wait_for_event(gateway_redis, client.session_id, b"closing")
+        await wait_registered(gateway_redis, client.session_id)
         reply = await ControlClient(gateway_redis).request(client.session_id, "finish")
         assert reply.result == APPLIED
         await client.expect("closed")
