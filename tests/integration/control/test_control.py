@@ -24,6 +24,7 @@ from app.control.plane import (
 from app.redis import keys
 from app.redis.client import create_redis
 from tests.support.clock import ManualClock
+from tests.support.registry import wait_registered
 from tests.support.streams import RecordingTarget, metric, read_stream
 
 Redis = redis.asyncio.Redis
@@ -55,13 +56,6 @@ async def planes(
         await client.aclose()
 
 
-async def _registered(redis_client: Redis, session_id: str, replica: str) -> None:
-    deadline = time.monotonic() + 5
-    while await redis_client.get(keys.session_owner(session_id)) != replica.encode():
-        assert time.monotonic() < deadline, "registry entry not written"
-        await asyncio.sleep(0.01)
-
-
 async def test_commands_reach_the_replica_holding_the_session(
     planes: tuple[ControlPlane, ControlPlane], redis_client: Redis
 ) -> None:
@@ -69,8 +63,8 @@ async def test_commands_reach_the_replica_holding_the_session(
     on_a, on_b = RecordingTarget(), RecordingTarget()
     plane_a.register("session-a", on_a)
     plane_b.register("session-b", on_b)
-    await _registered(redis_client, "session-a", "replica-a")
-    await _registered(redis_client, "session-b", "replica-b")
+    await wait_registered(redis_client, "session-a", "replica-a")
+    await wait_registered(redis_client, "session-b", "replica-b")
     control = ControlClient(redis_client)
 
     reply = await control.request("session-b", "pause")
@@ -99,7 +93,7 @@ async def test_unknown_and_closed_sessions_get_a_recorded_error_reply(
 
     target = RecordingTarget()
     plane_a.register("short-lived", target)
-    await _registered(redis_client, "short-lived", "replica-a")
+    await wait_registered(redis_client, "short-lived", "replica-a")
     plane_a.unregister("short-lived")
     # Whether the registry entry is already gone or not, the answer is unknown_session.
     reply = await control.request("short-lived", "pause")
@@ -132,7 +126,7 @@ async def test_invalid_parameters_and_invalid_state(
     plane_a, _ = planes
     target = RecordingTarget()
     plane_a.register("s1", target)
-    await _registered(redis_client, "s1", "replica-a")
+    await wait_registered(redis_client, "s1", "replica-a")
     control = ControlClient(redis_client)
     invalid: list[tuple[str, dict[str, Any]]] = [
         ("event", {"entities": []}),
@@ -157,7 +151,7 @@ async def test_event_rate_limit_and_client_retry_after(
     plane_a, _ = planes
     target = RecordingTarget()
     plane_a.register("chatty", target)
-    await _registered(redis_client, "chatty", "replica-a")
+    await wait_registered(redis_client, "chatty", "replica-a")
     control = ControlClient(redis_client)
     results = [
         (await control.request("chatty", "event", entities=[TRANSCRIPT])).result for _ in range(3)
@@ -216,15 +210,15 @@ async def test_ending_a_session_keeps_another_replicas_registry_entry(redis_url:
     try:
         on_b = RecordingTarget()
         plane_a.register("dup", RecordingTarget())
-        await _registered(observer, "dup", "replica-a")
+        await wait_registered(observer, "dup", "replica-a")
         plane_b.register("dup", on_b)  # the newer registration takes the routing
-        await _registered(observer, "dup", "replica-b")
+        await wait_registered(observer, "dup", "replica-b")
 
         plane_a.unregister("dup")  # registry loop: compare-and-delete
         # Barrier: registry rounds run one after another, so once a later round has removed
         # `marker`, the round that handled `dup` is done.
         plane_a.register("marker", RecordingTarget())
-        await _registered(observer, "marker", "replica-a")
+        await wait_registered(observer, "marker", "replica-a")
         plane_a.unregister("marker")
         deadline = time.monotonic() + 5
         while await observer.exists(keys.session_owner("marker")):
@@ -235,9 +229,9 @@ async def test_ending_a_session_keeps_another_replicas_registry_entry(redis_url:
         assert (reply.result, reply.replica) == (APPLIED, "replica-b")
 
         plane_a.register("dup-2", RecordingTarget())
-        await _registered(observer, "dup-2", "replica-a")
+        await wait_registered(observer, "dup-2", "replica-a")
         plane_b.register("dup-2", RecordingTarget())
-        await _registered(observer, "dup-2", "replica-b")
+        await wait_registered(observer, "dup-2", "replica-b")
         await plane_a.stop()  # deregisters what it still holds: compare-and-delete too
         assert await observer.get(keys.session_owner("dup-2")) == b"replica-b"
         assert await observer.get(keys.session_owner("dup")) == b"replica-b"
@@ -264,7 +258,7 @@ async def test_plane_from_settings_reads_its_inbox_within_a_short_socket_timeout
     try:
         target = RecordingTarget()
         plane.register("short-timeout", target)
-        await _registered(client, "short-timeout", "replica-t")
+        await wait_registered(client, "short-timeout", "replica-t")
         await asyncio.sleep(1.5)  # idle inbox: several blocking reads, each must end cleanly
         reply = await ControlClient(client).request("short-timeout", "pause", reply_timeout=2.0)
         assert (reply.result, reply.replica) == (APPLIED, "replica-t")
@@ -312,7 +306,7 @@ async def test_a_registry_write_redis_refuses_is_counted_and_retried(redis_url: 
     refused = {"operation": "control_registry"}
     try:
         plane.register("refused", RecordingTarget())
-        await _registered(client, "refused", "replica-e")
+        await wait_registered(client, "refused", "replica-e")
         errors_before = metric("audiohook_redis_errors_total", refused)
         await client.delete(keys.session_owner("refused"))
         await client.rpush(keys.session_owner("refused"), "not a registry entry")

@@ -18,13 +18,13 @@ import pytest
 import redis.asyncio
 
 from app.control.plane import APPLIED, INVALID_STATE, UNKNOWN_SESSION, ControlClient
-from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import INTEGRATIONS, events_of, running_gateway, secret
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import Growth, scrape, wait_for_metric
 from tests.support.raw_client import RawClient
 from tests.support.redis_servers import redis_outage
+from tests.support.registry import wait_registered
 
 WINDOW = 2.0
 TRANSCRIBING_KEY = "transcribing-key"
@@ -88,15 +88,6 @@ async def wait_for_event(
             if fields[b"type"] == event_type:
                 return fields
         assert time.monotonic() < deadline, f"no {event_type!r} event for {session_id}"
-        await asyncio.sleep(0.02)
-
-
-async def wait_registered(client: redis.asyncio.Redis, session_id: str) -> None:
-    """Until the session's registry entry is written (in the background, after `opened`):
-    before that, a command is answered `unknown_session`."""
-    deadline = time.monotonic() + 5.0
-    while not await client.exists(keys.session_owner(session_id)):
-        assert time.monotonic() < deadline, f"{session_id} never registered"
         await asyncio.sleep(0.02)
 
 
