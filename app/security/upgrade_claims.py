@@ -9,13 +9,17 @@ integration may already own. On Redis Cluster the two keys live in different slo
 claims stay two commands, nonce first.
 
 The script goes out on a connection of its own (app/redis/resp.py, as the publisher's writes
-do) when one is idle: a command through redis-py's client (a pool checkout that probes the
-socket, a task for its timed write) cost more than the round trip itself. Beyond
-`CLAIM_CONNECTIONS` claims at once, the rest go through the client's pool as before.
+do): a command through redis-py's client (a pool checkout that probes the socket, a task for
+its timed write) cost more than the round trip itself. A claim made while every such
+connection has a round trip out waits for the first to come back, and leaves with the other
+claims that waited, in one pipelined round trip. (They used to go through the client's pool:
+in a burst of upgrades each one beyond the pool's size opened a connection, one after
+another, and the whole burst waited 0.1 s and more for them.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from typing import Any
 
@@ -28,6 +32,7 @@ from app.redis.client import RedisClient
 from app.redis.resp import PipelineConnection
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.session_owners import SessionOwners
+from app.tasks import stop_task
 
 # KEYS[1] nonce key, KEYS[2] session owner key; ARGV[1] this attempt's token, ARGV[2] the
 # nonce's TTL, ARGV[3] integration name, ARGV[4] the owner's TTL.
@@ -50,8 +55,12 @@ return 1
 """
 
 
-# Claims that may be in flight on connections of their own; more at once use the pool.
+# Connections of the claims' own: round trips out at once.
 CLAIM_CONNECTIONS = 2
+# The most claims one round trip carries; more wait for the next.
+CLAIMS_PER_ROUND_TRIP = 64
+# A claim waiting for a round trip: its EVALSHA, and where its answer goes.
+_Waiting = tuple[tuple[Any, ...], "asyncio.Future[Any]"]
 # Round-trip bound on those connections for a client made without a socket timeout.
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -70,7 +79,10 @@ class UpgradeClaims:
         self._script = (
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
         )
+        self._own_connections = isinstance(client, redis.asyncio.Redis)
         self._idle: list[PipelineConnection] = []
+        self._waiting: list[_Waiting] = []  # claims for the next round trip, in order
+        self._round_trips: set[asyncio.Task[None]] = set()
         self._timeout = DEFAULT_TIMEOUT_SECONDS
         if isinstance(client, redis.asyncio.Redis):
             self._idle = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
@@ -78,7 +90,12 @@ class UpgradeClaims:
             self._timeout = float(timeout or DEFAULT_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
-        """Close the claims' own connections (claims made later reopen them)."""
+        """Stop the round trips out, fail the claims still waiting, and close the claims'
+        own connections (claims made later reopen them)."""
+        for task in list(self._round_trips):
+            await stop_task(task)
+        _fail(self._waiting, redis.exceptions.ConnectionError("upgrade claims closed"))
+        self._waiting = []
         for connection in self._idle:
             await connection.close()
 
@@ -127,7 +144,7 @@ class UpgradeClaims:
             self._owners.ttl_seconds,
         )
         try:
-            if self._idle:
+            if self._own_connections:
                 answer = await self._run_on_own_connection(script_keys, args)
             else:
                 answer = await script(keys=script_keys, args=args)
@@ -144,25 +161,75 @@ class UpgradeClaims:
     async def _run_on_own_connection(
         self, script_keys: tuple[str, str], args: tuple[Any, ...]
     ) -> Any:
-        """The script's answer, by EVALSHA on an idle connection of the claims' own (loading
-        the script first if Redis does not have it). Raises as redis-py would."""
+        """The script's answer, by EVALSHA on a connection of the claims' own: at once on an
+        idle one, else with the claims that wait for the next to come back. Raises as
+        redis-py would."""
         script = self._script
         assert script is not None
-        connection = self._idle.pop()
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(
+            (("EVALSHA", script.sha, len(script_keys), *script_keys, *args), answer)
+        )
+        if self._idle:
+            task = asyncio.create_task(
+                self._round_trips_on(self._idle.pop()), name="upgrade-claims"
+            )
+            self._round_trips.add(task)
+            task.add_done_callback(self._round_trips.discard)
+        # A caller cancelled meanwhile cancels only its future; the round trip goes on.
+        return await answer
+
+    async def _round_trips_on(self, connection: PipelineConnection) -> None:
+        """Send the waiting claims on `connection`, a round trip at a time, until none wait."""
         try:
-            for _ in range(2):
-                command = ("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
-                (answer,) = await connection.execute([command], self._timeout)
-                if not isinstance(answer, redis.exceptions.NoScriptError):
-                    break
-                await script.registered_client.script_load(script.script)  # a restarted Redis
-            if isinstance(answer, redis.exceptions.ResponseError):
-                raise answer
-            return answer
-        except BaseException:
-            # Cancelled or failed mid round trip: its reply may still come, and would be read
-            # as the next claim's answer. The next claim on it connects afresh.
-            await connection.close()
-            raise
+            while self._waiting:
+                taken = self._waiting[:CLAIMS_PER_ROUND_TRIP]
+                del self._waiting[:CLAIMS_PER_ROUND_TRIP]
+                batch = [claim for claim in taken if not claim[1].done()]  # not cancelled
+                if not batch:
+                    continue
+                try:
+                    answers = await self._answers(connection, [command for command, _ in batch])
+                except Exception as exc:  # RedisError, OSError: each claim raises it
+                    await connection.close()  # the next round trip on it connects afresh
+                    _fail(batch, exc)
+                    continue
+                except BaseException:
+                    # Cancelled mid round trip: its replies may still come, and would be read
+                    # as the next round trip's. The next one on this connection connects afresh.
+                    await connection.close()
+                    _fail(batch, redis.exceptions.ConnectionError("upgrade claims closed"))
+                    raise
+                for (_, waiter), answer in zip(batch, answers, strict=True):
+                    if waiter.done():
+                        continue
+                    if isinstance(answer, redis.exceptions.ResponseError):
+                        waiter.set_exception(answer)
+                    else:
+                        waiter.set_result(answer)
         finally:
             self._idle.append(connection)
+
+    async def _answers(self, connection: PipelineConnection, commands: list[Any]) -> list[Any]:
+        """The round trip's answers. The commands Redis did not have the script for (a
+        restarted or flushed Redis) go again in a second round trip, after loading it."""
+        script = self._script
+        assert script is not None
+        answers = await connection.execute(commands, self._timeout)
+        missing = [
+            index
+            for index, answer in enumerate(answers)
+            if isinstance(answer, redis.exceptions.NoScriptError)
+        ]
+        if missing:
+            again = [("SCRIPT", "LOAD", script.script), *(commands[i] for i in missing)]
+            _, *answered = await connection.execute(again, self._timeout)
+            for index, answer in zip(missing, answered, strict=True):
+                answers[index] = answer
+        return answers
+
+
+def _fail(batch: list[_Waiting], error: BaseException) -> None:
+    for _, waiter in batch:
+        if not waiter.done():
+            waiter.set_exception(error)

@@ -19,7 +19,12 @@ from app.redis.client import RedisClient, create_redis
 from app.redis.embedded import EmbeddedRedis
 from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.session_owners import SessionOwners
-from app.security.upgrade_claims import CLAIM_CONNECTIONS, Claim, UpgradeClaims
+from app.security.upgrade_claims import (
+    CLAIM_CONNECTIONS,
+    CLAIMS_PER_ROUND_TRIP,
+    Claim,
+    UpgradeClaims,
+)
 from tests.support.redis_servers import RedisCluster, redis_stopped
 from tests.support.streams import streams_settings
 
@@ -216,3 +221,77 @@ async def test_a_claim_cancelled_in_flight_leaves_no_answer_for_the_next(
     finally:
         await busy.aclose()
         await claims.close()
+
+
+async def _connections_named(observer: redis.asyncio.Redis, name: str) -> int:
+    clients: list[dict[str, object]] = await observer.client_list()
+    return sum(1 for entry in clients if entry.get("name") == name)
+
+
+async def test_a_burst_of_claims_shares_the_own_connections_and_each_gets_its_answer(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    """Many more claims at once than connections of their own: none opens a connection of
+    its own (through the pool, each did, one after another), several leave together in one
+    round trip, and each gets the answer to its own claim."""
+    client = redis.asyncio.Redis.from_url(redis_url, client_name="claims-burst")
+    claims, now = claims_for(client), time.time()
+    count = 2 * CLAIMS_PER_ROUND_TRIP + 20  # more than one round trip's worth waiting
+    sessions = [f"{SESSION[:-4]}{n:04d}" for n in range(count)]
+    try:
+        first = await asyncio.gather(
+            *(claims.claim(s, "a", f"{NONCE}-{s}", now + 10, now) for s in sessions)
+        )
+        assert first == [Claim.CLAIMED] * count
+        assert await _connections_named(redis_client, "claims-burst") <= CLAIM_CONNECTIONS
+
+        await redis_client.script_flush()  # the next round trips find the script gone
+        expected: list[Claim] = []
+        attempts = []
+        for index, session in enumerate(sessions):
+            kind = index % 3
+            if kind == 0:  # the same nonce again: a replay
+                attempts.append(claims.claim(session, "a", f"{NONCE}-{session}", now + 10, now))
+                expected.append(Claim.REPLAYED_NONCE)
+            elif kind == 1:  # another integration, its own nonce: the id is taken
+                attempts.append(
+                    claims.claim(session, "b", f"{OTHER_NONCE}-{session}", now + 10, now)
+                )
+                expected.append(Claim.SESSION_ID_CONFLICT)
+            else:  # the owner again with a new nonce
+                attempts.append(
+                    claims.claim(session, "a", f"{OTHER_NONCE}-{session}", now + 10, now)
+                )
+                expected.append(Claim.CLAIMED)
+        assert await asyncio.gather(*attempts) == expected
+        assert await _connections_named(redis_client, "claims-burst") <= CLAIM_CONNECTIONS
+    finally:
+        await claims.close()
+        await client.aclose()
+
+
+async def test_closing_fails_the_claims_still_waiting(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
+    busy = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        hold = asyncio.create_task(busy.eval(BUSY_SCRIPT, 0, 1_000_000))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        waiting = [
+            asyncio.create_task(
+                claims.claim(f"{SESSION[:-2]}{n:02d}", "a", f"{NONCE}-{n}", now + 10, now)
+            )
+            for n in range(3 * CLAIM_CONNECTIONS)
+        ]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in waiting)  # Redis is busy: all wait
+        await claims.close()
+        results = await asyncio.wait_for(
+            asyncio.gather(*waiting, return_exceptions=True), timeout=0.5
+        )
+        assert all(isinstance(result, NonceStoreUnavailable) for result in results), results
+        await hold
+    finally:
+        await busy.aclose()
