@@ -20,6 +20,7 @@ another, and the whole burst waited 0.1 s and more for them.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from typing import Any
 
@@ -80,23 +81,29 @@ class UpgradeClaims:
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
         )
         self._own_connections = isinstance(client, redis.asyncio.Redis)
+        self._connections: list[PipelineConnection] = []  # idle or not
         self._idle: list[PipelineConnection] = []
         self._waiting: list[_Waiting] = []  # claims for the next round trip, in order
         self._round_trips: set[asyncio.Task[None]] = set()
         self._timeout = DEFAULT_TIMEOUT_SECONDS
         if isinstance(client, redis.asyncio.Redis):
-            self._idle = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
+            self._connections = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
+            self._idle = list(self._connections)
             timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
             self._timeout = float(timeout or DEFAULT_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
         """Stop the round trips out, fail the claims still waiting, and close the claims'
         own connections (claims made later reopen them)."""
-        for task in list(self._round_trips):
-            await stop_task(task)
+        # Including any that a claim started meanwhile (an ended task leaves the set later).
+        while running := [task for task in self._round_trips if not task.done()]:
+            for task in running:
+                await stop_task(task)
         _fail(self._waiting, redis.exceptions.ConnectionError("upgrade claims closed"))
         self._waiting = []
-        for connection in self._idle:
+        # Every connection is idle again, also one given to a task cancelled before it ran.
+        self._idle = list(self._connections)
+        for connection in self._connections:
             await connection.close()
 
     async def claim(
@@ -191,14 +198,14 @@ class UpgradeClaims:
                 try:
                     answers = await self._answers(connection, [command for command, _ in batch])
                 except Exception as exc:  # RedisError, OSError: each claim raises it
-                    await connection.close()  # the next round trip on it connects afresh
-                    _fail(batch, exc)
+                    _fail(batch, exc)  # first: closing may fail, or be cancelled
+                    await _close_quietly(connection)  # the next round trip connects afresh
                     continue
                 except BaseException:
                     # Cancelled mid round trip: its replies may still come, and would be read
                     # as the next round trip's. The next one on this connection connects afresh.
-                    await connection.close()
                     _fail(batch, redis.exceptions.ConnectionError("upgrade claims closed"))
+                    await _close_quietly(connection)
                     raise
                 for (_, waiter), answer in zip(batch, answers, strict=True):
                     if waiter.done():
@@ -211,22 +218,21 @@ class UpgradeClaims:
             self._idle.append(connection)
 
     async def _answers(self, connection: PipelineConnection, commands: list[Any]) -> list[Any]:
-        """The round trip's answers. The commands Redis did not have the script for (a
-        restarted or flushed Redis) go again in a second round trip, after loading it."""
+        """The round trip's answers. If Redis did not have the script (restarted or flushed),
+        the whole batch goes again after loading it: a claim sent twice by the same attempt
+        finds its own claims (CLAIM_SCRIPT), so each gets the answer it would have had."""
         script = self._script
         assert script is not None
         answers = await connection.execute(commands, self._timeout)
-        missing = [
-            index
-            for index, answer in enumerate(answers)
-            if isinstance(answer, redis.exceptions.NoScriptError)
-        ]
-        if missing:
-            again = [("SCRIPT", "LOAD", script.script), *(commands[i] for i in missing)]
-            _, *answered = await connection.execute(again, self._timeout)
-            for index, answer in zip(missing, answered, strict=True):
-                answers[index] = answer
+        if any(isinstance(answer, redis.exceptions.NoScriptError) for answer in answers):
+            again = [("SCRIPT", "LOAD", script.script), *commands]
+            _, *answers = await connection.execute(again, self._timeout)
         return answers
+
+
+async def _close_quietly(connection: PipelineConnection) -> None:
+    with contextlib.suppress(Exception):
+        await connection.close()
 
 
 def _fail(batch: list[_Waiting], error: BaseException) -> None:

@@ -224,7 +224,7 @@ async def test_a_claim_cancelled_in_flight_leaves_no_answer_for_the_next(
 
 
 async def _connections_named(observer: redis.asyncio.Redis, name: str) -> int:
-    clients: list[dict[str, object]] = await observer.client_list()
+    clients: list[dict[str, str]] = await observer.client_list()
     return sum(1 for entry in clients if entry.get("name") == name)
 
 
@@ -270,28 +270,103 @@ async def test_a_burst_of_claims_shares_the_own_connections_and_each_gets_its_an
         await client.aclose()
 
 
-async def test_closing_fails_the_claims_still_waiting(
+async def _redis_held_busy(
+    redis_url: str, seconds: float
+) -> tuple[redis.asyncio.Redis, asyncio.Task[object]]:
+    """Redis busy in a script for `seconds` (commands sent meanwhile wait for it)."""
+    busy = redis.asyncio.Redis.from_url(redis_url)
+
+    async def keep_busy() -> object:
+        return await busy.eval(BUSY_SCRIPT, 0, str(int(seconds * 1_000_000)))
+
+    hold = asyncio.create_task(keep_busy())
+    await asyncio.sleep(0.05)
+    return busy, hold
+
+
+async def _both_connections_out(claims: UpgradeClaims, now: float) -> list[asyncio.Task[Claim]]:
+    """One claim in flight on each of the claims' own connections (Redis held busy)."""
+    in_flight = []
+    for n in range(CLAIM_CONNECTIONS):
+        in_flight.append(
+            asyncio.create_task(
+                claims.claim(f"{SESSION[:-2]}9{n}", "a", f"{NONCE}-9{n}", now + 10, now)
+            )
+        )
+        await asyncio.sleep(0.02)  # taken by its round trip before the next is made
+    return in_flight
+
+
+async def test_closing_fails_the_claims_in_flight_and_those_still_waiting(
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
     claims, now = claims_for(redis_client), time.time()
     await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
-    busy = redis.asyncio.Redis.from_url(redis_url)
+    busy, hold = await _redis_held_busy(redis_url, 1.0)
     try:
-        hold = asyncio.create_task(busy.eval(BUSY_SCRIPT, 0, 1_000_000))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)
+        in_flight = await _both_connections_out(claims, now)
         waiting = [
             asyncio.create_task(
                 claims.claim(f"{SESSION[:-2]}{n:02d}", "a", f"{NONCE}-{n}", now + 10, now)
             )
-            for n in range(3 * CLAIM_CONNECTIONS)
+            for n in range(4)
         ]
         await asyncio.sleep(0.05)
-        assert not any(task.done() for task in waiting)  # Redis is busy: all wait
+        assert not any(task.done() for task in in_flight + waiting)  # Redis is busy: all wait
         await claims.close()
         results = await asyncio.wait_for(
-            asyncio.gather(*waiting, return_exceptions=True), timeout=0.5
+            asyncio.gather(*in_flight, *waiting, return_exceptions=True), timeout=0.5
         )
         assert all(isinstance(result, NonceStoreUnavailable) for result in results), results
         await hold
+        # Closed claims reopen their connections for the next claim.
+        assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
     finally:
+        await claims.close()
         await busy.aclose()
+
+
+async def test_a_claim_cancelled_while_it_waits_is_never_sent(
+    redis_client: redis.asyncio.Redis, redis_url: str
+) -> None:
+    claims, now = claims_for(redis_client), time.time()
+    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
+    busy, hold = await _redis_held_busy(redis_url, 0.3)
+    try:
+        in_flight = await _both_connections_out(claims, now)
+        cancelled = asyncio.create_task(claims.claim(SESSION, "a", NONCE, now + 10, now))
+        after = asyncio.create_task(claims.claim(SESSION, "b", OTHER_NONCE + "-b", now + 10, now))
+        await asyncio.sleep(0.02)
+        cancelled.cancel()
+        await hold
+        assert await asyncio.gather(*in_flight) == [Claim.CLAIMED] * CLAIM_CONNECTIONS
+        # The claim behind it gets its own answer: the id was not taken by the cancelled one.
+        assert await after is Claim.CLAIMED
+        # The cancelled claim's nonce was never claimed: another attempt may still use it.
+        assert (
+            await claims.claim(OTHER_SESSION[:-1] + "9", "a", NONCE, now + 10, now) is Claim.CLAIMED
+        )
+    finally:
+        await claims.close()
+        await busy.aclose()
+
+
+async def test_claims_made_after_a_close_that_raced_a_claim_are_answered(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """close() right after a claim has handed a connection to its round trip, before that
+    round trip ran: the connection is not lost, so claims made later are still sent."""
+    claims, now = claims_for(redis_client), time.time()
+    try:
+        for n in range(CLAIM_CONNECTIONS + 1):
+            raced = asyncio.create_task(
+                claims.claim(f"{SESSION[:-2]}{n:02d}", "a", f"{NONCE}-{n}", now + 10, now)
+            )
+            await asyncio.sleep(0)  # the claim runs up to waiting for its answer
+            await claims.close()
+            with pytest.raises(NonceStoreUnavailable):
+                await asyncio.wait_for(raced, timeout=1.0)
+        later = claims.claim(SESSION, "a", NONCE, now + 10, now)
+        assert await asyncio.wait_for(later, timeout=2.0) is Claim.CLAIMED
+    finally:
+        await claims.close()
