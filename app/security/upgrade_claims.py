@@ -11,10 +11,10 @@ claims stay two commands, nonce first.
 The script goes out on a connection of its own (app/redis/resp.py, as the publisher's writes
 do): a command through redis-py's client (a pool checkout that probes the socket, a task for
 its timed write) cost more than the round trip itself. A claim made while every such
-connection has a round trip out waits for the first to come back, and leaves with the other
-claims that waited, in one pipelined round trip. (They used to go through the client's pool:
-in a burst of upgrades each one beyond the pool's size opened a connection, one after
-another, and the whole burst waited 0.1 s and more for them.)
+connection has a round trip out waits for the first to come back, which then carries the
+claims that waited, in pipelined round trips of their own. (They used to go through the
+client's pool: in a burst of upgrades each one beyond the pool's size opened a connection,
+one after another, and the whole burst waited 0.1 s and more for them.)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from functools import partial
 from typing import Any
 
 import redis.asyncio
@@ -81,29 +82,24 @@ class UpgradeClaims:
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
         )
         self._own_connections = isinstance(client, redis.asyncio.Redis)
-        self._connections: list[PipelineConnection] = []  # idle or not
         self._idle: list[PipelineConnection] = []
         self._waiting: list[_Waiting] = []  # claims for the next round trip, in order
         self._round_trips: set[asyncio.Task[None]] = set()
         self._timeout = DEFAULT_TIMEOUT_SECONDS
         if isinstance(client, redis.asyncio.Redis):
-            self._connections = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
-            self._idle = list(self._connections)
+            self._idle = [PipelineConnection(client) for _ in range(CLAIM_CONNECTIONS)]
             timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
             self._timeout = float(timeout or DEFAULT_TIMEOUT_SECONDS)
 
     async def close(self) -> None:
-        """Stop the round trips out, fail the claims still waiting, and close the claims'
-        own connections (claims made later reopen them)."""
-        # Including any that a claim started meanwhile (an ended task leaves the set later).
+        """Fail the claims still waiting, stop the round trips carrying waiting claims, and
+        close the claims' own idle connections (claims made later reopen them)."""
+        _fail(self._waiting, redis.exceptions.ConnectionError("upgrade claims closed"))
+        self._waiting = []
         while running := [task for task in self._round_trips if not task.done()]:
             for task in running:
                 await stop_task(task)
-        _fail(self._waiting, redis.exceptions.ConnectionError("upgrade claims closed"))
-        self._waiting = []
-        # Every connection is idle again, also one given to a task cancelled before it ran.
-        self._idle = list(self._connections)
-        for connection in self._connections:
+        for connection in self._idle:
             await connection.close()
 
     async def claim(
@@ -168,54 +164,71 @@ class UpgradeClaims:
     async def _run_on_own_connection(
         self, script_keys: tuple[str, str], args: tuple[Any, ...]
     ) -> Any:
-        """The script's answer, by EVALSHA on a connection of the claims' own: at once on an
-        idle one, else with the claims that wait for the next to come back. Raises as
-        redis-py would."""
+        """The script's answer, by EVALSHA on a connection of the claims' own: on an idle one
+        at once, else with the claims that wait for one to come back. Raises as redis-py
+        would."""
         script = self._script
         assert script is not None
-        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting.append(
-            (("EVALSHA", script.sha, len(script_keys), *script_keys, *args), answer)
-        )
-        if self._idle:
-            task = asyncio.create_task(
-                self._round_trips_on(self._idle.pop()), name="upgrade-claims"
-            )
-            self._round_trips.add(task)
-            task.add_done_callback(self._round_trips.discard)
-        # A caller cancelled meanwhile cancels only its future; the round trip goes on.
-        return await answer
-
-    async def _round_trips_on(self, connection: PipelineConnection) -> None:
-        """Send the waiting claims on `connection`, a round trip at a time, until none wait."""
+        command = ("EVALSHA", script.sha, len(script_keys), *script_keys, *args)
+        if not self._idle:
+            answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiting.append((command, answer))
+            return await answer  # a caller cancelled meanwhile is skipped (never sent)
+        connection = self._idle.pop()
         try:
-            while self._waiting:
-                taken = self._waiting[:CLAIMS_PER_ROUND_TRIP]
-                del self._waiting[:CLAIMS_PER_ROUND_TRIP]
-                batch = [claim for claim in taken if not claim[1].done()]  # not cancelled
-                if not batch:
-                    continue
-                try:
-                    answers = await self._answers(connection, [command for command, _ in batch])
-                except Exception as exc:  # RedisError, OSError: each claim raises it
-                    _fail(batch, exc)  # first: closing may fail, or be cancelled
-                    await _close_quietly(connection)  # the next round trip connects afresh
-                    continue
-                except BaseException:
-                    # Cancelled mid round trip: its replies may still come, and would be read
-                    # as the next round trip's. The next one on this connection connects afresh.
-                    _fail(batch, redis.exceptions.ConnectionError("upgrade claims closed"))
-                    await _close_quietly(connection)
-                    raise
-                for (_, waiter), answer in zip(batch, answers, strict=True):
-                    if waiter.done():
-                        continue
-                    if isinstance(answer, redis.exceptions.ResponseError):
-                        waiter.set_exception(answer)
-                    else:
-                        waiter.set_result(answer)
+            (reply,) = await self._answers(connection, [command])
+        except BaseException:
+            # Cancelled or failed mid round trip: its reply may still come, and would be read
+            # as the next claim's answer. The next round trip on it connects afresh.
+            await _close_quietly(connection)
+            raise
         finally:
+            self._pass_on(connection)
+        if isinstance(reply, redis.exceptions.ResponseError):
+            raise reply
+        return reply
+
+    def _pass_on(self, connection: PipelineConnection) -> None:
+        """A connection back from a round trip: to the claims that queued meanwhile, else
+        idle. Given back by the task's done callback, so that a task cancelled before it
+        ran (close()) does not lose it."""
+        if not self._waiting:
             self._idle.append(connection)
+            return
+        task = asyncio.create_task(self._send_waiting(connection), name="upgrade-claims")
+        self._round_trips.add(task)
+        task.add_done_callback(partial(self._round_trip_done, connection))
+
+    def _round_trip_done(self, connection: PipelineConnection, task: asyncio.Task[None]) -> None:
+        self._round_trips.discard(task)
+        self._pass_on(connection)
+
+    async def _send_waiting(self, connection: PipelineConnection) -> None:
+        """Send the waiting claims on `connection`, a round trip at a time, until none wait."""
+        while self._waiting:
+            taken = self._waiting[:CLAIMS_PER_ROUND_TRIP]
+            del self._waiting[:CLAIMS_PER_ROUND_TRIP]
+            batch = [claim for claim in taken if not claim[1].done()]  # not cancelled
+            if not batch:
+                continue
+            try:
+                answers = await self._answers(connection, [command for command, _ in batch])
+            except Exception as exc:  # RedisError, OSError: each claim raises it
+                _fail(batch, exc)  # first: closing may fail, or be cancelled
+                await _close_quietly(connection)  # the next round trip connects afresh
+                continue
+            except BaseException:
+                # Cancelled mid round trip (close()): as above, the connection is out of step.
+                _fail(batch, redis.exceptions.ConnectionError("upgrade claims closed"))
+                await _close_quietly(connection)
+                raise
+            for (_, waiter), answer in zip(batch, answers, strict=True):
+                if waiter.done():
+                    continue
+                if isinstance(answer, redis.exceptions.ResponseError):
+                    waiter.set_exception(answer)
+                else:
+                    waiter.set_result(answer)
 
     async def _answers(self, connection: PipelineConnection, commands: list[Any]) -> list[Any]:
         """The round trip's answers. If Redis did not have the script (restarted or flushed),
