@@ -6,8 +6,10 @@ server both claims are one command."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -273,41 +275,46 @@ async def test_a_burst_of_claims_shares_the_own_connections_and_each_gets_its_an
         await client.aclose()
 
 
-async def _redis_held_busy(
-    redis_url: str, seconds: float
-) -> tuple[redis.asyncio.Redis, asyncio.Task[object]]:
-    """Redis busy in a script for `seconds` (commands sent meanwhile wait for it)."""
+@dataclass
+class BusyRedis:
+    claims: UpgradeClaims
+    now: float
+    in_flight: list[asyncio.Task[Claim]]  # a claim on each of the claims' own connections
+    hold: asyncio.Task[object]  # the script keeping Redis busy
+
+
+@contextlib.asynccontextmanager
+async def both_connections_out(
+    redis_client: redis.asyncio.Redis, redis_url: str, busy_seconds: float
+) -> AsyncIterator[BusyRedis]:
+    """Claims whose own connections both have a round trip out, unanswered while Redis is
+    busy in a script for `busy_seconds` (commands sent meanwhile wait for it)."""
+    claims, now = claims_for(redis_client), time.time()
+    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
     busy = redis.asyncio.Redis.from_url(redis_url)
 
     async def keep_busy() -> object:
-        return await busy.eval(BUSY_SCRIPT, 0, str(int(seconds * 1_000_000)))
+        return await busy.eval(BUSY_SCRIPT, 0, str(int(busy_seconds * 1_000_000)))
 
-    hold = asyncio.create_task(keep_busy())
-    await asyncio.sleep(0.05)
-    return busy, hold
-
-
-async def _both_connections_out(claims: UpgradeClaims, now: float) -> list[asyncio.Task[Claim]]:
-    """One claim in flight on each of the claims' own connections (Redis held busy)."""
-    in_flight = []
-    for n in range(CLAIM_CONNECTIONS):
-        in_flight.append(
-            asyncio.create_task(
-                claims.claim(f"{SESSION[:-2]}9{n}", "a", f"{NONCE}-9{n}", now + 10, now)
-            )
-        )
-        await asyncio.sleep(0.02)  # taken by its round trip before the next is made
-    return in_flight
+    try:
+        hold = asyncio.create_task(keep_busy())
+        await asyncio.sleep(0.05)
+        in_flight = []
+        for n in range(CLAIM_CONNECTIONS):
+            session, nonce = f"{SESSION[:-2]}9{n}", f"{NONCE}-9{n}"
+            in_flight.append(asyncio.create_task(claims.claim(session, "a", nonce, now + 10, now)))
+            await asyncio.sleep(0.02)  # taken by its round trip before the next is made
+        yield BusyRedis(claims, now, in_flight, hold)
+    finally:
+        await claims.close()
+        await busy.aclose()
 
 
 async def test_closing_fails_the_claims_still_waiting(
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
-    claims, now = claims_for(redis_client), time.time()
-    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
-    busy, hold = await _redis_held_busy(redis_url, 1.0)
-    try:
-        in_flight = await _both_connections_out(claims, now)
+    async with both_connections_out(redis_client, redis_url, 1.0) as busy:
+        claims, now = busy.claims, busy.now
         waiting = [
             asyncio.create_task(
                 claims.claim(f"{SESSION[:-2]}{n:02d}", "a", f"{NONCE}-{n}", now + 10, now)
@@ -315,44 +322,35 @@ async def test_closing_fails_the_claims_still_waiting(
             for n in range(4)
         ]
         await asyncio.sleep(0.05)
-        assert not any(task.done() for task in in_flight + waiting)  # Redis is busy: all wait
+        # Redis is busy: all wait.
+        assert not any(task.done() for task in busy.in_flight + waiting)
         await claims.close()
         results = await asyncio.wait_for(
             asyncio.gather(*waiting, return_exceptions=True), timeout=0.5
         )
         assert all(isinstance(result, NonceStoreUnavailable) for result in results), results
-        await hold
+        await busy.hold
         # The round trips already out are answered; claims made later are sent.
-        assert await asyncio.gather(*in_flight) == [Claim.CLAIMED] * CLAIM_CONNECTIONS
+        assert await asyncio.gather(*busy.in_flight) == [Claim.CLAIMED] * CLAIM_CONNECTIONS
         assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
-    finally:
-        await claims.close()
-        await busy.aclose()
 
 
 async def test_a_claim_cancelled_while_it_waits_is_never_sent(
     redis_client: redis.asyncio.Redis, redis_url: str
 ) -> None:
-    claims, now = claims_for(redis_client), time.time()
-    await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now)  # loads the script
-    busy, hold = await _redis_held_busy(redis_url, 0.3)
-    try:
-        in_flight = await _both_connections_out(claims, now)
+    async with both_connections_out(redis_client, redis_url, 0.3) as busy:
+        claims, now = busy.claims, busy.now
         cancelled = asyncio.create_task(claims.claim(SESSION, "a", NONCE, now + 10, now))
         after = asyncio.create_task(claims.claim(SESSION, "b", OTHER_NONCE + "-b", now + 10, now))
         await asyncio.sleep(0.02)
         cancelled.cancel()
-        await hold
-        assert await asyncio.gather(*in_flight) == [Claim.CLAIMED] * CLAIM_CONNECTIONS
+        await busy.hold
+        assert await asyncio.gather(*busy.in_flight) == [Claim.CLAIMED] * CLAIM_CONNECTIONS
         # The claim behind it gets its own answer: the id was not taken by the cancelled one.
         assert await after is Claim.CLAIMED
         # The cancelled claim's nonce was never claimed: another attempt may still use it.
-        assert (
-            await claims.claim(OTHER_SESSION[:-1] + "9", "a", NONCE, now + 10, now) is Claim.CLAIMED
-        )
-    finally:
-        await claims.close()
-        await busy.aclose()
+        again = claims.claim(OTHER_SESSION[:-1] + "9", "a", NONCE, now + 10, now)
+        assert await again is Claim.CLAIMED
 
 
 async def test_claims_made_after_a_close_that_raced_a_burst_are_answered(
