@@ -81,7 +81,6 @@ class UpgradeClaims:
         self._script = (
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
         )
-        self._own_connections = isinstance(client, redis.asyncio.Redis)
         self._idle: list[PipelineConnection] = []
         self._waiting: list[_Waiting] = []  # claims for the next round trip, in order
         self._round_trips: set[asyncio.Task[None]] = set()
@@ -137,8 +136,6 @@ class UpgradeClaims:
         session_id: str,
         integration: str,
     ) -> Claim:
-        script = self._script
-        assert script is not None
         script_keys = (keys.nonce_key(nonce), keys.session_integration(session_id))
         args = (
             token,
@@ -146,11 +143,8 @@ class UpgradeClaims:
             integration,
             self._owners.ttl_seconds,
         )
-        try:
-            if self._own_connections:
-                answer = await self._run_on_own_connection(script_keys, args)
-            else:
-                answer = await script(keys=script_keys, args=args)
+        try:  # a single server (the only one with the script): on the claims' own connections
+            answer = await self._run_on_own_connection(script_keys, args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise NonceStoreUnavailable("nonce and session owner store unavailable") from exc
         if answer == 1:
