@@ -4,22 +4,20 @@ background once the session is open: before it lands, a command for the session 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
-import redis.asyncio
-
 from app.redis import keys
+from app.redis.client import RedisClient
+from tests.support.waiting import wait_until
 
 
 async def wait_registered(
-    client: redis.asyncio.Redis, session_id: str, replica: str | None = None
+    client: RedisClient, session_id: str, replica: str | None = None, timeout: float = 10.0
 ) -> None:
-    """Until `session_id`'s owner key names `replica` (any replica when None), at most 5 s."""
-    deadline = time.monotonic() + 5
-    while True:
-        owner = await client.get(keys.session_owner(session_id))
-        if owner is not None and (replica is None or owner == replica.encode()):
-            return
-        assert time.monotonic() < deadline, "registry entry not written"
-        await asyncio.sleep(0.01)
+    """Until `session_id`'s owner key names `replica` (any replica when None)."""
+    owner_key = keys.session_owner(session_id)
+
+    async def registered() -> bool:
+        owner = await client.get(owner_key)
+        return owner is not None and (replica is None or owner == replica.encode())
+
+    where = f" to {replica}" if replica else ""
+    await wait_until(registered, f"{session_id} registered{where}", timeout, interval=0.01)

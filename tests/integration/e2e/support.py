@@ -12,10 +12,9 @@ import random
 import struct
 import subprocess
 import sys
-import time
 import uuid
 from array import array
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,16 +114,6 @@ def call_config(
     }
     options.update(kwargs)
     return SessionConfig(uri=gateway.ws_url, api_key=api_key, client_secret=secret, **options)
-
-
-async def wait_until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # --- health -----------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ from tests.integration.e2e.support import (
     noise_source,
     run_cli,
     running_gateway,
-    wait_until,
 )
 from tests.support.gateway_process import GatewayProcess
 from tests.support.redis_servers import RedisCluster
+from tests.support.registry import wait_registered
 from tests.support.session_streams import closed_session_stream
 from tests.support.streams import TEST_KEYS_JSON, streams_settings
 
@@ -145,12 +145,7 @@ async def test_a_consumer_command_reaches_a_call_through_the_cluster(
         call_config(cluster_gateway, realtime=True, source=noise_source(10.0, seed=3))
     )
     running = asyncio.create_task(call.run())
-    owner = keys.session_owner(call.config.session_id)
-
-    async def registered() -> bool:
-        return bool(await cluster_conn.get(owner) == b"replica-cluster")
-
-    await wait_until(registered, "the call in the session registry")
+    await wait_registered(cluster_conn, call.config.session_id, "replica-cluster")
     reply = await ControlClient(cluster_conn).request(
         call.config.session_id, "disconnect", reason="completed"
     )

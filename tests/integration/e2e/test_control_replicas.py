@@ -33,12 +33,13 @@ from tests.integration.e2e.support import (
     call_config,
     new_consumer_group,
     running_gateway,
-    wait_until,
 )
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import Growth, scrape
+from tests.support.registry import wait_registered
 from tests.support.session_streams import closed_session_stream
 from tests.support.streams import read_stream
+from tests.support.waiting import wait_until
 
 TRANSCRIPT: dict[str, Any] = {
     "type": "transcript",
@@ -92,12 +93,7 @@ async def test_pause_resume_event_and_disconnect_reach_the_call_on_either_gatewa
     }
     tasks = [asyncio.create_task(call.run()) for call in calls.values()]
     for replica, call in calls.items():
-        owner_key = keys.session_owner(call.config.session_id)
-
-        async def registered(key: str = owner_key, replica: str = replica) -> bool:
-            return bool(await redis_conn.get(key) == replica.encode())
-
-        await wait_until(registered, f"{call.config.session_id} registered to {replica}")
+        await wait_registered(redis_conn, call.config.session_id, replica)
 
     control = ControlClient(redis_conn)
 
@@ -179,12 +175,7 @@ async def test_a_client_429_holds_back_event_commands_for_its_retry_after(
     before = await scrape(gateway)
     call = await WireCall.connect(gateway.ws_url)
     await call.open()
-    owner_key = keys.session_owner(call.session_id)
-
-    async def registered() -> bool:
-        return bool(await redis_conn.exists(owner_key))
-
-    await wait_until(registered, "the call in the session registry")
+    await wait_registered(redis_conn, call.session_id)
     control = ControlClient(redis_conn)
     assert (
         await control.request(call.session_id, "event", entities=[TRANSCRIPT])

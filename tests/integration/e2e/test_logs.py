@@ -20,16 +20,15 @@ import pytest
 import redis.asyncio
 
 from app.control.plane import APPLIED, ControlClient
-from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.e2e.support import (
     SECURE_API_KEY,
     SECURE_CLIENT_SECRET,
     WireCall,
     running_gateway,
-    wait_until,
 )
 from tests.support.gateway_process import TEST_API_KEY, TEST_CLIENT_SECRET
+from tests.support.registry import wait_registered
 from tests.support.session_streams import closed_session_stream
 from tests.support.streams import TEST_KEY
 
@@ -79,10 +78,7 @@ async def _run_traffic(uri: str, redis_url: str, traffic: Traffic) -> None:
         traffic.sessions["plain"] = Session(plain, plain_conversation, "test")
         traffic.sessions["secure"] = Session(secure, secure_conversation, "secure")
 
-        async def registered() -> bool:
-            return bool(await redis_conn.exists(keys.session_owner(plain.session_id)))
-
-        await wait_until(registered, "the plain call in the session registry")
+        await wait_registered(redis_conn, plain.session_id)
         reply = await ControlClient(redis_conn).request(plain.session_id, "pause")
         assert reply.result == APPLIED
         await plain.expect("pause")

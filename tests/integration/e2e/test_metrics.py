@@ -23,7 +23,6 @@ from app.redis import keys
 from tests.integration.e2e.support import (
     WireCall,
     call_config,
-    wait_until,
 )
 from tests.support.gateway_process import (
     TEST_API_KEY,
@@ -34,6 +33,7 @@ from tests.support.gateway_process import (
 from tests.support.metrics import Growth, Scrape, scrape, scrape_when
 from tests.support.session_streams import closed_session_stream
 from tests.support.streams import read_stream
+from tests.support.waiting import wait_until
 
 ACTIVE = "audiohook_sessions_active"
 STARTED = "audiohook_sessions_started_total"

@@ -21,12 +21,12 @@ from tests.integration.e2e.support import (
     http_status,
     noise_source,
     running_gateway,
-    wait_until,
 )
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import Growth, scrape, scrape_when
 from tests.support.redis_servers import redis_outage
 from tests.support.session_streams import closed_session_stream
+from tests.support.waiting import wait_until
 
 OUTAGE_SECONDS = 5.0
 FRAMES = "audiohook_audio_frames_received_total"

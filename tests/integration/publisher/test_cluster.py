@@ -18,6 +18,7 @@ from app.redis.client import create_redis
 from app.tools.consume import reassemble, run_consumer
 from app.tools.wav import read_wav
 from tests.support.redis_servers import RedisCluster
+from tests.support.registry import wait_registered
 from tests.support.streams import (
     MONO,
     STEREO,
@@ -101,10 +102,8 @@ async def test_control_commands_on_the_cluster(cluster: RedisCluster) -> None:
     for n, (session_id, target) in enumerate(targets.items()):
         planes[n % 2].register(session_id, target)
     control = ControlClient(clients[2])
-    deadline = time.monotonic() + 5
-    while not all([await clients[2].exists(keys.session_owner(s)) for s in targets]):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    for session_id in targets:
+        await wait_registered(clients[2], session_id)
     for n, session_id in enumerate(targets):
         reply = await control.request(session_id, "pause")
         assert (reply.result, reply.replica) == (APPLIED, f"replica-{'ab'[n % 2]}")
@@ -112,10 +111,7 @@ async def test_control_commands_on_the_cluster(cluster: RedisCluster) -> None:
     assert all(len(t.applied) == 1 for t in targets.values())
     # A session registered on both replicas: the one letting go leaves the other's entry.
     planes[1].register("s0", RecordingTarget())
-    deadline = time.monotonic() + 5
-    while await clients[2].get(keys.session_owner("s0")) != b"replica-b":
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await wait_registered(clients[2], "s0", "replica-b")
     await planes[0].stop()  # compare-and-delete of its entries, spread over the masters
     assert await clients[2].get(keys.session_owner("s0")) == b"replica-b"
     assert [await clients[2].exists(keys.session_owner(s)) for s in ("s2", "s4")] == [0, 0]
