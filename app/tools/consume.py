@@ -8,7 +8,8 @@ Also the reference for consumer authors. The pattern:
    entries and, inline and in order, its lifecycle events; `closed` is the last entry.
 3. When done, XACK the `opened` event. Events other than `opened` are acknowledged at once:
    the session stream has them too. A consumer that restarts under the same name re-reads its
-   unacknowledged `opened` events and records those sessions again from the start.
+   unacknowledged `opened` events and records those sessions again from the start
+   (`app/redis/consumer_group.py` is that loop).
 
 Output per session: `<sessionId>.wav` (16-bit PCM, which every player opens; PCMU is expanded
 from µ-law unless `--wav-encoding mulaw` keeps it as a µ-law WAV; channels in the selected
@@ -26,20 +27,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from app.protocol.media import MediaFormat
 from app.publisher.payload_crypto import DecryptionError, decrypt, parse_keys
 from app.publisher.schema import F_AUDIO, F_KID, F_NONCE, F_OFFSET, F_SAMPLES
 from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
-from app.tasks import stop_task
+from app.redis.consumer_group import ensure_group, serve_sessions
 from app.tools.wav import WAV_ENCODINGS, WavEncoding, WavWriter
 
 if TYPE_CHECKING:
@@ -311,41 +312,6 @@ def _sidecar_event(event: Mapping[str, Any]) -> dict[str, Any]:
 # --- the consumer loop ------------------------------------------------------------------------
 
 
-async def ensure_group(redis: RedisClient, group: str, start_id: str = "0") -> None:
-    """Create the consumer group on the events stream (and the stream) unless it exists."""
-    try:
-        await redis.xgroup_create(redis_keys.EVENTS_STREAM, group, id=start_id, mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-async def read_group(
-    redis: RedisClient,
-    group: str,
-    consumer: str,
-    read_id: bytes | str,
-    block_ms: int,
-    logger: logging.Logger,
-) -> tuple[list[Any], bytes | str] | None:
-    """One read of the events stream for a group member: its own pending entries after
-    `read_id` first (at once), then new ones (">", waiting up to `block_ms`). Returns the
-    entries and the id to read from next; None when Redis failed (logged, after a pause)."""
-    try:
-        response: Any = await redis.xreadgroup(
-            group, consumer, {redis_keys.EVENTS_STREAM: read_id}, count=100,
-            block=None if read_id != ">" else block_ms,
-        )  # fmt: skip
-    except (RedisError, OSError) as exc:
-        logger.warning("events read failed", extra={"error": type(exc).__name__})
-        await asyncio.sleep(0.5)
-        return None
-    entries: list[Any] = response[0][1] if response else []
-    if read_id != ">":  # walking the pending entries: go on after the last, or to new ones
-        read_id = entries[-1][0] if entries else ">"
-    return entries, read_id
-
-
 def stop_on_signals() -> asyncio.Event:
     """An event that SIGINT or SIGTERM sets (where the running loop takes signal handlers)."""
     stop = asyncio.Event()
@@ -381,44 +347,26 @@ async def run_consumer(
     block_ms = max(1, int(block_seconds * 1000))
     await ensure_group(redis, group, start_id)
     recordings: list[SessionRecording] = []
-    running: dict[asyncio.Task[SessionRecording], bytes] = {}  # task -> `opened` entry id
     started: set[str] = set()
-    read_id: bytes | str = "0"  # first our own unacknowledged entries, then new ones (">")
-    try:
-        while not stop.is_set():
-            if sessions_limit is not None and len(recordings) >= sessions_limit:
-                break
-            batch = await read_group(redis, group, consumer, read_id, block_ms, log)
-            if batch is None:
-                continue
-            entries, read_id = batch
-            to_ack: list[bytes] = []
-            for entry_id, fields in entries:
-                if not fields:  # pending entry trimmed from the stream meanwhile
-                    to_ack.append(entry_id)
-                    continue
-                event = decode_event(fields)
-                session_id = event.get("session_id", "")
-                if event["type"] != "opened" or event["probe"] or session_id in started:
-                    to_ack.append(entry_id)
-                    continue
-                started.add(session_id)
-                recorder = _Recorder(redis, event, output_dir, keys, fill_gaps=fill_gaps,
-                                     idle_timeout=idle_timeout, block_ms=block_ms,
-                                     wav_encoding=wav_encoding)  # fmt: skip
-                running[asyncio.create_task(recorder.run())] = entry_id
-            for task in [t for t in running if t.done()]:
-                entry_id = running.pop(task)
-                recording = task.result()
-                recordings.append(recording)
-                to_ack.append(entry_id)
-                log.info("session recorded", extra={"session_id": recording.session_id,
-                         "complete": recording.complete})  # fmt: skip
-            if to_ack:
-                await redis.xack(redis_keys.EVENTS_STREAM, group, *to_ack)
-    finally:
-        for task in running:  # unfinished: their `opened` stays pending for a restart
-            await stop_task(task)
+
+    def record(fields: Mapping[bytes, bytes]) -> Coroutine[Any, Any, SessionRecording] | None:
+        event = decode_event(fields)
+        session_id = event.get("session_id", "")
+        if event["type"] != "opened" or event["probe"] or session_id in started:
+            return None
+        started.add(session_id)
+        recorder = _Recorder(redis, event, output_dir, keys, fill_gaps=fill_gaps,
+                             idle_timeout=idle_timeout, block_ms=block_ms,
+                             wav_encoding=wav_encoding)  # fmt: skip
+        return recorder.run()
+
+    def recorded(recording: SessionRecording) -> None:
+        recordings.append(recording)
+        log.info("session recorded", extra={"session_id": recording.session_id,
+                 "complete": recording.complete})  # fmt: skip
+
+    await serve_sessions(redis, group, consumer, record, recorded, stop=stop,
+                         sessions_limit=sessions_limit, block_ms=block_ms, logger=log)  # fmt: skip
     return recordings
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +24,8 @@ from app.protocol.media import SAMPLE_RATE
 from app.publisher.payload_crypto import DecryptionError
 from app.redis import keys as redis_keys
 from app.redis.client import RedisClient
-from app.tasks import stop_task
-from app.tools.consume import (
-    decode_event,
-    ensure_group,
-    entry_audio,
-    is_event_entry,
-    media_from_event,
-    read_group,
-)
+from app.redis.consumer_group import ensure_group, serve_sessions
+from app.tools.consume import decode_event, entry_audio, is_event_entry, media_from_event
 from app.transcriber.audio import upsample
 from app.transcriber.entities import transcript_entity
 from app.transcriber.recognizer import Recognizer
@@ -78,36 +71,18 @@ class Transcriber:
     async def run(self, stop: asyncio.Event, sessions_limit: int | None = None) -> None:
         options = self._options
         await ensure_group(self._redis, options.group, options.start_id)
-        running: dict[asyncio.Task[None], bytes] = {}
-        read_id: bytes | str = "0"  # our own pending entries first, then new ones
         try:
-            while not stop.is_set():
-                if sessions_limit is not None and self.sessions_done >= sessions_limit:
-                    break
-                batch = await read_group(
-                    self._redis, options.group, options.consumer, read_id, self._block_ms, log
-                )
-                if batch is None:
-                    continue
-                entries, read_id = batch
-                to_ack = []
-                for entry_id, fields in entries:
-                    task = self._start(fields) if fields else None
-                    if task is None:
-                        to_ack.append(entry_id)
-                    else:
-                        running[task] = entry_id
-                for task in [t for t in running if t.done()]:
-                    to_ack.append(running.pop(task))
-                    self.sessions_done += 1
-                if to_ack:
-                    await self._redis.xack(redis_keys.EVENTS_STREAM, options.group, *to_ack)
+            await serve_sessions(
+                self._redis, options.group, options.consumer, self._start, self._session_done,
+                stop=stop, sessions_limit=sessions_limit, block_ms=self._block_ms, logger=log,
+            )  # fmt: skip
         finally:
-            for task in running:
-                await stop_task(task)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _start(self, fields: Mapping[bytes, bytes]) -> asyncio.Task[None] | None:
+    def _session_done(self, _result: None) -> None:
+        self.sessions_done += 1
+
+    def _start(self, fields: Mapping[bytes, bytes]) -> Coroutine[Any, Any, None] | None:
         event = decode_event(fields)
         data = event["data"]
         if event["type"] != "opened" or event["probe"]:
@@ -122,7 +97,7 @@ class Transcriber:
         session_id = event["session_id"]
         stream = data.get("stream") or redis_keys.audio_stream(session_id)
         log.info("transcribing session", extra={"session_id": session_id, "language": language})
-        return asyncio.create_task(self._follow(session_id, stream, transcript))
+        return self._follow(session_id, stream, transcript)
 
     # --- one session ----------------------------------------------------------------------------
     async def _follow(self, session_id: str, stream: str, transcript: SessionTranscript) -> None:

@@ -10,6 +10,7 @@ import struct
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio
 from redis.exceptions import ResponseError
@@ -43,6 +44,13 @@ async def _publish(
             session.event("paused", {})
             session.event("resumed", {})
     session.close("end", {"frames": len(frames)})
+
+
+async def _until_file(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} was never written"
+        await asyncio.sleep(0.02)
 
 
 async def _until_pending(redis_client: Redis, group: str, count: int) -> None:
@@ -169,11 +177,7 @@ async def test_consumer_follows_a_live_session_and_stops_on_request(
         await asyncio.sleep(0.005)
     session.close("end", {})
     await publisher.stop(flush_timeout=10)
-    wav_path = tmp_path / f"{info.session_id}.json"
-    deadline = time.monotonic() + 10
-    while not wav_path.exists():
-        assert time.monotonic() < deadline, "recording not finished"
-        await asyncio.sleep(0.05)
+    await _until_file(tmp_path / f"{info.session_id}.json")  # the recording is finished
     stop.set()
     recordings = await asyncio.wait_for(consumer, timeout=10)
     assert [r.session_id for r in recordings] == [info.session_id]
@@ -215,6 +219,100 @@ async def test_unfinished_session_is_recorded_again_after_a_consumer_restart(
     )  # fmt: skip
     assert [r.session_id for r in recordings] == [info.session_id]
     assert read_wav(tmp_path / f"{info.session_id}.wav").data == _as_pcm16(frames)
+
+
+class _AckAfterStop(Redis):
+    """A real client whose XACK waits until `stop` is set, then goes to Redis: whatever
+    finishes meanwhile finishes while the consumer's acknowledgement is out."""
+
+    stop: asyncio.Event
+
+    async def xack(self, name: Any, groupname: Any, *ids: Any) -> Any:  # type: ignore[override]
+        await self.stop.wait()
+        return await super().xack(name, groupname, *ids)
+
+
+async def test_a_session_recorded_while_an_acknowledgement_is_out_is_returned_and_acknowledged(
+    redis_client: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    media = MediaFormat("PCMU", MONO)
+    info = session_info(media)
+    await _publish(publisher, info, audio_frames(media, 10, 160), 160)
+    await publisher.stop(flush_timeout=10)
+
+    stop = asyncio.Event()
+    client = _AckAfterStop.from_url(redis_url)
+    client.stop = stop
+    try:
+        # The first read gives `opened` and the events after it: the recording starts, and the
+        # other events' acknowledgement waits for `stop`.
+        consumer = asyncio.create_task(
+            run_consumer(client, tmp_path, group="g", consumer="c1", keys={}, stop=stop,
+                         block_seconds=0.1)
+        )  # fmt: skip
+        await _until_file(tmp_path / f"{info.session_id}.json")  # the recording is finished
+        stop.set()
+        recordings = await asyncio.wait_for(consumer, timeout=10)
+    finally:
+        await client.aclose()
+    assert [r.session_id for r in recordings] == [info.session_id]
+    assert (await redis_client.xpending(redis_keys.EVENTS_STREAM, "g"))["pending"] == 0
+
+
+async def test_a_session_that_cannot_be_recorded_stays_pending_and_the_next_is_recorded(
+    redis_client: Redis, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    media = MediaFormat("PCMU", MONO)
+    broken, good = session_info(media), session_info(media)
+    (tmp_path / f"{broken.session_id}.wav").mkdir()  # its WAV file cannot be opened
+    for info in (broken, good):
+        await _publish(publisher, info, audio_frames(media, 5, 160), 160)
+    await publisher.stop(flush_timeout=10)
+
+    recordings = await asyncio.wait_for(
+        run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={},
+                     sessions_limit=1, block_seconds=0.1),
+        timeout=10,
+    )  # fmt: skip
+    assert [r.session_id for r in recordings] == [good.session_id]
+    [pending] = await redis_client.xpending_range(redis_keys.EVENTS_STREAM, "g", "-", "+", 10)
+    opened = await redis_client.xrange(redis_keys.EVENTS_STREAM, pending["message_id"],
+                                       pending["message_id"])  # fmt: skip
+    assert opened[0][1][b"session_id"] == broken.session_id.encode()
+
+
+async def test_a_consumer_that_may_not_acknowledge_still_records(
+    redis_client: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    media = MediaFormat("PCMU", MONO)
+    infos = [session_info(media) for _ in range(2)]
+    for info in infos:
+        await _publish(publisher, info, audio_frames(media, 5, 160), 160)
+    await publisher.stop(flush_timeout=10)
+
+    await redis_client.execute_command(
+        "ACL", "SETUSER", "no-xack", "on", "nopass", "~*", "&*", "+@all", "-xack"
+    )
+    client = Redis.from_url(redis_url, username="no-xack", password="")
+    try:
+        recordings = await asyncio.wait_for(
+            run_consumer(client, tmp_path, group="g", consumer="c1", keys={},
+                         sessions_limit=2, block_seconds=0.1),
+            timeout=10,
+        )  # fmt: skip
+    finally:
+        await client.aclose()
+        await redis_client.execute_command("ACL", "DELUSER", "no-xack")
+    assert sorted(r.session_id for r in recordings) == sorted(i.session_id for i in infos)
+    # Nothing was acknowledged: a restart records both again rather than losing either.
+    pending = await redis_client.xpending(redis_keys.EVENTS_STREAM, "g")
+    assert pending["pending"] == len(await redis_client.xrange(redis_keys.EVENTS_STREAM))
 
 
 def test_command_line_records_and_decrypts_with_a_keys_file(redis_url: str, tmp_path: Path) -> None:
