@@ -346,8 +346,14 @@ class ControlPlane:
         return cls(redis, settings.replica_id or default_replica_id(), **options)
 
     async def start(self) -> None:
+        # The inbox's tail is read before start() returns, so a command sent from then on is
+        # after it (never skipped); only a Redis unreachable now leaves that to the loop.
+        try:
+            inbox_from: bytes | str | None = await self._inbox_tail()
+        except (RedisError, OSError):
+            inbox_from = None
         self._tasks = [
-            asyncio.create_task(self._inbox_loop(), name="control-inbox"),
+            asyncio.create_task(self._inbox_loop(inbox_from), name="control-inbox"),
             asyncio.create_task(self._registry_loop(), name="control-registry"),
         ]
 
@@ -445,8 +451,9 @@ class ControlPlane:
 
     # --- background loops --------------------------------------------------------------------
 
-    async def _inbox_loop(self) -> None:
-        last_id = await self._retrying(self._inbox_tail)
+    async def _inbox_loop(self, last_id: bytes | str | None) -> None:
+        if last_id is None:
+            last_id = await self._retrying(self._inbox_tail)
         backoff = _BACKOFF_START
         while True:
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from app.control.plane import (
 )
 from app.redis import keys
 from app.redis.client import create_redis
+from app.redis.embedded import EmbeddedRedis
 from tests.support.clock import ManualClock
 from tests.support.registry import wait_registered
 from tests.support.streams import RecordingTarget, metric, read_stream
@@ -118,6 +120,60 @@ async def test_a_replica_answers_for_a_session_it_no_longer_holds(
     reply = await ControlClient(redis_client).request("gone", "pause")
     assert (reply.result, reply.replica) == (UNKNOWN_SESSION, "replica-b")
     assert plane_b.sessions == 0
+
+
+def _send_from_another_thread(redis_url: str, session_id: str, command: str) -> str:
+    """ControlClient.send on an event loop and client of its own, in the calling thread."""
+
+    async def send() -> str:
+        client = Redis.from_url(redis_url)
+        try:
+            return await ControlClient(client).send(session_id, command)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(send())
+
+
+async def test_a_command_sent_the_moment_the_plane_has_started_is_answered(
+    redis_url: str, redis_client: Redis
+) -> None:
+    await redis_client.set(keys.session_owner("gone"), "replica-c", ex=30)
+    client = Redis.from_url(redis_url)
+    plane = ControlPlane(client, "replica-c", block_seconds=0.2)
+    await plane.start()
+    try:
+        # This event loop runs nothing of the plane until the command is in its inbox.
+        with ThreadPoolExecutor(1) as pool:
+            command_id = pool.submit(_send_from_another_thread, redis_url, "gone", "pause").result(
+                timeout=10
+            )
+        reply = await ControlClient(redis_client).wait_reply(command_id, timeout=5)
+    finally:
+        await plane.stop()
+        await client.aclose()
+    assert (reply.result, reply.replica) == (UNKNOWN_SESSION, "replica-c")
+
+
+async def test_a_plane_started_while_redis_is_down_answers_once_it_is_back(
+    own_redis: EmbeddedRedis,
+) -> None:
+    own_redis.stop(keep_data=True)
+    client = Redis.from_url(own_redis.url)
+    plane = ControlPlane(client, "replica-d", block_seconds=0.2, retry_max_seconds=0.2)
+    await plane.start()  # the inbox's tail is left to the loop: it retries
+    try:
+        own_redis.start()  # same port
+        consumer = Redis.from_url(own_redis.url)
+        try:
+            await consumer.set(keys.session_owner("gone"), "replica-d", ex=30)
+            reply = await ControlClient(consumer).request("gone", "pause", reply_timeout=10)
+        finally:
+            await consumer.aclose()
+    finally:
+        await plane.stop()
+        await client.aclose()
+    assert (reply.result, reply.replica) == (UNKNOWN_SESSION, "replica-d")
 
 
 async def test_invalid_parameters_and_invalid_state(
