@@ -95,7 +95,11 @@ async def test_probe_is_counted_and_publishes_nothing(
     call = await run_session(call_config(gateway, source=tone_source(0.4)))
     assert call.ok
     await closed_session_stream(redis_conn, call.session_id)
-    after = Growth(before, await scrape(gateway))
+
+    def counted(current: Scrape) -> bool:  # Redis has answered: the gateway counts it next
+        return Growth(before, current)(EVENTS, type="closed") >= 1
+
+    after = Growth(before, await scrape_when(gateway, counted, "the call's `closed` counted"))
     assert await redis_conn.exists(keys.audio_stream(probe.session_id)) == 0
     events = await read_stream(redis_conn, keys.EVENTS_STREAM)
     assert not [f for _, f in events if f[b"session_id"] == probe.session_id.encode()]

@@ -99,6 +99,7 @@ async def test_final_transcripts_reach_the_client_before_closed(
     async with await connect_transcribing(window_gateway) as client:
         opened = await client.open(supportedLanguages=True)
         assert opened.parameters["supportedLanguages"] == LANGUAGES  # the integration's own
+        await wait_registered(gateway_redis, client.session_id)  # commands can reach it
         for _ in range(5):
             await client.send_audio(FRAME)
         await client.send("close", {"reason": "end"})
