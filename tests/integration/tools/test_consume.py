@@ -46,6 +46,16 @@ async def _publish(
     session.close("end", {"frames": len(frames)})
 
 
+async def _publish_whole_calls(redis_client: Redis, calls: list[SessionInfo]) -> None:
+    """Publish each of `calls` whole (`opened`, 5 frames, `closed`) and wait until written."""
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    for info in calls:
+        assert info.media is not None
+        await _publish(publisher, info, audio_frames(info.media, 5, 160), 160)
+    await publisher.stop(flush_timeout=10)
+
+
 async def _until_file(path: Path) -> None:
     deadline = time.monotonic() + 10
     while not path.exists():
@@ -235,12 +245,8 @@ class _AckAfterStop(Redis):
 async def test_a_session_recorded_while_an_acknowledgement_is_out_is_returned_and_acknowledged(
     redis_client: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    publisher = Publisher(redis_client, streams_settings())
-    await publisher.start()
-    media = MediaFormat("PCMU", MONO)
-    info = session_info(media)
-    await _publish(publisher, info, audio_frames(media, 10, 160), 160)
-    await publisher.stop(flush_timeout=10)
+    info = session_info(MediaFormat("PCMU", MONO))
+    await _publish_whole_calls(redis_client, [info])
 
     stop = asyncio.Event()
     client = _AckAfterStop.from_url(redis_url)
@@ -264,14 +270,10 @@ async def test_a_session_recorded_while_an_acknowledgement_is_out_is_returned_an
 async def test_a_session_that_cannot_be_recorded_stays_pending_and_the_next_is_recorded(
     redis_client: Redis, tmp_path: Path
 ) -> None:
-    publisher = Publisher(redis_client, streams_settings())
-    await publisher.start()
     media = MediaFormat("PCMU", MONO)
     broken, good = session_info(media), session_info(media)
     (tmp_path / f"{broken.session_id}.wav").mkdir()  # its WAV file cannot be opened
-    for info in (broken, good):
-        await _publish(publisher, info, audio_frames(media, 5, 160), 160)
-    await publisher.stop(flush_timeout=10)
+    await _publish_whole_calls(redis_client, [broken, good])
 
     recordings = await asyncio.wait_for(
         run_consumer(redis_client, tmp_path, group="g", consumer="c1", keys={},
@@ -288,13 +290,8 @@ async def test_a_session_that_cannot_be_recorded_stays_pending_and_the_next_is_r
 async def test_a_consumer_that_may_not_acknowledge_still_records(
     redis_client: Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    publisher = Publisher(redis_client, streams_settings())
-    await publisher.start()
-    media = MediaFormat("PCMU", MONO)
-    infos = [session_info(media) for _ in range(2)]
-    for info in infos:
-        await _publish(publisher, info, audio_frames(media, 5, 160), 160)
-    await publisher.stop(flush_timeout=10)
+    infos = [session_info(MediaFormat("PCMU", MONO)) for _ in range(2)]
+    await _publish_whole_calls(redis_client, infos)
 
     await redis_client.execute_command(
         "ACL", "SETUSER", "no-xack", "on", "nopass", "~*", "&*", "+@all", "-xack"
