@@ -244,10 +244,10 @@ async def test_wait_reply_times_out_without_an_answer(redis_client: Redis) -> No
 
 async def test_registry_entry_is_refreshed_while_the_session_lives(redis_url: str) -> None:
     client = redis.asyncio.Redis.from_url(redis_url)
-    plane = ControlPlane(client, "replica-r", session_ttl=0.6, block_seconds=0.2)
+    plane = ControlPlane(client, "replica-r", session_ttl=1.5, block_seconds=0.2)
     await plane.start()
     plane.register("long", RecordingTarget())
-    await asyncio.sleep(1.5)  # well past one TTL
+    await asyncio.sleep(2.5)  # well past one TTL (refreshed every 0.5 s)
     assert await client.get(keys.session_owner("long")) == b"replica-r"
     await plane.stop()  # deregisters what is still live
     assert not await client.exists(keys.session_owner("long"))
@@ -331,19 +331,24 @@ async def test_the_registry_of_many_sessions_is_written_and_refreshed_in_full(
     """Hundreds of sessions: the registry is written over several round trips (a bounded
     number of writes each), and every session's entry is kept, not only the first batch's."""
     client = redis.asyncio.Redis.from_url(redis_url)
-    plane = ControlPlane(client, "replica-many", session_ttl=0.6, block_seconds=0.2)
+    plane = ControlPlane(client, "replica-many", session_ttl=1.5, block_seconds=0.2)
     await plane.start()
     session_ids = [f"many-{index}" for index in range(3 * REGISTRY_WRITES_PER_ROUND_TRIP + 7)]
     try:
         for session_id in session_ids:
             plane.register(session_id, RecordingTarget())
-        await asyncio.sleep(1.5)  # well past one TTL: only refreshed entries are left
+        await asyncio.sleep(2.5)  # well past one TTL (refreshed every 0.5 s): only refreshed
         owners = await client.mget([keys.session_owner(s) for s in session_ids])
         assert owners == [b"replica-many"] * len(session_ids)
+        ended = [keys.session_owner(s) for s in session_ids[::2]]
+        pipe = client.pipeline(transaction=False)
+        for key in ended:
+            pipe.persist(key)  # from now on only a delete removes them, not their TTL
+        await pipe.execute()
         for session_id in session_ids[::2]:
             plane.unregister(session_id)
         deadline = time.monotonic() + 5
-        while await client.exists(*(keys.session_owner(s) for s in session_ids[::2])):
+        while await client.exists(*ended):
             assert time.monotonic() < deadline, "registry entries of ended sessions not deleted"
             await asyncio.sleep(0.05)
         owners = await client.mget([keys.session_owner(s) for s in session_ids[1::2]])
