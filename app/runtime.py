@@ -28,6 +28,7 @@ from app.security.integrations import Integration, IntegrationRegistry
 from app.security.ipallow import IpAllowlist
 from app.security.session_owners import SessionOwners
 from app.security.upgrade_claims import UpgradeClaims
+from app.tasks import stop_task
 from app.transport.load_shedding import LoadShedder
 from app.transport.source_limiter import SourceRateLimiter
 
@@ -108,9 +109,8 @@ class Gateway:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in self._tasks:  # cancelled again if one swallowed it (app/tasks.py)
+            await stop_task(task)
         await self.control.stop()
         await self.publisher.stop(flush_timeout=self.settings.drain_close_wait_seconds)
         await self.upgrade_claims.close()
