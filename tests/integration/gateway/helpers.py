@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +16,7 @@ from typing import Any, cast
 
 import redis.asyncio
 
+from app.config import Settings
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
@@ -69,6 +71,19 @@ BASE_SETTINGS = {
     "UPGRADES_PER_SECOND_PER_SOURCE": "100000",
     "UPGRADE_BURST_PER_SOURCE": "100000",
 }
+
+
+def in_process_settings(redis_url: str) -> Settings:
+    """Settings for a gateway run inside the test's own process: this suite's base settings,
+    the test integration, no metrics listener and no IP allowlist (tests connect from
+    loopback)."""
+    return Settings(
+        redis_url=redis_url,
+        integrations=json.dumps([TEST_INTEGRATION]),
+        metrics_port=0,
+        ip_allowlist_enabled=False,
+        **{name.lower(): value for name, value in BASE_SETTINGS.items()},
+    )
 
 
 @contextlib.contextmanager

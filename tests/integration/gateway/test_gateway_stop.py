@@ -4,25 +4,16 @@ redis-py can, turning it into a timeout it retries): the process then exits on S
 from __future__ import annotations
 
 import asyncio
-import json
 
-from app.config import Settings
 from app.main import create_app
 from app.runtime import Gateway
-from tests.integration.gateway.helpers import BASE_SETTINGS
-from tests.support.gateway_process import TEST_INTEGRATION
+from tests.integration.gateway.helpers import in_process_settings
 
 
 async def test_stop_ends_a_background_task_that_swallowed_its_cancellation(
     redis_url: str,
 ) -> None:
-    settings = Settings(
-        redis_url=redis_url,
-        integrations=json.dumps([TEST_INTEGRATION]),
-        metrics_port=0,
-        ip_allowlist_enabled=False,
-        **{name.lower(): value for name, value in BASE_SETTINGS.items()},
-    )
+    settings = in_process_settings(redis_url)
     gateway: Gateway = create_app(settings).state.gateway
     await gateway.start()
     cancellations = 0

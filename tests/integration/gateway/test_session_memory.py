@@ -13,19 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import uvicorn
 
-from app.config import Settings
 from app.main import create_app
 from app.runtime import TICK_INTERVAL_SECONDS, Gateway
 from app.server import uvicorn_config
-from tests.integration.gateway.helpers import BASE_SETTINGS
-from tests.support.gateway_process import TEST_INTEGRATION
+from tests.integration.gateway.helpers import in_process_settings
 from tests.support.raw_client import RawClient
 from tests.support.waiting import wait_until
 
@@ -34,13 +31,7 @@ FRAME = bytes(1600)  # 100 ms of stereo PCMU
 
 @contextlib.asynccontextmanager
 async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway, str]]:
-    settings = Settings(
-        redis_url=redis_url,
-        integrations=json.dumps([TEST_INTEGRATION]),
-        metrics_port=0,
-        ip_allowlist_enabled=False,
-        **{name.lower(): value for name, value in BASE_SETTINGS.items()},
-    )
+    settings = in_process_settings(redis_url)
     app = create_app(settings)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
