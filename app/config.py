@@ -331,9 +331,10 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker "
-        "process uses more than this share of one core (smoothed over about a second), i.e. "
-        "once the core is saturated, before queues build up; a call ramp that the worker "
-        "absorbs peaks near 0.9 on a 2-core box. 0 disables.",
+        "process uses more than this share of the CPU it may use (one core, or its container's "
+        "CPU limit when lower; smoothed over about a second), i.e. once the core is saturated, "
+        "before queues build up; a call ramp that the worker absorbs peaks near 0.9 on a "
+        "2-core box. 0 disables.",
     )
     overload_max_redis_round_trip_seconds: float = Field(
         0.2,

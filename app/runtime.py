@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.control.plane import ControlPlane
+from app.cpu_limit import ONE_CORE, worker_cpu_capacity
 from app.observability import metrics
 from app.protocol.media import MediaPolicy
 from app.protocol.session import SessionConfig
@@ -59,8 +60,14 @@ class Gateway:
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
+        cpu_capacity = worker_cpu_capacity()
+        if cpu_capacity < ONE_CORE:
+            log.info(
+                "cpu limit: load shedding's CPU bound is a share of it",
+                extra={"cpu_capacity_cores": round(cpu_capacity, 3)},
+            )
         self.load_shedder = LoadShedder.from_settings(
-            settings, self.publisher.take_round_trip_seconds
+            settings, self.publisher.take_round_trip_seconds, cpu_capacity
         )
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's

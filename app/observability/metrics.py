@@ -218,7 +218,12 @@ EVENT_LOOP_LAG = Gauge(
 )
 WORKER_CPU_UTILIZATION = Gauge(
     "worker_cpu_utilization",
-    "Share of one core the worker process uses (smoothed over about a second).",
+    "Share of worker_cpu_capacity_cores the worker process uses (smoothed over about a second).",
+    namespace=NAMESPACE,
+)
+WORKER_CPU_CAPACITY = Gauge(
+    "worker_cpu_capacity_cores",
+    "Cores the worker process may use: one, or its cgroup's CPU limit (quota) when lower.",
     namespace=NAMESPACE,
 )
 REDIS_ROUND_TRIP = Gauge(

@@ -7,7 +7,8 @@ An upgrade is shed when any of five cheap signals says the worker is behind:
 
 - event-loop lag: a monitor task sleeps a short interval and measures how late it wakes
   (smoothed). Every callback waits that long, the live calls' audio frames included.
-- CPU: the share of one core the worker process used, smoothed over about a second. Lag
+- CPU: the share of the CPU the worker may use (one core, or its container's CPU limit when
+  lower: ``app/cpu_limit.py``) that the process used, smoothed over about a second. Lag
   only grows once the core is saturated, when every queue is already filling; refusing new
   calls just below saturation keeps the headroom the live calls' latency needs.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
@@ -95,10 +96,13 @@ class LoadShedder:
         max_cpu: float = 0.0,
         max_redis_round_trip_seconds: float = 0.0,
         redis_round_trip: Callable[[], float] | None = None,
+        cpu_capacity: float = 1.0,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
         self.max_cpu = max_cpu
-        self.cpu = 0.0  # smoothed share of one core used by this process
+        self.cpu_capacity = cpu_capacity  # cores the process may use (at most one)
+        self.cpu = 0.0  # smoothed share of that capacity used by this process
+        metrics.WORKER_CPU_CAPACITY.set(cpu_capacity)
         self.max_redis_round_trip_seconds = max_redis_round_trip_seconds
         # Where the monitor reads it (the publisher's take_round_trip_seconds).
         self._redis_round_trip_source = redis_round_trip
@@ -113,7 +117,10 @@ class LoadShedder:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, redis_round_trip: Callable[[], float] | None = None
+        cls,
+        settings: Settings,
+        redis_round_trip: Callable[[], float] | None = None,
+        cpu_capacity: float = 1.0,
     ) -> LoadShedder:
         return cls(
             settings.overload_max_event_loop_lag_seconds,
@@ -123,6 +130,7 @@ class LoadShedder:
             max_cpu=settings.overload_max_cpu_utilization,
             max_redis_round_trip_seconds=settings.overload_max_redis_round_trip_seconds,
             redis_round_trip=redis_round_trip,
+            cpu_capacity=cpu_capacity,
         )
 
     # --- the decision -------------------------------------------------------------------------
@@ -202,7 +210,8 @@ class LoadShedder:
         metrics.EVENT_LOOP_LAG.set(self.lag)
 
     def record_cpu(self, sample: float) -> None:
-        self.cpu += CPU_SMOOTHING * (sample - self.cpu)
+        """`sample`: cores used over the last interval (CPU seconds per second)."""
+        self.cpu += CPU_SMOOTHING * (sample / self.cpu_capacity - self.cpu)
         metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
 
     def record_redis_round_trip(self, sample: float) -> None:

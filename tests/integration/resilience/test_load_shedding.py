@@ -16,6 +16,7 @@ from pathlib import Path
 import redis.asyncio
 
 from app.config import Settings
+from app.cpu_limit import worker_cpu_capacity
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call
 from tests.integration.resilience.helpers import gateway_process, refused
@@ -38,6 +39,7 @@ OTHER_SIGNALS = (  # the bounds of the signals other than handshakes in flight
     "OVERLOAD_MAX_HANDSHAKE_AGE_SECONDS",
 )
 ROUND_TRIP = "audiohook_redis_round_trip_seconds"
+CPU_CAPACITY = "audiohook_worker_cpu_capacity_cores"
 # Holds Redis for ARGV[1] microseconds (its own clock), then returns.
 BUSY_SCRIPT = """
 local start = redis.call('TIME')
@@ -98,6 +100,8 @@ async def test_with_default_settings_a_normal_call_is_not_shed(
     assert metrics.value(REJECTED, cause="overloaded") == 0
     assert metrics.value(QUEUE_AGE_COUNT) == 2  # both upgrades' queue age was measured
     assert metrics.value(IN_FLIGHT) == 0
+    # The gateway runs in this test's cgroup: the CPU signal's capacity is read from it.
+    assert metrics.value(CPU_CAPACITY) == worker_cpu_capacity()
 
 
 async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_path: Path) -> None:

@@ -118,6 +118,19 @@ def test_a_busy_core_sheds_before_the_loop_lags() -> None:
     assert decider.reason(age=None) is None
 
 
+def test_under_a_cpu_limit_the_share_is_of_the_limit() -> None:
+    limited = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          max_cpu=0.9, cpu_capacity=0.5)  # fmt: skip
+    unlimited = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                            max_cpu=0.9)  # fmt: skip
+    for _ in range(100):  # five seconds at half a core: all a half-core limit lets it use
+        limited.record_cpu(0.5)
+        unlimited.record_cpu(0.5)
+    assert limited.cpu > 0.9
+    assert limited.reason(age=None) == CPU
+    assert unlimited.reason(age=None) is None
+
+
 def test_the_monitor_measures_the_process_cpu() -> None:
     decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
                           interval=0.01, max_cpu=0.9)  # fmt: skip
