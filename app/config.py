@@ -336,6 +336,16 @@ class Settings(BaseSettings):
         "before queues build up; a call ramp that the worker absorbs peaks near 0.9 on a "
         "2-core box. 0 disables.",
     )
+    overload_max_cpu_utilization_under_limit: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="Load shedding: the CPU bound in place of overload_max_cpu_utilization "
+        "while the worker runs under a CPU limit below one core (a cgroup quota: Kubernetes "
+        "resources.limits.cpu, docker --cpus). Once a period's quota is spent the kernel stops "
+        "the whole process until the next period (up to 100 ms by default), so a limited worker "
+        "needs more headroom than a whole core. 0 disables.",
+    )
     overload_max_redis_round_trip_seconds: float = Field(
         0.2,
         ge=0,

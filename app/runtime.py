@@ -61,14 +61,17 @@ class Gateway:
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
         )
         cpu_capacity = worker_cpu_capacity()
-        if cpu_capacity < ONE_CORE:
-            log.info(
-                "cpu limit: load shedding's CPU bound is a share of it",
-                extra={"cpu_capacity_cores": round(cpu_capacity, 3)},
-            )
         self.load_shedder = LoadShedder.from_settings(
             settings, self.publisher.take_round_trip_seconds, cpu_capacity
         )
+        if cpu_capacity < ONE_CORE:
+            log.info(
+                "cpu limit: load shedding's CPU bound is a share of it",
+                extra={
+                    "cpu_capacity_cores": round(cpu_capacity, 3),
+                    "max_cpu_utilization": self.load_shedder.max_cpu,
+                },
+            )
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's
         # awaits, so simultaneous upgrades cannot all slip under a limit.

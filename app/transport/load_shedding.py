@@ -10,7 +10,9 @@ An upgrade is shed when any of five cheap signals says the worker is behind:
 - CPU: the share of the CPU the worker may use (one core, or its container's CPU limit when
   lower: ``app/cpu_limit.py``) that the process used, smoothed over about a second. Lag
   only grows once the core is saturated, when every queue is already filling; refusing new
-  calls just below saturation keeps the headroom the live calls' latency needs.
+  calls just below saturation keeps the headroom the live calls' latency needs. Under a
+  limit the bound is lower: a worker that spends its quota early in a period is stopped for
+  the rest of it, and every live call's audio waits that long.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
 - Redis round trip: how long Redis takes to answer the worker's writes (the slowest round
@@ -127,7 +129,11 @@ class LoadShedder:
             settings.overload_max_handshakes_in_flight,
             settings.overload_max_handshake_age_seconds,
             settings.signature_clock_skew_seconds,
-            max_cpu=settings.overload_max_cpu_utilization,
+            max_cpu=(
+                settings.overload_max_cpu_utilization_under_limit
+                if cpu_capacity < 1.0
+                else settings.overload_max_cpu_utilization
+            ),
             max_redis_round_trip_seconds=settings.overload_max_redis_round_trip_seconds,
             redis_round_trip=redis_round_trip,
             cpu_capacity=cpu_capacity,

@@ -34,6 +34,7 @@ DEFAULT_INTEGRATIONS = [TEST_INTEGRATION]
 MACHINE_SPEED_SHEDDING_OFF = {
     "OVERLOAD_MAX_EVENT_LOOP_LAG_SECONDS": "0",
     "OVERLOAD_MAX_CPU_UTILIZATION": "0",
+    "OVERLOAD_MAX_CPU_UTILIZATION_UNDER_LIMIT": "0",
 }
 
 # The interpreter of an environment with the compiled build installed (`make test-compiled`

@@ -131,6 +131,19 @@ def test_under_a_cpu_limit_the_share_is_of_the_limit() -> None:
     assert unlimited.reason(age=None) is None
 
 
+def test_under_a_cpu_limit_the_bound_is_the_limited_one() -> None:
+    settings = Settings(
+        overload_max_cpu_utilization=0.95, overload_max_cpu_utilization_under_limit=0.8
+    )
+    assert LoadShedder.from_settings(settings).max_cpu == 0.95
+    assert LoadShedder.from_settings(settings, cpu_capacity=1.0).max_cpu == 0.95
+    limited = LoadShedder.from_settings(settings, cpu_capacity=0.3)
+    assert limited.max_cpu == 0.8
+    for _ in range(100):  # 0.26 of a core: 0.87 of the limit, above 0.8 and below 0.95
+        limited.record_cpu(0.26)
+    assert limited.reason(age=None) == CPU
+
+
 def test_the_monitor_measures_the_process_cpu() -> None:
     decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
                           interval=0.01, max_cpu=0.9)  # fmt: skip
