@@ -14,11 +14,8 @@ visible (the lowest limit applies); no file, or no limit, is one core.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
-
-log = logging.getLogger("app.cpu_limit")
 
 ONE_CORE = 1.0
 
