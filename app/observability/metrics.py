@@ -58,7 +58,7 @@ CONNECTIONS_REJECTED = Counter(
     "Connections refused or ended before a session could run, by cause "
     "(ip_not_allowed, auth_<outcome>, replayed_nonce, session_limit, integration_limit, "
     "rate_limited, not_ready, draining, bad_request, request_head_too_large, request_timeout, "
-    "duplicate_header, session_id_conflict, overloaded).",
+    "too_many_connections, duplicate_header, session_id_conflict, overloaded).",
     ["cause"],
     namespace=NAMESPACE,
 )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.security.upgrade_claims import UpgradeClaims
     from app.transport.connection import Connection
     from app.transport.load_shedding import LoadShedder
-    from app.transport.source_limiter import SourceRateLimiter
+    from app.transport.source_limiter import SourceConnectionLimit, SourceRateLimiter
 
 
 class ReadinessHost(Protocol):
@@ -30,7 +30,8 @@ class ReadinessHost(Protocol):
 
 
 class GuardHost(Protocol):
-    """The HTTP guard (http_guard.py): load shedding, the client address and its upgrade budget."""
+    """The HTTP guard (http_guard.py): load shedding, the client address, its upgrade budget
+    and its connections still sending their request head."""
 
     @property
     def load_shedder(self) -> LoadShedder: ...
@@ -40,6 +41,9 @@ class GuardHost(Protocol):
 
     @property
     def upgrade_limiter(self) -> SourceRateLimiter: ...
+
+    @property
+    def unfinished_requests(self) -> SourceConnectionLimit: ...
 
 
 class AdmissionHost(GuardHost, Protocol):

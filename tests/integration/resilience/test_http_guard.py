@@ -19,7 +19,7 @@ import pytest
 from app.redis.embedded import EmbeddedRedis
 from app.transport.ws_protocol import MAX_BYTES_BEFORE_RESPONSE
 from tests.integration.resilience.helpers import gateway_process, good_call, readyz
-from tests.integration.resilience.wire import Refused
+from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value
 
@@ -252,6 +252,107 @@ async def test_malformed_requests_count_against_the_source_rate_limit(
             await good_call(gateway, source="127.0.0.5")
         assert refusal.value.status == 429
         await good_call(gateway, source="127.0.0.6")  # another source keeps its budget
+
+
+# --- connections that never finish their request head ----------------------------------------
+
+UNFINISHED_LIMIT = 8  # MAX_UNFINISHED_REQUESTS_PER_SOURCE
+PROXY = "127.0.0.9"  # a trusted proxy: it speaks for many clients
+
+
+def all_taken(gateway: GatewayProcess) -> None:
+    """Return once the gateway has taken every connection made before: it answers a request
+    on a later one (from an address of its own), and a listener accepts in order."""
+    with dial(gateway, "127.0.0.1") as witness:
+        send(witness, b"GET /witness HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert until_closed(witness).startswith(b"HTTP/1.1 404")
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed `sock` (without waiting)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.settimeout(DEADLINE + HANG_GUARD)
+    return False
+
+
+def dial_and_see(gateway: GatewayProcess, source: str) -> tuple[socket.socket, bool]:
+    """A socket from `source` once the gateway has taken it, and whether it is still open."""
+    sock = dial(gateway, source)
+    all_taken(gateway)
+    return sock, still_open(sock)
+
+
+def closed_at_connect(gateway: GatewayProcess, source: str) -> bool:
+    sock, is_open = dial_and_see(gateway, source)
+    sock.close()
+    return not is_open
+
+
+async def test_a_source_holds_only_so_many_connections_without_a_whole_request_head(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Each socket that connects and sends nothing (or never finishes its head) holds a
+    descriptor until the deadline. One source gets only so many at once; further ones are
+    closed as they connect and counted, while its live calls, other sources and trusted
+    proxies are not affected, and a head completed or a socket closed gives its place back."""
+    settings = {
+        "OPEN_TIMEOUT_SECONDS": "60",
+        "MAX_UNFINISHED_REQUESTS_PER_SOURCE": str(UNFINISHED_LIMIT),
+        "TRUSTED_PROXIES": f'["{PROXY}/32"]',
+    }
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        # Live calls from the source sent their heads long ago: they hold no place.
+        calls = [
+            await WireClient.connect(gateway.ws_url, source="127.0.0.7")
+            for _ in range(UNFINISHED_LIMIT + 2)
+        ]
+        for call in calls:
+            await call.open()
+        baseline = open_fds(gateway)
+        before = metric_value(gateway, REJECTED, cause="too_many_connections")
+        held = [dial(gateway, "127.0.0.7") for _ in range(UNFINISHED_LIMIT)]
+        proxied: list[socket.socket] = []
+        try:
+            send(held[0], UPGRADE)  # a head begun and never finished holds its place too
+            for _ in range(50):
+                assert closed_at_connect(gateway, "127.0.0.7")
+            assert all(still_open(sock) for sock in held)
+            assert metric_value(gateway, REJECTED, cause="too_many_connections") == before + 50
+            assert open_fds(gateway) <= baseline + UNFINISHED_LIMIT + 5
+            await good_call(gateway, source="127.0.0.8")  # another source is not affected
+
+            proxied = [dial(gateway, PROXY) for _ in range(UNFINISHED_LIMIT + 4)]
+            all_taken(gateway)
+            assert all(still_open(sock) for sock in proxied)
+
+            # A head completed gives its place back (this one is refused with 400).
+            send(held[1], UPGRADE + b"Content-Length: 5\r\n\r\n")
+            assert until_closed(held[1]).startswith(b"HTTP/1.1 400")
+            held[1], is_open = dial_and_see(gateway, "127.0.0.7")
+            assert is_open
+            assert closed_at_connect(gateway, "127.0.0.7")
+
+            # So does a socket the client closes, once the server has seen it go.
+            held.pop(2).close()
+            give_up = time.monotonic() + HANG_GUARD
+            while closed_at_connect(gateway, "127.0.0.7"):
+                assert time.monotonic() < give_up, "a closed socket kept its place"
+                time.sleep(0.05)
+            assert readyz(gateway) == 200
+            for call in calls:
+                await call.close()
+        finally:
+            for sock in held + proxied:
+                sock.close()
+            for call in calls:
+                await call.aclose()
 
 
 # --- data before the handshake response (RFC 6455 section 4.1: a client must wait for it) ----
