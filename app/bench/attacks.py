@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import random
 import time
 import uuid
 from collections import Counter
@@ -38,7 +39,7 @@ class AttackTarget:
 @dataclass(frozen=True, slots=True)
 class AttackOptions:
     rate: float | None = None  # attempts per second (paced attacks); None: the attack's default
-    connections: int = 200  # sockets held at once (malformed-upgrade)
+    connections: int = 200  # sockets held at once (malformed-upgrade, idle-connections)
 
 
 # An attack runs until `deadline` (time.monotonic()) and counts what it did in the Counter.
@@ -276,6 +277,47 @@ async def malformed_upgrade(
     await asyncio.gather(*(hold(worker) for worker in range(options.connections)))
 
 
+async def idle_connections(
+    target: AttackTarget, deadline: float, options: AttackOptions, counts: Counter[str]
+) -> None:
+    """`connections` sockets that connect and send nothing, each dialled again once the
+    server closes it (about a second later if that was at once): how many the gateway holds
+    (`held_peak`, as this side sees it) and whether it closes them at once or only at its
+    request deadline."""
+    held = 0
+
+    async def hold() -> None:
+        nonlocal held
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await _connect(target.endpoint)
+            except (OSError, TimeoutError):
+                counts["connect_failed"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            counts["sockets"] += 1
+            connected = time.monotonic()
+            held += 1
+            counts["held_peak"] = max(counts["held_peak"], held)
+            try:
+                await _until_closed(reader, deadline)
+            finally:
+                held -= 1
+                _close(writer)
+            closed = time.monotonic()
+            if closed >= deadline:
+                counts["held_to_end"] += 1
+            elif closed - connected < 1.0:
+                counts["closed_at_once"] += 1
+                # Spread out: sockets refused together would come back together, a burst of
+                # connects that overflows the listen backlog, which is the kernel's business.
+                await asyncio.sleep(0.5 + random.random())  # noqa: S311 - pacing, not a secret
+            else:
+                counts["closed_later"] += 1
+
+    await asyncio.gather(*(hold() for _ in range(options.connections)))
+
+
 async def failed_logins(
     target: AttackTarget, deadline: float, options: AttackOptions, counts: Counter[str]
 ) -> None:
@@ -361,6 +403,7 @@ async def frame_flood(
 ATTACKS: dict[str, Attack] = {
     "log-flood": log_flood,
     "malformed-upgrade": malformed_upgrade,
+    "idle-connections": idle_connections,
     "failed-logins": failed_logins,
     "junk-signature": junk_signature,
     "frame-flood": frame_flood,

@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attack-rate", type=float, default=None, help="attempts/s (failed-logins, junk-signature)"
     )
     hostile.add_argument(
-        "--attack-connections", type=int, default=200, help="sockets (malformed-upgrade)"
+        "--attack-connections",
+        type=int,
+        default=200,
+        help="sockets (malformed-upgrade, idle-connections)",
     )
     hostile.add_argument(
         "--new-call-rate", type=float, default=2.0, help="new good calls/s during the attack"

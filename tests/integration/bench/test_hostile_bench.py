@@ -70,3 +70,19 @@ def test_malformed_upgrades_hold_a_few_sockets() -> None:
     attack = row["attack"]
     assert attack["sockets"] >= 3
     assert row["frames_lost"] == 0
+
+
+def test_idle_connections_are_held_only_up_to_the_per_source_bound() -> None:
+    row = hostile(
+        "idle-connections",
+        "--attack-connections", "5",
+        "--gateway-setting", "MAX_UNFINISHED_REQUESTS_PER_SOURCE=2",
+    )  # fmt: skip
+    attack = row["attack"]
+    # Two are held until the gateway's 10 s request deadline (a third, if one dialled again
+    # just before the attack's end had not seen its close by then); the others are closed
+    # each time they connect.
+    assert 2 <= attack["held_to_end"] <= 3
+    assert attack["closed_at_once"] >= 3
+    assert row["good_calls_ended_early"] == 0
+    assert row["frames_lost"] == 0
