@@ -82,6 +82,18 @@ async def _connect(
     )
 
 
+async def _dial(
+    endpoint: Endpoint, counts: Counter[str], pause: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """A connection, or None (counted, after a `pause` in seconds) if it could not be made."""
+    try:
+        return await _connect(endpoint)
+    except (OSError, TimeoutError):
+        counts["connect_failed"] += 1
+        await asyncio.sleep(pause)
+        return None
+
+
 async def _status(reader: asyncio.StreamReader, wait: float = ANSWER_TIMEOUT) -> str:
     """The HTTP status of the answer ("101", "503", ...), or why there was none."""
     try:
@@ -181,12 +193,9 @@ async def _upgraded(
     each is closed once the caller is done with it (a reset is counted, not raised)."""
     while time.monotonic() < deadline:
         ids, headers = upgrade()
-        try:
-            reader, writer = await _connect(target.endpoint)
-        except (OSError, TimeoutError):
-            counts["connect_failed"] += 1
-            await asyncio.sleep(0.05)
+        if (dialled := await _dial(target.endpoint, counts, 0.05)) is None:
             continue
+        reader, writer = dialled
         counts["connections"] += 1
         try:
             writer.write(_request(target.endpoint, headers))
@@ -252,12 +261,9 @@ async def malformed_upgrade(
             requests = _malformed_requests(target)
             request = requests[(worker + attempt) % len(requests)]
             attempt += 1
-            try:
-                reader, writer = await _connect(target.endpoint)
-            except (OSError, TimeoutError):
-                counts["connect_failed"] += 1
-                await asyncio.sleep(0.1)
+            if (dialled := await _dial(target.endpoint, counts, 0.1)) is None:
                 continue
+            reader, writer = dialled
             counts["sockets"] += 1
             try:
                 writer.write(request)
@@ -289,12 +295,9 @@ async def idle_connections(
     async def hold() -> None:
         nonlocal held
         while time.monotonic() < deadline:
-            try:
-                reader, writer = await _connect(target.endpoint)
-            except (OSError, TimeoutError):
-                counts["connect_failed"] += 1
-                await asyncio.sleep(0.1)
+            if (dialled := await _dial(target.endpoint, counts, 0.1)) is None:
                 continue
+            reader, writer = dialled
             counts["sockets"] += 1
             connected = time.monotonic()
             held += 1
