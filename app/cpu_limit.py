@@ -9,15 +9,19 @@ throttled, and would never shed on CPU.
 
 The limit is read from the cgroup files of this process (cgroup v2 `cpu.max`, v1
 `cpu.cfs_quota_us` and `cpu.cfs_period_us`), in its own cgroup and every ancestor that is
-visible (the lowest limit applies); no file, or no limit, is one core.
+visible (the lowest limit applies); no file, or no limit, is one core. It is read at start
+and again every ten seconds: a limit can change while the container runs (Kubernetes resizes
+a pod's resources in place).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ONE_CORE = 1.0
+RECHECK_SECONDS = 10.0
 
 
 def worker_cpu_capacity(
@@ -29,6 +33,22 @@ def worker_cpu_capacity(
         if quota > 0 and period > 0:
             capacity = min(capacity, quota / period)
     return capacity
+
+
+async def follow_cpu_capacity(
+    current: float,
+    changed: Callable[[float], None],
+    read: Callable[[], float] = worker_cpu_capacity,
+    interval: float = RECHECK_SECONDS,
+) -> None:
+    """Read the capacity again every `interval` seconds, forever, and hand `changed` each new
+    value (`current`: the one in use). A few small files: read on the event loop."""
+    while True:
+        await asyncio.sleep(interval)
+        capacity = read()
+        if capacity != current:
+            current = capacity
+            changed(capacity)
 
 
 def _cpu_limits(proc: Path, cgroup_root: Path) -> Iterator[tuple[int, int]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.control.plane import ControlPlane
-from app.cpu_limit import ONE_CORE, worker_cpu_capacity
+from app.cpu_limit import ONE_CORE, follow_cpu_capacity, worker_cpu_capacity
 from app.observability import metrics
 from app.protocol.media import MediaPolicy
 from app.protocol.session import SessionConfig
@@ -68,13 +68,7 @@ class Gateway:
             settings, self.publisher.take_round_trip_seconds, cpu_capacity
         )
         if cpu_capacity < ONE_CORE:
-            log.info(
-                "cpu limit: load shedding's CPU bound is a share of it",
-                extra={
-                    "cpu_capacity_cores": round(cpu_capacity, 3),
-                    "max_cpu_utilization": self.load_shedder.max_cpu,
-                },
-            )
+            self._log_cpu_limit()
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's
         # awaits, so simultaneous upgrades cannot all slip under a limit.
@@ -100,10 +94,28 @@ class Gateway:
         self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
+            follow_cpu_capacity(self.load_shedder.cpu_capacity, self._cpu_capacity_changed),
+            "cpu-limit-follower",
+        )
+        self._spawn(
             self.integrations.run_reload_loop(self.settings.integrations_reload_seconds),
             "integrations-reload",
         )
         log.info("gateway started", extra={"replica_id": self.replica_id})
+
+    def _cpu_capacity_changed(self, cores: float) -> None:
+        self.load_shedder.set_cpu_capacity(cores)
+        self._log_cpu_limit()
+
+    def _log_cpu_limit(self) -> None:
+        """Load shedding's CPU signal is a share of what the worker may use: say what that is."""
+        log.info(
+            "cpu limit",
+            extra={
+                "cpu_capacity_cores": round(self.load_shedder.cpu_capacity, 3),
+                "max_cpu_utilization": self.load_shedder.max_cpu,
+            },
+        )
 
     def _check_encryption_keys(self) -> None:
         """Refuse to start when an integration names an encryption key that is not configured."""

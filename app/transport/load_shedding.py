@@ -99,12 +99,15 @@ class LoadShedder:
         max_redis_round_trip_seconds: float = 0.0,
         redis_round_trip: Callable[[], float] | None = None,
         cpu_capacity: float = 1.0,
+        max_cpu_under_limit: float | None = None,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
-        self.max_cpu = max_cpu
-        self.cpu_capacity = cpu_capacity  # cores the process may use (at most one)
+        # The CPU bound for a worker with a whole core, and for one held to less (default: the
+        # same): one that spends a period's quota is stopped for the rest of the period.
+        self._max_cpu_whole_core = max_cpu
+        self._max_cpu_under_limit = max_cpu if max_cpu_under_limit is None else max_cpu_under_limit
+        self.set_cpu_capacity(cpu_capacity)
         self.cpu = 0.0  # smoothed share of that capacity used by this process
-        metrics.WORKER_CPU_CAPACITY.set(cpu_capacity)
         self.max_redis_round_trip_seconds = max_redis_round_trip_seconds
         # Where the monitor reads it (the publisher's take_round_trip_seconds).
         self._redis_round_trip_source = redis_round_trip
@@ -129,15 +132,19 @@ class LoadShedder:
             settings.overload_max_handshakes_in_flight,
             settings.overload_max_handshake_age_seconds,
             settings.signature_clock_skew_seconds,
-            max_cpu=(
-                settings.overload_max_cpu_utilization_under_limit
-                if cpu_capacity < 1.0
-                else settings.overload_max_cpu_utilization
-            ),
+            max_cpu=settings.overload_max_cpu_utilization,
             max_redis_round_trip_seconds=settings.overload_max_redis_round_trip_seconds,
             redis_round_trip=redis_round_trip,
             cpu_capacity=cpu_capacity,
+            max_cpu_under_limit=settings.overload_max_cpu_utilization_under_limit,
         )
+
+    def set_cpu_capacity(self, cores: float) -> None:
+        """The cores this worker may use (at most one): its CPU signal is a share of them,
+        against the bound for a worker under a limit when that is less than one core."""
+        self.cpu_capacity = cores
+        self.max_cpu = self._max_cpu_under_limit if cores < 1.0 else self._max_cpu_whole_core
+        metrics.WORKER_CPU_CAPACITY.set(cores)
 
     # --- the decision -------------------------------------------------------------------------
     def reason(self, age: float | None) -> str | None:

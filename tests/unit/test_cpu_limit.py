@@ -3,11 +3,12 @@ directory stands for /proc and one for /sys/fs/cgroup)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
-from app.cpu_limit import worker_cpu_capacity
+from app.cpu_limit import follow_cpu_capacity, worker_cpu_capacity
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -103,3 +104,24 @@ def test_unreadable_or_garbled_files_are_one_core(proc: Path, cgroup: Path) -> N
 
 def test_this_machine_gives_a_share_of_one_core() -> None:
     assert 0.0 < worker_cpu_capacity() <= 1.0
+
+
+async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/\n")
+    write(cgroup, "cpu.max", "50000 100000\n")
+    seen: list[float] = []
+    follower = asyncio.create_task(
+        follow_cpu_capacity(
+            capacity(proc, cgroup), seen.append, lambda: capacity(proc, cgroup), 0.01
+        )
+    )
+    try:
+        for text, expected in (("25000 100000\n", [0.25]), ("max 100000\n", [0.25, 1.0])):
+            write(cgroup, "cpu.max", text)  # resized in place
+            async with asyncio.timeout(5):
+                while seen != expected:
+                    await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # ten more readings of an unchanged limit
+        assert seen == [0.25, 1.0]
+    finally:
+        follower.cancel()

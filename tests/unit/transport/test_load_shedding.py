@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from prometheus_client import REGISTRY
+
 from app.config import Settings
 from app.transport.load_shedding import (
     AGE,
@@ -15,6 +17,10 @@ from app.transport.load_shedding import (
     REDIS_ROUND_TRIP,
     LoadShedder,
 )
+
+
+def metric(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
 
 
 def shedder(lag: float = 0.1, handshakes: int = 10, age: float = 2.0) -> LoadShedder:
@@ -142,6 +148,25 @@ def test_under_a_cpu_limit_the_bound_is_the_limited_one() -> None:
     for _ in range(100):  # 0.26 of a core: 0.87 of the limit, above 0.8 and below 0.95
         limited.record_cpu(0.26)
     assert limited.reason(age=None) == CPU
+
+
+def test_a_changed_limit_changes_the_share_the_bound_and_the_gauge() -> None:
+    settings = Settings(
+        overload_max_cpu_utilization=0.95, overload_max_cpu_utilization_under_limit=0.8
+    )
+    resized = LoadShedder.from_settings(settings)
+    resized.set_cpu_capacity(0.3)  # the pod's limit lowered while it runs
+    assert (resized.cpu_capacity, resized.max_cpu) == (0.3, 0.8)
+    assert metric("audiohook_worker_cpu_capacity_cores") == 0.3
+    for _ in range(100):
+        resized.record_cpu(0.26)
+    assert resized.reason(age=None) == CPU
+    resized.set_cpu_capacity(1.0)  # and lifted again: 0.26 of a core is far from a bound
+    assert (resized.cpu_capacity, resized.max_cpu) == (1.0, 0.95)
+    assert metric("audiohook_worker_cpu_capacity_cores") == 1.0
+    for _ in range(100):
+        resized.record_cpu(0.26)
+    assert resized.reason(age=None) is None
 
 
 def test_the_monitor_measures_the_process_cpu() -> None:
