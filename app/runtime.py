@@ -31,7 +31,7 @@ from app.security.session_owners import SessionOwners
 from app.security.upgrade_claims import UpgradeClaims
 from app.tasks import stop_task
 from app.transport.load_shedding import LoadShedder
-from app.transport.source_limiter import SourceConnectionLimit, SourceRateLimiter
+from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
     from app.transport.connection import Connection
@@ -59,9 +59,6 @@ class Gateway:
         )
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
-        )
-        self.unfinished_requests = SourceConnectionLimit(
-            settings.max_unfinished_requests_per_source
         )
         cpu_capacity = worker_cpu_capacity()
         self.load_shedder = LoadShedder.from_settings(

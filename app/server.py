@@ -29,6 +29,7 @@ from app.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from app.runtime import Gateway
 from app.transport.http import operational_app
 from app.transport.http_guard import guarded_http_protocol
+from app.transport.source_limiter import SourceConnectionLimit
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 log = logging.getLogger("app.server")
@@ -125,7 +126,10 @@ def uvicorn_config(
         # Every connection answered or closed in bounded time and memory (docs/http-guard.md);
         # refusals on the main listener count against the source's upgrade rate limit.
         http=guarded_http_protocol(
-            settings.max_request_head_bytes, settings.open_timeout_seconds, gateway
+            settings.max_request_head_bytes,
+            settings.open_timeout_seconds,
+            SourceConnectionLimit(settings.max_unfinished_requests_per_source),
+            gateway,
         ),
         ws=AudioHookWebSocketProtocol,
         # Never below max_frame_bytes, so the session's own limit answers oversized frames.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from app.security.upgrade_claims import UpgradeClaims
     from app.transport.connection import Connection
     from app.transport.load_shedding import LoadShedder
-    from app.transport.source_limiter import SourceConnectionLimit, SourceRateLimiter
+    from app.transport.source_limiter import SourceRateLimiter
 
 
 class ReadinessHost(Protocol):
@@ -30,8 +30,7 @@ class ReadinessHost(Protocol):
 
 
 class GuardHost(Protocol):
-    """The HTTP guard (http_guard.py): load shedding, the client address, its upgrade budget
-    and its connections still sending their request head."""
+    """The HTTP guard (http_guard.py): load shedding, the client address and its upgrade budget."""
 
     @property
     def load_shedder(self) -> LoadShedder: ...
@@ -41,9 +40,6 @@ class GuardHost(Protocol):
 
     @property
     def upgrade_limiter(self) -> SourceRateLimiter: ...
-
-    @property
-    def unfinished_requests(self) -> SourceConnectionLimit: ...
 
 
 class AdmissionHost(GuardHost, Protocol):

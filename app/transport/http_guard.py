@@ -14,8 +14,9 @@ of the request (see docs/http-guard.md).
   probes and scrapes. Keep-alive and pipelining would reopen the head gaps, and a body that
   never ends could hold the socket after its response; the connection closes after it.
 - A source address may have only `max_unfinished_requests_per_source` connections at a time
-  on the main listener whose request head is not complete; a further one is closed as it
-  connects. The deadline bounds how long each is held, this how many.
+  on a listener whose request head is not complete; a further one is closed as it connects.
+  The deadline bounds how long each is held, this how many (descriptors are the process's,
+  so the operational listener is bounded too).
 
 Each refusal is counted (`connections_rejected{cause}`), logged once, and charged to the
 source's upgrade rate limit. uvicorn internals relied on are marked "uvicorn:".
@@ -36,6 +37,7 @@ from app.observability import metrics
 from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains, parse_address
 from app.transport.load_shedding import CONNECTED_AT, OVERLOADED_TEXT, RETRY_AFTER_SECONDS
+from app.transport.source_limiter import SourceConnectionLimit
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
@@ -64,9 +66,15 @@ def _clip(value: bytes | str | None) -> str | None:
 
 
 def guarded_http_protocol(
-    max_head_bytes: int, deadline_seconds: float, gateway: GuardHost | None = None
+    max_head_bytes: int,
+    deadline_seconds: float,
+    unfinished: SourceConnectionLimit,
+    gateway: GuardHost | None = None,
 ) -> type[HttpToolsProtocol]:
-    """The uvicorn `http` protocol class; refusals are charged to `gateway.upgrade_limiter`."""
+    """The uvicorn `http` protocol class of one listener. `unfinished`: its count of
+    connections per source without a whole request head. With `gateway` (the main
+    listener), refusals are charged to `gateway.upgrade_limiter`, upgrades may be shed, and
+    its trusted proxies are not counted in `unfinished`."""
     refusal_log = ThrottledLog(log, per_second=20.0)  # connections are the client's to open
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -78,7 +86,7 @@ def guarded_http_protocol(
         _ws: asyncio.BaseProtocol | None = None  # uvicorn's WebSocket protocol after upgrade
         _refusal: tuple[int, str, str] | None = None
         _connected_at = 0.0
-        _unfinished_source: str | None = None  # its place in gateway.unfinished_requests
+        _unfinished_source: str | None = None  # its place in `unfinished`
 
         def handle_websocket_upgrade(self) -> None:
             # The connection's start reaches admission in scope["state"] (load shedding by
@@ -89,37 +97,36 @@ def guarded_http_protocol(
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._connected_at = time.monotonic()
-            if gateway is not None and not self._hold_unfinished_place(gateway):
+            if unfinished.limit and not self._hold_unfinished_place():
                 return
             self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
 
-        def _hold_unfinished_place(self, host: GuardHost) -> bool:
+        def _hold_unfinished_place(self) -> bool:
             """A source may hold only so many connections that have not sent their whole
             request head (each holds a descriptor until the deadline); beyond that a new one
             is refused as it connects, before any parsing. False: refused and closed."""
-            limit = host.unfinished_requests
-            if not limit.limit:
-                return True
             address = parse_address(self.client[0]) if self.client else None
-            if address is None or contains(host.allowlist.trusted_proxies, address):
+            if address is None:
+                return True
+            if gateway is not None and contains(gateway.allowlist.trusted_proxies, address):
                 return True  # a trusted proxy speaks for many clients
             source = str(address)
-            if limit.hold(source):
+            if unfinished.hold(source):
                 self._unfinished_source = source
                 return True
             self._finished = True
             self._reject(
                 None,
                 "too_many_connections",
-                f"over {limit.limit} connections from one source without a whole request head",
+                f"over {unfinished.limit} connections from one source without a whole request head",
             )
             self.transport.close()
             return False
 
         def _release_unfinished_place(self) -> None:
             source, self._unfinished_source = self._unfinished_source, None
-            if source is not None and gateway is not None:
-                gateway.unfinished_requests.release(source)
+            if source is not None:
+                unfinished.release(source)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._release_unfinished_place()

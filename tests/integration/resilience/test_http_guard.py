@@ -98,11 +98,14 @@ def gateway(
         yield process
 
 
-def dial(gateway: GatewayProcess, source: str = "127.0.0.1") -> socket.socket:
+def dial(
+    gateway: GatewayProcess, source: str = "127.0.0.1", port: int | None = None
+) -> socket.socket:
+    """A socket from `source` to the gateway's main listener, or to `port`."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind((source, 0))
     sock.settimeout(DEADLINE + HANG_GUARD)
-    sock.connect(("127.0.0.1", gateway.port))
+    sock.connect(("127.0.0.1", port or gateway.port))
     return sock
 
 
@@ -260,10 +263,10 @@ UNFINISHED_LIMIT = 8  # MAX_UNFINISHED_REQUESTS_PER_SOURCE
 PROXY = "127.0.0.9"  # a trusted proxy: it speaks for many clients
 
 
-def all_taken(gateway: GatewayProcess) -> None:
-    """Return once the gateway has taken every connection made before: it answers a request
+def all_taken(gateway: GatewayProcess, port: int | None = None) -> None:
+    """Return once the listener has taken every connection made before: it answers a request
     on a later one (from an address of its own), and a listener accepts in order."""
-    with dial(gateway, "127.0.0.1") as witness:
+    with dial(gateway, "127.0.0.1", port) as witness:
         send(witness, b"GET /witness HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert until_closed(witness).startswith(b"HTTP/1.1 404")
 
@@ -282,15 +285,17 @@ def still_open(sock: socket.socket) -> bool:
     return False
 
 
-def dial_and_see(gateway: GatewayProcess, source: str) -> tuple[socket.socket, bool]:
-    """A socket from `source` once the gateway has taken it, and whether it is still open."""
-    sock = dial(gateway, source)
-    all_taken(gateway)
+def dial_and_see(
+    gateway: GatewayProcess, source: str, port: int | None = None
+) -> tuple[socket.socket, bool]:
+    """A socket from `source` once the listener has taken it, and whether it is still open."""
+    sock = dial(gateway, source, port)
+    all_taken(gateway, port)
     return sock, still_open(sock)
 
 
-def closed_at_connect(gateway: GatewayProcess, source: str) -> bool:
-    sock, is_open = dial_and_see(gateway, source)
+def closed_at_connect(gateway: GatewayProcess, source: str, port: int | None = None) -> bool:
+    sock, is_open = dial_and_see(gateway, source, port)
     sock.close()
     return not is_open
 
@@ -301,7 +306,8 @@ async def test_a_source_holds_only_so_many_connections_without_a_whole_request_h
     """Each socket that connects and sends nothing (or never finishes its head) holds a
     descriptor until the deadline. One source gets only so many at once; further ones are
     closed as they connect and counted, while its live calls, other sources and trusted
-    proxies are not affected, and a head completed or a socket closed gives its place back."""
+    proxies are not affected, and a head completed or a socket closed gives its place back.
+    The operational listener is bounded alike."""
     settings = {
         "OPEN_TIMEOUT_SECONDS": "60",
         "MAX_UNFINISHED_REQUESTS_PER_SOURCE": str(UNFINISHED_LIMIT),
@@ -345,6 +351,15 @@ async def test_a_source_holds_only_so_many_connections_without_a_whole_request_h
             while closed_at_connect(gateway, "127.0.0.7"):
                 assert time.monotonic() < give_up, "a closed socket kept its place"
                 time.sleep(0.05)
+            assert readyz(gateway) == 200
+
+            # The operational listener's sockets take the process's descriptors too: bounded
+            # alike (a count of its own), probes from other addresses still answered.
+            held += [
+                dial(gateway, "127.0.0.7", gateway.metrics_port) for _ in range(UNFINISHED_LIMIT)
+            ]
+            assert closed_at_connect(gateway, "127.0.0.7", gateway.metrics_port)
+            assert all(still_open(sock) for sock in held[-UNFINISHED_LIMIT:])
             assert readyz(gateway) == 200
             for call in calls:
                 await call.close()
