@@ -350,11 +350,12 @@ class Settings(BaseSettings):
         0.8,
         ge=0,
         le=1,
-        description="Load shedding: the CPU bound in place of overload_max_cpu_utilization "
-        "while the worker runs under a CPU limit below one core (a cgroup quota: Kubernetes "
-        "resources.limits.cpu, docker --cpus). Once a period's quota is spent the kernel stops "
+        description="Load shedding: the CPU bound while the worker runs under a CPU limit below "
+        "one core (a cgroup quota: Kubernetes resources.limits.cpu, docker --cpus), when lower "
+        "than overload_max_cpu_utilization. Once a period's quota is spent the kernel stops "
         "the whole process until the next period (up to 100 ms by default), so a limited worker "
-        "needs more headroom than a whole core. 0 disables.",
+        "needs more headroom than a whole core. 0 disables CPU shedding under a limit (and 0 "
+        "in overload_max_cpu_utilization disables it everywhere).",
     )
     overload_max_redis_round_trip_seconds: float = Field(
         0.2,

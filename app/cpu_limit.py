@@ -8,31 +8,53 @@ share of a whole core, a worker limited to half a core would look half idle whil
 throttled, and would never shed on CPU.
 
 The limit is read from the cgroup files of this process (cgroup v2 `cpu.max`, v1
-`cpu.cfs_quota_us` and `cpu.cfs_period_us`), in its own cgroup and every ancestor that is
-visible (the lowest limit applies); no file, or no limit, is one core. It is read at start
+`cpu.cfs_quota_us` and `cpu.cfs_period_us`): the path /proc/self/cgroup gives, and each of its
+parents, under the usual mount points, and the mount's root (a container's own cgroup, when
+the path is not found under it); the lowest limit applies, and no file, or no limit, is one
+core. The path is joined to the mount point, not resolved through /proc/self/mountinfo:
+right for containers (with or without a cgroup namespace) and services on a host, but in
+nested layouts (a container running its own container runtime or systemd) a cgroup of the
+same name that is not this process's can be read, or this process's own missed. It is read at start
 and again every ten seconds: a limit can change while the container runs (Kubernetes resizes
-a pod's resources in place).
+a pod's resources in place). This only tunes load shedding, so it never stops the worker:
+anything unreadable or unexpected counts as no limit (one warning says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+log = logging.getLogger("app.cpu_limit")
+
 ONE_CORE = 1.0
+LEAST_CORES = 0.001  # the kernel's smallest quota (1 ms) over its longest period (1 s)
 RECHECK_SECONDS = 10.0
+_warned = False  # the one warning about an unreadable limit is out
 
 
 def worker_cpu_capacity(
     proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
 ) -> float:
     """Cores this worker may use: its cgroups' lowest CPU limit, at most one core."""
+    global _warned
     capacity = ONE_CORE
-    for quota, period in _cpu_limits(proc, cgroup_root):
-        if quota > 0 and period > 0:
-            capacity = min(capacity, quota / period)
-    return capacity
+    try:
+        for quota, period in _cpu_limits(proc, cgroup_root):
+            if quota > 0 and period > 0:
+                capacity = min(capacity, quota / period)
+    except Exception as exc:  # a surprise in the files must not stop the worker
+        if not _warned:
+            _warned = True
+            log.warning(
+                "cpu limit not read: counted as one core",
+                extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
+            )
+        return ONE_CORE
+    return max(capacity, LEAST_CORES)
 
 
 async def follow_cpu_capacity(
@@ -53,8 +75,8 @@ async def follow_cpu_capacity(
 
 def _cpu_limits(proc: Path, cgroup_root: Path) -> Iterator[tuple[int, int]]:
     """(quota, period) of every limited cgroup of this process and its visible ancestors."""
-    try:
-        memberships = (proc / "self" / "cgroup").read_text().splitlines()
+    try:  # cgroup names are bytes: kept as they are, as paths
+        memberships = (proc / "self" / "cgroup").read_text(errors="surrogateescape").splitlines()
     except OSError:
         return
     for line in memberships:
@@ -82,11 +104,11 @@ def _ancestors(mounts: list[Path] | tuple[Path, ...], path: str) -> Iterator[Pat
     parts = [part for part in path.split("/") if part]
     seen: set[Path] = set()
     for mount in mounts:
-        if not mount.is_dir():
+        if not os.path.isdir(mount):  # False on any error (a directory it may not search)
             continue
         for depth in range(len(parts), -1, -1):
             directory = mount.joinpath(*parts[:depth])
-            if directory not in seen and directory.is_dir():
+            if directory not in seen and os.path.isdir(directory):
                 seen.add(directory)
                 yield directory
 

@@ -91,7 +91,9 @@ class Gateway:
         self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
-            follow_cpu_capacity(self.load_shedder.cpu_capacity, self._cpu_capacity_changed),
+            follow_cpu_capacity(
+                self.load_shedder.cpu_capacity, self._cpu_capacity_changed, worker_cpu_capacity
+            ),
             "cpu-limit-follower",
         )
         self._spawn(

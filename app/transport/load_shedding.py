@@ -106,8 +106,9 @@ class LoadShedder:
         # same): one that spends a period's quota is stopped for the rest of the period.
         self._max_cpu_whole_core = max_cpu
         self._max_cpu_under_limit = max_cpu if max_cpu_under_limit is None else max_cpu_under_limit
+        self.cpu = 0.0  # smoothed share of the capacity used by this process
+        self.cpu_capacity = 1.0  # cores the process may use (at most one)
         self.set_cpu_capacity(cpu_capacity)
-        self.cpu = 0.0  # smoothed share of that capacity used by this process
         self.max_redis_round_trip_seconds = max_redis_round_trip_seconds
         # Where the monitor reads it (the publisher's take_round_trip_seconds).
         self._redis_round_trip_source = redis_round_trip
@@ -140,10 +141,15 @@ class LoadShedder:
         )
 
     def set_cpu_capacity(self, cores: float) -> None:
-        """The cores this worker may use (at most one): its CPU signal is a share of them,
-        against the bound for a worker under a limit when that is less than one core."""
+        """The cores this worker may use (at most one): its CPU signal is a share of them.
+        Below one core the bound is the lower of the two settings (0 in either disables it
+        there; 0 for a whole core disables it everywhere)."""
+        if cores <= 0:
+            raise ValueError("a worker's CPU capacity is more than 0 cores")
+        self.cpu *= self.cpu_capacity / cores  # the same CPU time, as a share of the new capacity
         self.cpu_capacity = cores
-        self.max_cpu = self._max_cpu_under_limit if cores < 1.0 else self._max_cpu_whole_core
+        whole_core = self._max_cpu_whole_core
+        self.max_cpu = min(whole_core, self._max_cpu_under_limit) if cores < 1.0 else whole_core
         metrics.WORKER_CPU_CAPACITY.set(cores)
 
     # --- the decision -------------------------------------------------------------------------

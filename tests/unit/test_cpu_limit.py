@@ -4,10 +4,13 @@ directory stands for /proc and one for /sys/fs/cgroup)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from pathlib import Path
 
 import pytest
 
+from app import cpu_limit
 from app.cpu_limit import follow_cpu_capacity, worker_cpu_capacity
 
 
@@ -125,3 +128,50 @@ async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Pat
         assert seen == [0.25, 1.0]
     finally:
         follower.cancel()
+
+
+def test_the_lowest_of_two_limits_applies_wherever_it_is(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/kubepods/pod1/container\n")
+    write(cgroup, "kubepods/pod1/cpu.max", "30000 100000\n")  # the pod's
+    write(cgroup, "kubepods/pod1/container/cpu.max", "50000 100000\n")
+    assert capacity(proc, cgroup) == 0.3
+    write(cgroup, "kubepods/pod1/cpu.max", "70000 100000\n")
+    assert capacity(proc, cgroup) == 0.5
+
+
+def test_a_zero_period_is_no_limit(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/\n")
+    write(cgroup, "cpu.max", "50000 0\n")
+    assert capacity(proc, cgroup) == 1.0
+
+
+def test_a_cgroup_name_of_any_bytes_is_followed(proc: Path, cgroup: Path) -> None:
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_bytes(b"0::/caf\xe9\n")  # not UTF-8
+    directory = Path(os.fsdecode(bytes(cgroup) + b"/caf\xe9"))
+    directory.mkdir()
+    (directory / "cpu.max").write_text("20000 100000\n")
+    assert capacity(proc, cgroup) == 0.2
+
+
+def test_a_path_the_system_refuses_to_look_up_is_no_limit(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/" + "a" * 300 + "\n")  # a name too long for the kernel
+    write(cgroup, "cpu.max", "50000 100000\n")
+    assert capacity(proc, cgroup) == 0.5  # the mount's own limit still counts
+
+
+def test_numbers_beyond_reason_never_stop_the_worker(
+    proc: Path, cgroup: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu_limit, "_warned", False)
+    write(proc, "self/cgroup", "0::/\n")
+    write(cgroup, "cpu.max", "1 " + "9" * 400 + "\n")  # a tiny share: the kernel's least
+    assert capacity(proc, cgroup) == cpu_limit.LEAST_CORES
+    write(cgroup, "cpu.max", "9" * 400 + " 1\n")  # too large for a float
+    with caplog.at_level(logging.WARNING, logger="app.cpu_limit"):
+        assert capacity(proc, cgroup) == 1.0
+        assert capacity(proc, cgroup) == 1.0
+    warnings = [
+        r for r in caplog.records if r.getMessage() == "cpu limit not read: counted as one core"
+    ]
+    assert len(warnings) == 1  # once, however often it is read

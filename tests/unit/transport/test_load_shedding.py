@@ -169,6 +169,29 @@ def test_a_changed_limit_changes_the_share_the_bound_and_the_gauge() -> None:
     assert resized.reason(age=None) is None
 
 
+def test_under_a_limit_the_lower_bound_applies_and_zero_still_disables() -> None:
+    def bound(whole_core: float, under_limit: float) -> float:
+        settings = Settings(
+            overload_max_cpu_utilization=whole_core,
+            overload_max_cpu_utilization_under_limit=under_limit,
+        )
+        return LoadShedder.from_settings(settings, cpu_capacity=0.5).max_cpu
+
+    assert bound(0.95, 0.8) == 0.8
+    assert bound(0.7, 0.8) == 0.7  # an operator's lower bound is kept
+    assert bound(0.0, 0.8) == 0.0  # CPU shedding turned off stays off
+    assert bound(0.95, 0.0) == 0.0
+
+
+def test_a_resize_keeps_the_cpu_used_as_a_share_of_the_new_capacity() -> None:
+    resized = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          max_cpu=0.9)  # fmt: skip
+    for _ in range(200):
+        resized.record_cpu(0.25)
+    resized.set_cpu_capacity(0.5)
+    assert abs(resized.cpu - 0.5) < 0.01  # a quarter of a core is half of the new limit
+
+
 def test_the_monitor_measures_the_process_cpu() -> None:
     decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
                           interval=0.01, max_cpu=0.9)  # fmt: skip
