@@ -8,16 +8,14 @@ share of a whole core, a worker limited to half a core would look half idle whil
 throttled, and would never shed on CPU.
 
 The limit is read from the cgroup files of this process (cgroup v2 `cpu.max`, v1
-`cpu.cfs_quota_us` and `cpu.cfs_period_us`): the path /proc/self/cgroup gives, and each of its
-parents, under the usual mount points, and the mount's root (a container's own cgroup, when
-the path is not found under it); the lowest limit applies, and no file, or no limit, is one
-core. The path is joined to the mount point, not resolved through /proc/self/mountinfo:
-right for containers (with or without a cgroup namespace) and services on a host, but in
-nested layouts (a container running its own container runtime or systemd) a cgroup of the
-same name that is not this process's can be read, or this process's own missed. It is read at start
-and again every ten seconds: a limit can change while the container runs (Kubernetes resizes
-a pod's resources in place). This only tunes load shedding, so it never stops the worker:
-anything unreadable or unexpected counts as no limit (one warning says so).
+`cpu.cfs_quota_us` and `cpu.cfs_period_us`): its cgroup's path (/proc/self/cgroup) is found
+under each mount of its hierarchy (/proc/self/mountinfo: the mount shows the part of the
+hierarchy below its root), and that directory and each parent up to the mount point are
+read; the lowest limit applies, and no file, or no limit, is one core. A limit above what a
+mount shows (a pod-level limit above a container's own cgroup namespace) is not seen. It is
+read at start and again every ten seconds: a limit can change while the container runs
+(Kubernetes resizes a pod's resources in place). This only tunes load shedding, so it never
+stops the worker: anything unreadable or unexpected counts as no limit (one warning says so).
 """
 
 from __future__ import annotations
@@ -25,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("app.cpu_limit")
@@ -36,14 +36,12 @@ RECHECK_SECONDS = 10.0
 _warned = False  # the one warning about an unreadable limit is out
 
 
-def worker_cpu_capacity(
-    proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")
-) -> float:
+def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
     """Cores this worker may use: its cgroups' lowest CPU limit, at most one core."""
     global _warned
     capacity = ONE_CORE
     try:
-        for quota, period in _cpu_limits(proc, cgroup_root):
+        for quota, period in _cpu_limits(proc / "self"):
             if quota > 0 and period > 0:
                 capacity = min(capacity, quota / period)
     except Exception as exc:  # a surprise in the files must not stop the worker
@@ -73,44 +71,77 @@ async def follow_cpu_capacity(
             changed(capacity)
 
 
-def _cpu_limits(proc: Path, cgroup_root: Path) -> Iterator[tuple[int, int]]:
+def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
     """(quota, period) of every limited cgroup of this process and its visible ancestors."""
-    try:  # cgroup names are bytes: kept as they are, as paths
-        memberships = (proc / "self" / "cgroup").read_text(errors="surrogateescape").splitlines()
-    except OSError:
-        return
+    memberships = _read_lines(process / "cgroup")
+    mounts = [_Mount.parse(line) for line in _read_lines(process / "mountinfo")]
     for line in memberships:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
         if not hierarchy or not path.startswith("/"):
             continue
         if hierarchy == "0" and controllers == "":  # cgroup v2, the unified hierarchy
-            for directory in _ancestors((cgroup_root, cgroup_root / "unified"), path):
-                limit = _read_cpu_max(directory / "cpu.max")
-                if limit is not None:
-                    yield limit
+            for mount in mounts:
+                if mount is not None and mount.fstype == "cgroup2":
+                    for directory in mount.directories(path):
+                        limit = _read_cpu_max(directory / "cpu.max")
+                        if limit is not None:
+                            yield limit
         elif "cpu" in controllers.split(","):  # cgroup v1, a hierarchy with the cpu controller
-            mounts = [cgroup_root / controllers, cgroup_root / "cpu", cgroup_root / "cpu,cpuacct"]
-            for directory in _ancestors(mounts, path):
-                limit = _read_cfs(directory)
-                if limit is not None:
-                    yield limit
+            for mount in mounts:
+                if mount is not None and mount.fstype == "cgroup" and "cpu" in mount.options:
+                    for directory in mount.directories(path):
+                        limit = _read_cfs(directory)
+                        if limit is not None:
+                            yield limit
 
 
-def _ancestors(mounts: list[Path] | tuple[Path, ...], path: str) -> Iterator[Path]:
-    """The cgroup's directory and its parents' under each mount point that exists. In a
-    container with its own cgroup namespace the path is "/" and the mount is its own cgroup;
-    without one, its directory may be missing from the mount, whose root is then its own."""
-    parts = [part for part in path.split("/") if part]
-    seen: set[Path] = set()
-    for mount in mounts:
-        if not os.path.isdir(mount):  # False on any error (a directory it may not search)
-            continue
+def _read_lines(file: Path) -> list[str]:
+    try:  # cgroup names and mount points are bytes: kept as they are, as paths
+        return file.read_text(errors="surrogateescape").splitlines()
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class _Mount:
+    """One line of /proc/self/mountinfo: `root` is the part of the filesystem the mount
+    shows at `point` (for a cgroup hierarchy, the cgroup at the mount point)."""
+
+    root: str
+    point: Path
+    fstype: str
+    options: frozenset[str]  # the filesystem's (a cgroup v1 mount's controllers among them)
+
+    @classmethod
+    def parse(cls, line: str) -> _Mount | None:
+        mount, separator, filesystem = line.partition(" - ")
+        fields, filesystem_fields = mount.split(), filesystem.split()
+        if not separator or len(fields) < 5 or len(filesystem_fields) < 3:
+            return None
+        return cls(
+            root=_unescape(fields[3]),
+            point=Path(_unescape(fields[4])),
+            fstype=filesystem_fields[0],
+            options=frozenset(filesystem_fields[2].split(",")),
+        )
+
+    def directories(self, path: str) -> Iterator[Path]:
+        """The cgroup at `path` and its parents, as far as this mount shows them; none when
+        the mount shows another part of the hierarchy."""
+        root = self.root.rstrip("/")
+        if path != root and not path.startswith(root + "/"):
+            return
+        parts = [part for part in path[len(root) :].split("/") if part]
         for depth in range(len(parts), -1, -1):
-            directory = mount.joinpath(*parts[:depth])
-            if directory not in seen and os.path.isdir(directory):
-                seen.add(directory)
+            directory = self.point.joinpath(*parts[:depth])
+            if os.path.isdir(directory):  # False on any error (a directory it may not search)
                 yield directory
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes a space, tab, newline and backslash as an octal escape (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
 def _read_cpu_max(file: Path) -> tuple[int, int] | None:

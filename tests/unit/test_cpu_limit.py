@@ -1,5 +1,6 @@
-"""The CPU a worker may use, read from cgroup files laid out as the kernel shows them (a
-directory stands for /proc and one for /sys/fs/cgroup)."""
+"""The CPU a worker may use, read from cgroup files laid out as the kernel shows them: a
+directory stands for /proc (with the process's cgroup and mountinfo files) and others for
+the cgroup mounts that mountinfo names."""
 
 from __future__ import annotations
 
@@ -20,89 +21,186 @@ def write(root: Path, relative: str, text: str) -> None:
     file.write_text(text)
 
 
+def mounted(
+    proc: Path, point: Path, root: str = "/", fstype: str = "cgroup2", options: str = "rw"
+) -> None:
+    """A line of /proc/self/mountinfo: the part `root` of a cgroup hierarchy at `point`."""
+    point.mkdir(parents=True, exist_ok=True)
+    escaped = str(point).replace(" ", "\\040")
+    with (proc / "self" / "mountinfo").open("a") as file:
+        file.write(f"41 31 0:38 {root} {escaped} rw,relatime shared:9 - {fstype} cg {options}\n")
+
+
 @pytest.fixture
 def proc(tmp_path: Path) -> Path:
+    (tmp_path / "proc" / "self").mkdir(parents=True)
     return tmp_path / "proc"
 
 
 @pytest.fixture
 def cgroup(tmp_path: Path) -> Path:
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    return root
+    return tmp_path / "cgroup"
 
 
-def capacity(proc: Path, cgroup: Path) -> float:
-    return worker_cpu_capacity(proc, cgroup)
+def capacity(proc: Path) -> float:
+    return worker_cpu_capacity(proc)
 
 
 def test_v2_in_its_own_namespace_the_root_holds_the_container_limit(
     proc: Path, cgroup: Path
 ) -> None:
     write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
     write(cgroup, "cpu.max", "50000 100000\n")
-    assert capacity(proc, cgroup) == 0.5
+    assert capacity(proc) == 0.5
 
 
 def test_v2_the_lowest_limit_of_the_cgroup_and_its_ancestors_applies(
     proc: Path, cgroup: Path
 ) -> None:
     write(proc, "self/cgroup", "0::/kubepods/pod1/container\n")
+    mounted(proc, cgroup)
     write(cgroup, "kubepods/cpu.max", "max 100000\n")
-    write(cgroup, "kubepods/pod1/cpu.max", "30000 100000\n")
-    write(cgroup, "kubepods/pod1/container/cpu.max", "max 100000\n")
-    assert capacity(proc, cgroup) == 0.3
+    write(cgroup, "kubepods/pod1/cpu.max", "30000 100000\n")  # the pod's
+    write(cgroup, "kubepods/pod1/container/cpu.max", "50000 100000\n")
+    assert capacity(proc) == 0.3
+    write(cgroup, "kubepods/pod1/cpu.max", "70000 100000\n")
+    assert capacity(proc) == 0.5
 
 
 def test_v2_without_a_limit_or_above_one_core_is_one_core(proc: Path, cgroup: Path) -> None:
     write(proc, "self/cgroup", "0::/service\n")
+    mounted(proc, cgroup)
     write(cgroup, "service/cpu.max", "max 100000\n")
-    assert capacity(proc, cgroup) == 1.0
+    assert capacity(proc) == 1.0
     write(cgroup, "service/cpu.max", "200000 100000\n")  # two cores: a worker uses one
-    assert capacity(proc, cgroup) == 1.0
+    assert capacity(proc) == 1.0
 
 
 def test_v2_on_a_hybrid_host_under_the_unified_mount(proc: Path, cgroup: Path) -> None:
     write(proc, "self/cgroup", "4:memory:/a\n0::/job\n")
+    mounted(proc, cgroup / "memory", fstype="cgroup", options="rw,memory")
+    mounted(proc, cgroup / "unified")
     write(cgroup, "unified/job/cpu.max", "25000 50000\n")
-    assert capacity(proc, cgroup) == 0.5
+    assert capacity(proc) == 0.5
+
+
+def test_v2_without_a_namespace_the_mount_shows_the_container_own_part(
+    proc: Path, cgroup: Path
+) -> None:
+    # The host's path of the cgroup; the mount shows the container's part of the hierarchy.
+    write(proc, "self/cgroup", "0::/kubepods.slice/cri-containerd-abc.scope\n")
+    mounted(proc, cgroup, root="/kubepods.slice/cri-containerd-abc.scope")
+    write(cgroup, "cpu.max", "40000 100000\n")
+    assert capacity(proc) == 0.4
+
+
+def test_v2_systemd_in_a_container_reads_its_own_unit_not_a_sibling(
+    proc: Path, cgroup: Path
+) -> None:
+    mounted(proc, cgroup, root="/docker/abc")
+    write(cgroup, "system.slice/cpu.max", "50000 100000\n")  # another unit's slice
+    write(proc, "self/cgroup", "0::/docker/abc/init.scope\n")
+    assert capacity(proc) == 1.0
+    write(cgroup, "system.slice/audiohook.service/cpu.max", "30000 100000\n")
+    write(proc, "self/cgroup", "0::/docker/abc/system.slice/audiohook.service\n")
+    assert capacity(proc) == 0.3  # its own unit's limit, lower than its slice's
 
 
 def test_v1_quota_and_period_of_the_cpu_hierarchy(proc: Path, cgroup: Path) -> None:
     write(proc, "self/cgroup", "7:memory:/docker/abc\n5:cpu,cpuacct:/docker/abc\n")
+    mounted(proc, cgroup / "cpu,cpuacct", fstype="cgroup", options="rw,cpu,cpuacct")
+    mounted(proc, cgroup / "memory", fstype="cgroup", options="rw,memory")
     write(cgroup, "cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "25000\n")
     write(cgroup, "cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n")
     write(cgroup, "memory/docker/abc/cpu.cfs_quota_us", "1000\n")  # not the cpu hierarchy
     write(cgroup, "memory/docker/abc/cpu.cfs_period_us", "100000\n")
-    assert capacity(proc, cgroup) == 0.25
+    assert capacity(proc) == 0.25
 
 
-def test_v1_without_a_namespace_the_mount_root_is_the_container_own(
+def test_v1_a_container_mount_is_its_own_cgroup_not_a_child_of_the_same_name(
     proc: Path, cgroup: Path
 ) -> None:
-    # The host's path of the cgroup is not under the container's mount of it.
-    write(proc, "self/cgroup", "3:cpu:/docker/0123456789abcdef\n")
+    # Without a cgroup namespace the path is the host's, and the container's mount shows its
+    # own cgroup at the mount point; a child it made, named like a host cgroup, is not it.
+    write(proc, "self/cgroup", "3:cpu:/docker/abc\n")
+    mounted(proc, cgroup / "cpu", root="/docker/abc", fstype="cgroup", options="rw,cpu")
     write(cgroup, "cpu/cpu.cfs_quota_us", "150000\n")
     write(cgroup, "cpu/cpu.cfs_period_us", "200000\n")
-    assert capacity(proc, cgroup) == 0.75
+    write(cgroup, "cpu/docker/cpu.cfs_quota_us", "20000\n")  # a nested runtime's own cgroup
+    write(cgroup, "cpu/docker/cpu.cfs_period_us", "100000\n")
+    assert capacity(proc) == 0.75
+
+
+def test_a_mount_of_another_part_of_the_hierarchy_is_not_read(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/mine\n")
+    mounted(proc, cgroup / "theirs", root="/theirs")
+    write(cgroup, "theirs/cpu.max", "10000 100000\n")
+    assert capacity(proc) == 1.0
+
+
+def test_a_mount_point_with_a_space_is_found(proc: Path, tmp_path: Path) -> None:
+    write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, tmp_path / "cgroup fs")
+    write(tmp_path, "cgroup fs/cpu.max", "60000 100000\n")
+    assert capacity(proc) == 0.6
 
 
 def test_v1_quota_minus_one_is_no_limit(proc: Path, cgroup: Path) -> None:
     write(proc, "self/cgroup", "3:cpu:/\n")
+    mounted(proc, cgroup / "cpu", fstype="cgroup", options="rw,cpu")
     write(cgroup, "cpu/cpu.cfs_quota_us", "-1\n")
     write(cgroup, "cpu/cpu.cfs_period_us", "100000\n")
-    assert capacity(proc, cgroup) == 1.0
+    assert capacity(proc) == 1.0
 
 
 def test_unreadable_or_garbled_files_are_one_core(proc: Path, cgroup: Path) -> None:
-    assert capacity(proc, cgroup) == 1.0  # no /proc/self/cgroup at all
+    assert capacity(proc) == 1.0  # no /proc/self/cgroup or mountinfo at all
     write(proc, "self/cgroup", "garbage\n0::relative\n")
-    assert capacity(proc, cgroup) == 1.0
+    write(proc, "self/mountinfo", "garbage\n1 2 3 - cgroup2\n")
+    assert capacity(proc) == 1.0
     write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
     write(cgroup, "cpu.max", "fifty\n")
-    assert capacity(proc, cgroup) == 1.0
+    assert capacity(proc) == 1.0
     write(cgroup, "cpu.max", "0 100000\n")  # no CPU at all is no reading, not a divisor
-    assert capacity(proc, cgroup) == 1.0
+    assert capacity(proc) == 1.0
+    write(cgroup, "cpu.max", "50000 0\n")  # nor is a period of 0
+    assert capacity(proc) == 1.0
+
+
+def test_a_cgroup_name_of_any_bytes_is_followed(proc: Path, cgroup: Path) -> None:
+    (proc / "self" / "cgroup").write_bytes(b"0::/caf\xe9\n")  # not UTF-8
+    mounted(proc, cgroup)
+    directory = Path(os.fsdecode(bytes(cgroup) + b"/caf\xe9"))
+    directory.mkdir()
+    (directory / "cpu.max").write_text("20000 100000\n")
+    assert capacity(proc) == 0.2
+
+
+def test_a_path_the_system_refuses_to_look_up_is_skipped(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/" + "a" * 300 + "\n")  # a name too long for the kernel
+    mounted(proc, cgroup)
+    write(cgroup, "cpu.max", "50000 100000\n")
+    assert capacity(proc) == 0.5  # its parent's limit still counts
+
+
+def test_numbers_beyond_reason_never_stop_the_worker(
+    proc: Path, cgroup: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cpu_limit, "_warned", False)
+    write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
+    write(cgroup, "cpu.max", "1 " + "9" * 400 + "\n")  # a tiny share: the kernel's least
+    assert capacity(proc) == cpu_limit.LEAST_CORES
+    write(cgroup, "cpu.max", "9" * 400 + " 1\n")  # too large for a float
+    with caplog.at_level(logging.WARNING, logger="app.cpu_limit"):
+        assert capacity(proc) == 1.0
+        assert capacity(proc) == 1.0
+    warnings = [
+        r for r in caplog.records if r.getMessage() == "cpu limit not read: counted as one core"
+    ]
+    assert len(warnings) == 1  # once, however often it is read
 
 
 def test_this_machine_gives_a_share_of_one_core() -> None:
@@ -111,12 +209,11 @@ def test_this_machine_gives_a_share_of_one_core() -> None:
 
 async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Path) -> None:
     write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
     write(cgroup, "cpu.max", "50000 100000\n")
     seen: list[float] = []
     follower = asyncio.create_task(
-        follow_cpu_capacity(
-            capacity(proc, cgroup), seen.append, lambda: capacity(proc, cgroup), 0.01
-        )
+        follow_cpu_capacity(capacity(proc), seen.append, lambda: capacity(proc), 0.01)
     )
     try:
         for text, expected in (("25000 100000\n", [0.25]), ("max 100000\n", [0.25, 1.0])):
@@ -128,50 +225,3 @@ async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Pat
         assert seen == [0.25, 1.0]
     finally:
         follower.cancel()
-
-
-def test_the_lowest_of_two_limits_applies_wherever_it_is(proc: Path, cgroup: Path) -> None:
-    write(proc, "self/cgroup", "0::/kubepods/pod1/container\n")
-    write(cgroup, "kubepods/pod1/cpu.max", "30000 100000\n")  # the pod's
-    write(cgroup, "kubepods/pod1/container/cpu.max", "50000 100000\n")
-    assert capacity(proc, cgroup) == 0.3
-    write(cgroup, "kubepods/pod1/cpu.max", "70000 100000\n")
-    assert capacity(proc, cgroup) == 0.5
-
-
-def test_a_zero_period_is_no_limit(proc: Path, cgroup: Path) -> None:
-    write(proc, "self/cgroup", "0::/\n")
-    write(cgroup, "cpu.max", "50000 0\n")
-    assert capacity(proc, cgroup) == 1.0
-
-
-def test_a_cgroup_name_of_any_bytes_is_followed(proc: Path, cgroup: Path) -> None:
-    (proc / "self").mkdir(parents=True)
-    (proc / "self" / "cgroup").write_bytes(b"0::/caf\xe9\n")  # not UTF-8
-    directory = Path(os.fsdecode(bytes(cgroup) + b"/caf\xe9"))
-    directory.mkdir()
-    (directory / "cpu.max").write_text("20000 100000\n")
-    assert capacity(proc, cgroup) == 0.2
-
-
-def test_a_path_the_system_refuses_to_look_up_is_no_limit(proc: Path, cgroup: Path) -> None:
-    write(proc, "self/cgroup", "0::/" + "a" * 300 + "\n")  # a name too long for the kernel
-    write(cgroup, "cpu.max", "50000 100000\n")
-    assert capacity(proc, cgroup) == 0.5  # the mount's own limit still counts
-
-
-def test_numbers_beyond_reason_never_stop_the_worker(
-    proc: Path, cgroup: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cpu_limit, "_warned", False)
-    write(proc, "self/cgroup", "0::/\n")
-    write(cgroup, "cpu.max", "1 " + "9" * 400 + "\n")  # a tiny share: the kernel's least
-    assert capacity(proc, cgroup) == cpu_limit.LEAST_CORES
-    write(cgroup, "cpu.max", "9" * 400 + " 1\n")  # too large for a float
-    with caplog.at_level(logging.WARNING, logger="app.cpu_limit"):
-        assert capacity(proc, cgroup) == 1.0
-        assert capacity(proc, cgroup) == 1.0
-    warnings = [
-        r for r in caplog.records if r.getMessage() == "cpu limit not read: counted as one core"
-    ]
-    assert len(warnings) == 1  # once, however often it is read
