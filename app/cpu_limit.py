@@ -74,7 +74,13 @@ async def follow_cpu_capacity(
 def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
     """(quota, period) of every limited cgroup of this process and its visible ancestors."""
     memberships = _read_lines(process / "cgroup")
-    mounts = [_Mount.parse(line) for line in _read_lines(process / "mountinfo")]
+    # The last mount at a mount point is the one seen there: an earlier one is covered by it.
+    seen_at = {
+        mount.point: mount
+        for mount in map(_Mount.parse, _read_lines(process / "mountinfo"))
+        if mount is not None
+    }
+    mounts = list(seen_at.values())
     for line in memberships:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
@@ -82,14 +88,14 @@ def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
             continue
         if hierarchy == "0" and controllers == "":  # cgroup v2, the unified hierarchy
             for mount in mounts:
-                if mount is not None and mount.fstype == "cgroup2":
+                if mount.fstype == "cgroup2":
                     for directory in mount.directories(path):
                         limit = _read_cpu_max(directory / "cpu.max")
                         if limit is not None:
                             yield limit
         elif "cpu" in controllers.split(","):  # cgroup v1, a hierarchy with the cpu controller
             for mount in mounts:
-                if mount is not None and mount.fstype == "cgroup" and "cpu" in mount.options:
+                if mount.fstype == "cgroup" and "cpu" in mount.options:
                     for directory in mount.directories(path):
                         limit = _read_cfs(directory)
                         if limit is not None:
@@ -97,8 +103,8 @@ def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
 
 
 def _read_lines(file: Path) -> list[str]:
-    try:  # cgroup names and mount points are bytes: kept as they are, as paths
-        return file.read_text(errors="surrogateescape").splitlines()
+    try:  # cgroup names and mount points are bytes: decoded as paths are, lines at "\n" only
+        return os.fsdecode(file.read_bytes()).split("\n")
     except OSError:
         return []
 
@@ -116,7 +122,8 @@ class _Mount:
     @classmethod
     def parse(cls, line: str) -> _Mount | None:
         mount, separator, filesystem = line.partition(" - ")
-        fields, filesystem_fields = mount.split(), filesystem.split()
+        # Fields are separated by one space each; an empty one (a source) is two in a row.
+        fields, filesystem_fields = mount.split(" "), filesystem.split(" ")
         if not separator or len(fields) < 5 or len(filesystem_fields) < 3:
             return None
         return cls(
@@ -133,6 +140,8 @@ class _Mount:
         if path != root and not path.startswith(root + "/"):
             return
         parts = [part for part in path[len(root) :].split("/") if part]
+        if "." in parts or ".." in parts:  # outside its cgroup namespace: above what is shown
+            return
         for depth in range(len(parts), -1, -1):
             directory = self.point.joinpath(*parts[:depth])
             if os.path.isdir(directory):  # False on any error (a directory it may not search)

@@ -139,6 +139,47 @@ def test_a_mount_of_another_part_of_the_hierarchy_is_not_read(proc: Path, cgroup
     assert capacity(proc) == 1.0
 
 
+def test_a_mount_shows_a_cgroup_by_whole_names_only(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/docker/abcdef\n")
+    mounted(proc, cgroup, root="/docker/abc")  # another container, whose id is a prefix
+    write(cgroup, "cpu.max", "10000 100000\n")
+    assert capacity(proc) == 1.0
+
+
+def test_a_cgroup_outside_its_namespace_root_is_not_looked_for_above_the_mount(
+    proc: Path, cgroup: Path
+) -> None:
+    # The kernel writes ".." when the process's cgroup is not under its namespace's root
+    # (nsenter into a container's namespaces): the mount point is not one of its ancestors.
+    write(proc, "self/cgroup", "0::/../../user.slice/session-1.scope\n")
+    mounted(proc, cgroup)
+    write(cgroup, "cpu.max", "20000 100000\n")
+    assert capacity(proc) == 1.0
+
+
+def test_a_mount_covered_by_a_later_one_at_the_same_point_is_not_read(
+    proc: Path, cgroup: Path
+) -> None:
+    write(proc, "self/cgroup", "0::/docker/abc\n")
+    mounted(proc, cgroup)  # the whole hierarchy, then the container's own cgroup over it
+    mounted(proc, cgroup, root="/docker/abc")
+    write(cgroup, "cpu.max", "60000 100000\n")
+    write(cgroup, "docker/abc/cpu.max", "10000 100000\n")  # a nested runtime's cgroup
+    assert capacity(proc) == 0.6
+
+
+def test_mountinfo_fields_are_split_on_single_spaces(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/\n")
+    cgroup.mkdir()
+    # An empty source (two spaces), and a no-break space in the mount point, which the
+    # kernel does not escape.
+    point = cgroup / "a\u00a0b"
+    point.mkdir()
+    write(proc, "self/mountinfo", f"41 31 0:38 / {point} rw - cgroup2  rw\n")
+    write(point, "cpu.max", "50000 100000\n")
+    assert capacity(proc) == 0.5
+
+
 def test_a_mount_point_with_a_space_is_found(proc: Path, tmp_path: Path) -> None:
     write(proc, "self/cgroup", "0::/\n")
     mounted(proc, tmp_path / "cgroup fs")
