@@ -325,10 +325,10 @@ class Settings(BaseSettings):
         ge=0,
         description="Connections at a time from one source address that have not sent their "
         "whole request head; a further one is closed as it connects (counted as "
-        "too_many_connections). Genesys sends its head at once, so only a burst of upgrades "
-        "read late by a busy worker comes near this; without it, a client that connects and "
-        "sends nothing holds a descriptor until open_timeout_seconds, as many times as it "
-        "likes. Connections from a trusted proxy are not counted. 0 disables.",
+        "too_many_connections). Genesys sends its head at once, so its connections barely "
+        "count; without this, a client that connects and sends nothing holds a descriptor "
+        "until open_timeout_seconds, as many times as it likes. Connections from a trusted "
+        "proxy are not counted. 0 disables.",
     )
     overload_max_event_loop_lag_seconds: float = Field(
         0.1,
