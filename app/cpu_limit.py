@@ -87,19 +87,18 @@ def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
         if not hierarchy or not path.startswith("/"):
             continue
         if hierarchy == "0" and controllers == "":  # cgroup v2, the unified hierarchy
-            for mount in mounts:
-                if mount.fstype == "cgroup2":
-                    for directory in mount.directories(path):
-                        limit = _read_cpu_max(directory / "cpu.max")
-                        if limit is not None:
-                            yield limit
+            shown = [mount for mount in mounts if mount.fstype == "cgroup2"]
+            read = _read_cpu_max
         elif "cpu" in controllers.split(","):  # cgroup v1, a hierarchy with the cpu controller
-            for mount in mounts:
-                if mount.fstype == "cgroup" and "cpu" in mount.options:
-                    for directory in mount.directories(path):
-                        limit = _read_cfs(directory)
-                        if limit is not None:
-                            yield limit
+            shown = [m for m in mounts if m.fstype == "cgroup" and "cpu" in m.options]
+            read = _read_cfs
+        else:
+            continue
+        for mount in shown:
+            for directory in mount.directories(path):
+                limit = read(directory)
+                if limit is not None:
+                    yield limit
 
 
 def _read_lines(file: Path) -> list[str]:
@@ -153,10 +152,10 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
-def _read_cpu_max(file: Path) -> tuple[int, int] | None:
+def _read_cpu_max(directory: Path) -> tuple[int, int] | None:
     """cgroup v2: "max 100000" (no limit) or "50000 100000"."""
     try:
-        quota, period = file.read_text().split()[:2]
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
         return None if quota == "max" else (int(quota), int(period))
     except (OSError, ValueError):
         return None
