@@ -31,6 +31,7 @@ from app.security.session_owners import SessionOwners
 from app.security.upgrade_claims import UpgradeClaims
 from app.tasks import stop_task
 from app.transport.load_shedding import LoadShedder
+from app.transport.session_reporter import AUDIO_METRICS_INTERVAL_SECONDS, flush_audio_tallies
 from app.transport.source_limiter import SourceRateLimiter
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ class Gateway:
         await self.allowlist.load_cached()
         self._spawn(self.allowlist.run(), "ip-ranges-refresh")
         self._spawn(self._tick_sessions(), "session-ticker")
+        self._spawn(self._flush_audio_metrics(), "audio-metrics")
         self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
@@ -164,6 +166,12 @@ class Gateway:
         while True:
             await asyncio.sleep(TICK_INTERVAL_SECONDS)
             self._tick_each(time.monotonic())
+
+    async def _flush_audio_metrics(self) -> None:
+        """Live calls' audio reaches the metrics within a second (AudioTally)."""
+        while True:
+            await asyncio.sleep(AUDIO_METRICS_INTERVAL_SECONDS)
+            flush_audio_tallies()
 
     def _tick_each(self, now: float) -> None:
         # Not inline in the loop above: its loop variable would keep the last session ticked

@@ -48,26 +48,70 @@ MAX_LOGGED_ERROR_CHARS = 500
 # Lines a session may log about its messages (errors, violations, disconnects) beyond the
 # one-per-session lifecycle lines; the rest are counted and summed up once at the end.
 SESSION_LOG_BUDGET = 20
-METRICS_FLUSH_FRAMES = 5  # audio metrics lag live traffic by at most this many frames
+AUDIO_METRICS_INTERVAL_SECONDS = 1.0  # how often the gateway calls flush_audio_tallies
 AUTH_FAILURE_REASONS = {
     "org_mismatch": "organization header missing or different from open.organizationId",
     "org_not_allowed": "organization not allowed for this integration",
 }
 
 
+class AudioTally:
+    """The audio one integration's live sessions received that its counters do not show yet.
+
+    A prometheus_client counter update takes a lock and runs about a microsecond of
+    interpreted code: three of them per session every second were a few per cent of the
+    worker's CPU at 1,000 calls. Each frame only adds to its integration's tally here; the
+    gateway adds the tallies to the counters every `AUDIO_METRICS_INTERVAL_SECONDS`
+    (`flush_audio_tallies`), and a session's end flushes its integration's tally, so a
+    finished call's audio is counted in full at once.
+    """
+
+    __slots__ = ("_bytes", "_frames", "_seconds", "frames", "samples", "size")
+
+    def __init__(self, integration: str) -> None:
+        self.frames = 0
+        self.size = 0
+        self.samples = 0
+        self._frames = metrics.AUDIO_FRAMES_RECEIVED.labels(integration)
+        self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(integration)
+        self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(integration)
+
+    def flush(self) -> None:
+        if self.frames:
+            self._frames.inc(self.frames)
+            self._bytes.inc(self.size)
+            self._seconds.inc(self.samples / SAMPLE_RATE)
+            self.frames = self.size = self.samples = 0
+
+
+# One per integration name (configured names and "unknown": a bounded set, as the labels are).
+_audio_tallies: dict[str, AudioTally] = {}
+
+
+def audio_tally(integration: str) -> AudioTally:
+    tally = _audio_tallies.get(integration)
+    if tally is None:
+        tally = _audio_tallies[integration] = AudioTally(integration)
+    return tally
+
+
+def flush_audio_tallies() -> None:
+    """Add the audio received since the last flush to the metrics (the gateway, every
+    `AUDIO_METRICS_INTERVAL_SECONDS`)."""
+    for tally in _audio_tallies.values():
+        tally.flush()
+
+
 class SessionReporter:
     """Reports one session: its Redis events, metrics and log lines."""
 
     __slots__ = (
-        "_bytes",
+        "_audio",
         "_connection",
-        "_frames",
         "_log_budget",
         "_open_received_at",
         "_quiet",
         "_registered",
-        "_seconds",
-        "_unreported",
         "admission",
         "gateway",
         "integration",
@@ -98,10 +142,7 @@ class SessionReporter:
         }
         self.publisher: SessionPublisher | None = None
         self._registered = False
-        self._frames = metrics.AUDIO_FRAMES_RECEIVED.labels(self.integration)
-        self._bytes = metrics.AUDIO_RECEIVED_BYTES.labels(self.integration)
-        self._seconds = metrics.AUDIO_RECEIVED_SECONDS.labels(self.integration)
-        self._unreported = [0, 0, 0]  # frames, bytes, samples not yet added to the metrics
+        self._audio = audio_tally(self.integration)
         # A connection that failed authentication was logged once (throttled) by admission;
         # its lifecycle is counted in the metrics but not logged: connections are the
         # client's to open, and nothing it sends may cost more than counting.
@@ -117,27 +158,12 @@ class SessionReporter:
     # --- the hot path -------------------------------------------------------------------------
     def audio(self, frame: AudioFrame, now: float) -> None:
         """`now`: when it was received, on the publisher's clock (time.monotonic)."""
-        # Counted here and added to the metrics every second of frames and at the end:
-        # three counter updates (each taking a lock) per frame were a visible hot-path cost.
-        unreported = self._unreported
-        unreported[0] += 1
-        unreported[1] += len(frame.data)
-        unreported[2] += frame.sample_count
-        if unreported[0] >= METRICS_FLUSH_FRAMES:
-            self._report_audio()
+        tally = self._audio  # added to the metrics by the gateway (AudioTally)
+        tally.frames += 1
+        tally.size += len(frame.data)
+        tally.samples += frame.sample_count
         if self.publisher is not None:
             self.publisher.audio(frame.data, frame.sample_offset, frame.sample_count, now)
-
-    def _report_audio(self) -> None:
-        frames, size, samples = self._unreported
-        if frames:
-            self._frames.inc(frames)
-            self._bytes.inc(size)
-            self._seconds.inc(samples / SAMPLE_RATE)
-            # Reset in place: a new list every few frames, each living until the next flush,
-            # was promoted to the collector's oldest generation by the thousand per second
-            # and set off full collections (pauses of 200+ ms at 2,000 calls).
-            self._unreported[:] = (0, 0, 0)
 
     # --- lifecycle ----------------------------------------------------------------------------
     def opened(self, event: SessionOpened) -> None:
@@ -200,7 +226,7 @@ class SessionReporter:
         return self.gateway.publisher.open_session(info, on_failure=self._publishing_failed)
 
     def closed(self, event: SessionClosed) -> None:
-        self._report_audio()
+        self._audio.flush()
         outcome = event.reason or "dropped"
         metrics.SESSIONS_ENDED.labels(self.integration, outcome).inc()
         counts = {"frames": event.frames, "bytes": event.bytes, "samples": event.samples}
@@ -213,7 +239,7 @@ class SessionReporter:
             log.info("session closed", extra={**self.log_fields, "reason": outcome, **counts})
 
     async def finished(self) -> None:
-        self._report_audio()
+        self._audio.flush()
         after_end = self.session.messages_after_end
         if after_end:
             metrics.MESSAGES_AFTER_END.labels(self.integration).inc(after_end)

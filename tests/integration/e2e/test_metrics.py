@@ -165,6 +165,36 @@ async def test_a_normal_call_moves_every_session_audio_and_publish_metric(
     assert delta(f"{RTT}_sum") == pytest.approx(float(sum(rtts)), abs=SAMPLE_SECONDS * len(rtts))
 
 
+async def test_a_live_calls_audio_reaches_the_metrics_before_it_ends(
+    gateway: GatewayProcess, redis_conn: redis.asyncio.Redis
+) -> None:
+    """Frames are tallied per integration and added to the counters every second while calls
+    are live, not only when they end."""
+    before = await scrape(gateway)
+    call = ClientSession(call_config(gateway, realtime=True, source=tone_source(4.0)))
+    running = asyncio.create_task(call.run())
+
+    def counted_while_live(current: Scrape) -> bool:
+        return Growth(before, current)(FRAMES, integration="test") >= 3
+
+    during = await scrape_when(gateway, counted_while_live, "a live call's frames", timeout=5.0)
+    assert not running.done()
+    assert during.value(ACTIVE, integration="test") - before.value(ACTIVE, integration="test") == 1
+    result = await running
+    assert result.ok, [finding.text for finding in result.findings]
+    await closed_session_stream(redis_conn, result.session_id)
+    after = await settled(gateway, before, PUBLISHED, result.frames_sent)
+    assert after(FRAMES, integration="test") == result.frames_sent
+    assert after(BYTES, integration="test") == result.bytes_sent
+    # The counts seen mid-call were whole frames, each with its bytes and samples.
+    live = Growth(before, during)
+    frames = live(FRAMES, integration="test")
+    assert live(BYTES, integration="test") == frames * result.bytes_sent / result.frames_sent
+    assert live(SECONDS, integration="test") == pytest.approx(
+        frames * result.samples_sent / result.frames_sent / 8000
+    )
+
+
 @pytest.mark.parametrize(
     ("credentials", "cause"),
     [
