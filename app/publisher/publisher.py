@@ -111,6 +111,9 @@ class Publisher:
         self._pending: dict[SessionPublisher, None] = {}  # sessions with queued items, in order
         self._backlog_frames = 0
         self._wakeup = asyncio.Event()
+        # Mirrors `_wakeup` while the writer waits: Event.set() is interpreted code, and
+        # `enqueued` runs for every frame (the writer clears both together).
+        self._wakeup_set = False
         self._linger_seconds = linger_seconds
         self._arrived_since_batch = 0  # entries queued since a writer last looked for a batch
         self._lingering: list[asyncio.Future[None]] = []  # writers waiting for a fuller batch
@@ -126,6 +129,7 @@ class Publisher:
         self._retry_at = float("-inf")  # on the event loop's clock
         self._ready = False
         self._was_up = False
+        self._gauge_up: bool | None = None  # what this publisher last set REDIS_UP to
         self._gauges_at = float("-inf")
         self.backlog_seconds = settings.publish_backlog_seconds
         self.probe_events = settings.publish_probe_events
@@ -233,7 +237,9 @@ class Publisher:
             self._backlog_frames += 1
         if session not in self._pending:
             self._pending[session] = None
-        self._wakeup.set()
+        if not self._wakeup_set:
+            self._wakeup_set = True
+            self._wakeup.set()
         self._arrived_since_batch += 1
         if self._lingering and self._arrived_since_batch >= _FULL_BATCH_ENTRIES:
             _release_all(self._lingering)
@@ -261,6 +267,7 @@ class Publisher:
             written = await self._write_batch(connection)
             if written is None:  # nothing to write, or only what the other writer has out
                 self._wakeup.clear()
+                self._wakeup_set = False
                 if checks_health and not self._pending:
                     self._update_gauges(force=True)
                     try:
@@ -472,7 +479,9 @@ class Publisher:
         elif not up and self._ready:
             log.warning("redis unavailable")
         self._ready = up
-        REDIS_UP.set(1 if up else 0)
+        if up != self._gauge_up:  # every round trip comes here: a gauge update takes a lock
+            self._gauge_up = up
+            REDIS_UP.set(1 if up else 0)
 
     def _update_gauges(self, *, force: bool = False) -> None:
         now = self._clock()
