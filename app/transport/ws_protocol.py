@@ -1,10 +1,11 @@
 """uvicorn's sans-I/O WebSocket protocol, with a direct mode for accepted AudioHook sessions.
 
 The handshake (admission, denial responses, `accept`) flows through ASGI as uvicorn does it.
-Once the endpoint has accepted, `take_over` switches the protocol to direct mode: every
-complete message of a TCP read is parsed (``FrameParser``, app/transport/frames.py) and handed
-synchronously to the session's ``MessageSink``, in order, with no ASGI dict, queue, future or
-task wake-up per frame and no pause/resume of reading. Messages the server sends still go
+Once the endpoint has accepted, `take_over` switches the protocol to direct mode: each TCP
+read goes to compiled code (``DirectReader``), every complete message of it is parsed
+(``FrameParser``, both in app/transport/frames.py) and handed synchronously to the session's
+``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per frame and no
+pause/resume of reading. Messages the server sends still go
 through ASGI `send` (rare: a few per session), so uvicorn keeps writing them, the keepalive
 pings and the close.
 
@@ -37,6 +38,7 @@ from app.transport.frames import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    DirectReader,
     FrameError,
     FrameParser,
 )
@@ -103,6 +105,8 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
     handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
 
     def data_received(self, data: bytes) -> None:
+        """Every read until the session is taken over (and after the server's close frame:
+        `DirectReader` reads in between)."""
         if self.close_sent:  # uvicorn: set once the server's close frame is written
             self._bytes_after_close += len(data)
             if self._bytes_after_close > MAX_BYTES_AFTER_CLOSE:
@@ -113,7 +117,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             try:
                 parser.receive(data, self.loop.time())
             except FrameError as exc:
-                self._fail(exc.code, exc.reason)
+                self.fail_connection(exc.code, exc.reason)
             return
         if self.handshake_initiated and not self.handshake_complete:
             # Section 4.1: nothing may follow the request before our response. Such bytes are
@@ -159,7 +163,14 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         )
         if self._early_bytes or self.conn.reader.buffer or not self.queue.empty():
             PROTOCOL_ERRORS.labels(DATA_BEFORE_RESPONSE).inc()
-            self._fail(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
+            self.fail_connection(CLOSE_PROTOCOL_ERROR, "data sent before the handshake response")
+        else:
+            # An instance attribute shadows the method. The transport keeps the bound method
+            # it was given (uvloop does), so it is given the protocol again. Removed when the
+            # connection is lost: the reader refers back to this protocol.
+            reader = DirectReader(self, self._parser, self.loop.time)
+            self.data_received = reader.data_received  # type: ignore[method-assign]
+            self.transport.set_protocol(self)
         # uvicorn keeps the handshake's request and response (every header, a few KB) for the
         # life of the connection; nothing reads them again.
         self.request = self.response = None  # type: ignore[assignment]
@@ -212,7 +223,10 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(header + payload)
         return True
 
-    def _fail(self, code: int, reason: str) -> None:
+    def read_after_close(self, data: bytes) -> None:
+        AudioHookWebSocketProtocol.data_received(self, data)
+
+    def fail_connection(self, code: int, reason: str) -> None:
         """Section 7.1.7: send a close frame with `code` and drop the connection."""
         if not self.close_sent:
             self.close_sent = True
@@ -246,7 +260,8 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         self._reaper = self.handshake_deadline = None
         super().connection_lost(exc)
         self._end(CLOSE_ABNORMAL)
-        # Nothing is read after this; the parser refers back to this protocol (its control
-        # frame callback), a cycle that would keep the transport and the upgrade's headers
-        # alive until the collector's next full pass.
+        # Nothing is read after this; the parser and the reader refer back to this protocol
+        # (its control frame callback, its close state), cycles that would keep the transport
+        # and the upgrade's headers alive until the collector's next full pass.
         self._parser = None
+        vars(self).pop("data_received", None)

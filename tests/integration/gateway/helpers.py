@@ -9,16 +9,21 @@ import base64
 import contextlib
 import json
 import random
+import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
 import redis.asyncio
+import uvicorn
 
 from app.config import Settings
+from app.main import create_app
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
+from app.runtime import Gateway
+from app.server import uvicorn_config
 from tests.support.gateway_process import TEST_INTEGRATION, GatewayProcess
 from tests.support.gateway_process import running_gateway as support_gateway
 from tests.support.raw_client import RawClient
@@ -227,3 +232,23 @@ async def alongside_good_call(
         await call.abort()
         raise
     await call.finish(redis_client)
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway, str]]:
+    """A gateway served by real uvicorn on 127.0.0.1 in the test's own process, for tests
+    that look at its objects: the gateway and its WebSocket URI."""
+    settings = in_process_settings(redis_url)
+    app = create_app(settings)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    config = uvicorn_config(app, "127.0.0.1", port, settings, app.state.gateway)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield app.state.gateway, f"ws://127.0.0.1:{port}{settings.ws_path}"
+    finally:
+        server.should_exit = True
+        await task

@@ -13,38 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
-from app.main import create_app
-from app.runtime import TICK_INTERVAL_SECONDS, Gateway
-from app.server import uvicorn_config
-from tests.integration.gateway.helpers import in_process_settings
+from app.runtime import TICK_INTERVAL_SECONDS
+from tests.integration.gateway.helpers import gateway_in_this_process
 from tests.support.raw_client import RawClient
 from tests.support.waiting import wait_until
 
 FRAME = bytes(1600)  # 100 ms of stereo PCMU
-
-
-@contextlib.asynccontextmanager
-async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway, str]]:
-    settings = in_process_settings(redis_url)
-    app = create_app(settings)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    config = uvicorn_config(app, "127.0.0.1", port, settings, app.state.gateway)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield app.state.gateway, f"ws://127.0.0.1:{port}{settings.ws_path}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 # Per-call objects, by module and qualified name: the session's own and the WebSocket and HTTP
@@ -55,6 +33,7 @@ SESSION_CLASSES = {
     "app.protocol.session.ServerSession",
     "app.publisher.session_queue.SessionPublisher",
     "app.transport.ws_protocol.AudioHookWebSocketProtocol",
+    "app.transport.frames.DirectReader",  # the protocol reads through it once it took over
     "app.transport.http_guard.guarded_http_protocol.<locals>.GuardedHttpToolsProtocol",
 }
 
