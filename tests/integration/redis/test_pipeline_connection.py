@@ -1,13 +1,20 @@
 """The publisher's pipelined round trips against a real redis-server: every reply, in order,
-error replies as objects of redis-py's classes, and a dropped connection reported and redone."""
+error replies as objects of redis-py's classes, a dropped connection reported and redone, and
+a stalled server answered with a timeout."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 import redis.asyncio
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.redis.client import close_redis, create_redis
+from app.redis.embedded import EmbeddedRedis
 from app.redis.resp import PipelineConnection
+from tests.support.redis_servers import redis_stalled
 from tests.support.streams import streams_settings
 
 Redis = redis.asyncio.Redis
@@ -61,14 +68,35 @@ async def test_a_killed_connection_is_dropped_and_the_round_trip_redone_on_a_new
     client = create_redis(streams_settings(), redis_url)
     connection = PipelineConnection(client)
     try:
-        first = await connection.execute([("CLIENT", "ID")], 5.0)
+        first = await connection.execute([("CLIENT", "ID")], 60.0)
         killed = await redis_client.execute_command("CLIENT", "KILL", "ID", first[0])
         assert killed == 1
-        # The read fails as a connection error: the socket is dropped and the batch is sent
-        # again on a new one.
-        second = await connection.execute([("CLIENT", "ID"), ("PING",)], 5.0)
+        # The server closed the connection between round trips: the next one fails at once
+        # as a connection error (not after its 60 s read timeout), the socket is dropped and
+        # the batch is sent again on a new one.
+        async with asyncio.timeout(10):
+            second = await connection.execute([("CLIENT", "ID"), ("PING",)], 60.0)
         assert second[1] == b"PONG"
         assert second[0] != first[0]
+    finally:
+        await connection.close()
+        await close_redis(client)
+
+
+async def test_a_stalled_server_times_the_round_trip_out_and_a_new_connection_follows(
+    own_redis: EmbeddedRedis,
+) -> None:
+    client = create_redis(streams_settings(), own_redis.url)
+    connection = PipelineConnection(client)
+    # Far more than the sockets hold: the writes stop (the transport pauses) before the
+    # replies' wait, and the timeout still ends the round trip.
+    batch: list[object] = [("XADD", "pipeline:stall", "*", "audio", b"\x7f" * 65_536)] * 400
+    try:
+        first = await connection.execute([("CLIENT", "ID")], 5.0)
+        with redis_stalled(own_redis), pytest.raises(RedisTimeoutError):
+            await connection.execute(batch, 0.5)
+        replies = await connection.execute([("CLIENT", "ID"), ("XLEN", "pipeline:stall")], 5.0)
+        assert replies[0] != first[0]  # the stalled connection was dropped
     finally:
         await connection.close()
         await close_redis(client)
