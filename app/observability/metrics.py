@@ -9,7 +9,6 @@ default single-process registry is correct.
 from __future__ import annotations
 
 import platform
-from bisect import bisect_left
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -252,23 +251,3 @@ LOAD_SHED = Counter(
 
 # --- lifecycle --------------------------------------------------------------------------------
 DRAINING = Gauge("draining", "1 while the replica drains for shutdown.", namespace=NAMESPACE)
-
-
-def observe_many(histogram: Histogram, amounts: list[float]) -> None:
-    """`histogram.observe(amount)` for each amount, with each bucket's and the sum's lock
-    taken once per call rather than once per amount (prometheus_client has no bulk observe;
-    without the fields this relies on, it observes one by one)."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None:
-        for amount in amounts:
-            histogram.observe(amount)
-        return
-    counts = [0] * len(bounds)
-    for amount in amounts:
-        counts[bisect_left(bounds, amount)] += 1  # the first bucket with amount <= bound
-    total.inc(sum(amounts))
-    for index, count in enumerate(counts):
-        if count:
-            buckets[index].inc(count)

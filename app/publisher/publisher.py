@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from app.observability.histogram_tally import HistogramTally
 from app.observability.metrics import (
     EVENTS_PUBLISHED,
     FRAMES_PUBLISHED,
@@ -42,7 +43,6 @@ from app.observability.metrics import (
     REDIS_ERRORS,
     REDIS_RECONNECTS,
     REDIS_UP,
-    observe_many,
 )
 from app.publisher.outcomes import DUPLICATE, OK, RETRY, Outcome, classify, confirm_duplicates
 from app.publisher.payload_crypto import PayloadCipher, parse_keys
@@ -131,6 +131,11 @@ class Publisher:
         self._was_up = False
         self._gauge_up: bool | None = None  # what this publisher last set REDIS_UP to
         self._gauges_at = float("-inf")
+        # Published frames and their latencies, added to the metrics with the gauges (a few
+        # times a second, and when the writer is idle): per round trip they took locks and
+        # interpreted code for every frame.
+        self._unreported_frames = 0
+        self._latencies = HistogramTally(PUBLISH_LATENCY)
         self.backlog_seconds = settings.publish_backlog_seconds
         self.probe_events = settings.publish_probe_events
         self._keys = parse_keys(settings.payload_encryption_keys.get_secret_value())
@@ -201,7 +206,7 @@ class Publisher:
             session.backlog_samples = 0
         self._pending.clear()
         self._backlog_frames = 0
-        PUBLISH_BACKLOG_FRAMES.set(0)
+        self._update_gauges(force=True)  # and what was published, to the metrics
 
     # --- sessions -----------------------------------------------------------------------------
     def open_session(self, info: SessionInfo, on_failure: Callable[[], None]) -> SessionPublisher:
@@ -268,8 +273,11 @@ class Publisher:
             if written is None:  # nothing to write, or only what the other writer has out
                 self._wakeup.clear()
                 self._wakeup_set = False
-                if checks_health and not self._pending:
+                if not self._pending:
+                    # All written: the metrics catch up now, whichever writer this is (the
+                    # other may wait without a timeout).
                     self._update_gauges(force=True)
+                if checks_health and not self._pending:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self._health_interval)
                     except TimeoutError:
@@ -410,8 +418,7 @@ class Publisher:
             confirmed = {}
         all_done = True
         now = self._clock()
-        published = 0
-        latencies: list[float] = []
+        latencies = self._latencies
         for session, per_item in outcomes:
             for item, status in per_item:
                 if status == DUPLICATE:
@@ -424,9 +431,9 @@ class Publisher:
                     session.backlog_samples -= item.samples
                     self._backlog_frames -= 1
                     if status == OK:
-                        published += 1
+                        self._unreported_frames += 1
                         session.frames_published += 1
-                        latencies.append(now - item.received_at)
+                        latencies.observe(now - item.received_at)
                     else:
                         session.lose(1)
                         session.fail("audio entry refused by redis")
@@ -439,9 +446,6 @@ class Publisher:
             else:  # round robin: sessions left out of a full batch go first next time
                 self._pending.pop(session, None)
                 self._pending[session] = None
-        if published:
-            FRAMES_PUBLISHED.inc(published)
-            observe_many(PUBLISH_LATENCY, latencies)
         if all_done:
             self._set_ready(True)
         else:  # reachable but refusing writes (e.g. OOM, failover): not ready either
@@ -488,6 +492,10 @@ class Publisher:
         if not force and now - self._gauges_at < _GAUGE_INTERVAL:
             return
         self._gauges_at = now
+        if self._unreported_frames:
+            FRAMES_PUBLISHED.inc(self._unreported_frames)
+            self._unreported_frames = 0
+            self._latencies.flush()
         PUBLISH_BACKLOG_FRAMES.set(self._backlog_frames)
         fill = 0.0
         for session in self._pending:

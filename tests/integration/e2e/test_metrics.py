@@ -96,8 +96,11 @@ async def test_probe_is_counted_and_publishes_nothing(
     assert call.ok
     await closed_session_stream(redis_conn, call.session_id)
 
-    def counted(current: Scrape) -> bool:  # Redis has answered: the gateway counts it next
-        return Growth(before, current)(EVENTS, type="closed") >= 1
+    def counted(current: Scrape) -> bool:
+        # Redis has answered: the gateway counts the event next, and the published frames
+        # within a second (batched with the publisher's gauges).
+        growth = Growth(before, current)
+        return growth(EVENTS, type="closed") >= 1 and growth(PUBLISHED) >= call.frames_sent
 
     after = Growth(before, await scrape_when(gateway, counted, "the call's `closed` counted"))
     assert await redis_conn.exists(keys.audio_stream(probe.session_id)) == 0
