@@ -9,7 +9,7 @@ does (unpinned: pin the whole run yourself), and opens `--calls` signed calls. E
 every call `--frames` stereo PCMU frames of 200 ms, one every 200 ms and all calls in the same
 slot (as calls whose frames line up), and waits until every frame is in its session's stream.
 The calls' idle cost (timers, keepalive pings) is measured over a quiet spell first and
-subtracted. Per round: the gateway's cost per frame (CPU µs from psutil, or instructions under
+subtracted. Per round: the gateway's cost per frame (CPU µs, or instructions under
 callgrind: repeatable, but only the gateway's own user-space work, not the kernel's reads and
 writes) and Redis CPU µs per frame. `--gateway-python OTHER_ENV/bin/python` runs another
 environment's gateway, to compare two builds the same way. The last line is the median round
@@ -21,19 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import time
-from collections.abc import Callable
-from pathlib import Path
 
-import psutil
 import redis.asyncio
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.bench.auth import Attempt
-from app.bench.spawn import BENCH_API_KEY, Cores, SpawnedStack
-from app.bench.upgrade_cost import CALLGRIND_SETTINGS, Callgrind, cpu_seconds
+from app.bench.gateway_cost import GatewayCost, add_callgrind_option, cpu_seconds
+from app.bench.spawn import BENCH_API_KEY, SpawnedStack
 from app.client.upgrade import Endpoint
 from app.redis import keys
 
@@ -94,43 +90,36 @@ class Calls:
             await websocket.close()
 
 
-async def run(
-    stack: SpawnedStack,
-    args: argparse.Namespace,
-    start: Callable[[], None],
-    read: Callable[[], float],
-    unit: str,
-) -> list[tuple[float, float]]:
+async def run(cost: GatewayCost, args: argparse.Namespace) -> list[tuple[float, float]]:
+    """The rounds: the gateway's cost per frame less its idle cost, Redis CPU µs per frame."""
     calls = Calls()
-    assert stack.redis is not None
-    assert stack.redis.pid is not None
-    redis_process = psutil.Process(stack.redis.pid)
-    client = redis.asyncio.Redis.from_url(stack.redis_url)
+    redis_process = cost.redis_process()
+    client = redis.asyncio.Redis.from_url(cost.stack.redis_url)
     try:
-        await calls.open(stack, args.calls)
+        await calls.open(cost.stack, args.calls)
         await calls.stream(2)  # each call's first frames and its stream's first entries
         await calls.wait_published(client, [0] * args.calls, 2)
-        start()
+        cost.start()
         await asyncio.sleep(args.idle_seconds)
-        idle = read() / args.idle_seconds
-        print(f"gateway idle with {args.calls} calls open: {idle:,.0f} {unit} per second")
+        idle = cost.read() / args.idle_seconds
+        print(f"gateway idle with {args.calls} calls open: {idle:,.0f} {cost.unit} per second")
         rows = []
         for number in range(1, args.rounds + 1):
             before = await calls.lengths(client)
             redis_before = cpu_seconds(redis_process)
-            start()
+            cost.start()
             started = time.perf_counter()
             await calls.stream(args.frames)
             await calls.wait_published(client, before, args.frames)
             wall = time.perf_counter() - started
-            gateway = read()
+            gateway = cost.read()
             frames = args.calls * args.frames
             per_frame = (gateway - idle * wall) / frames
             redis_us = (cpu_seconds(redis_process) - redis_before) / frames * 1e6
             rows.append((per_frame, redis_us))
             print(
                 f"round {number}: {frames} frames in {wall:.2f} s   gateway {per_frame:,.1f} "
-                f"{unit}/frame (less idle)   redis {redis_us:,.1f} µs/frame"
+                f"{cost.unit}/frame (less idle)   redis {redis_us:,.1f} µs/frame"
             )
         return rows
     finally:
@@ -145,42 +134,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="rounds (5; 2 with callgrind)")
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     parser.add_argument("--gateway-python", help="run the gateway with this interpreter")
-    parser.add_argument(
-        "--callgrind",
-        type=Path,
-        metavar="OUT_DIR",
-        help="count the gateway's instructions under valgrind's callgrind (dumps in OUT_DIR)",
-    )
+    add_callgrind_option(parser)
     args = parser.parse_args()
+    GatewayCost.check_callgrind(parser, args.callgrind)
     traced = args.callgrind is not None
-    if traced and shutil.which("callgrind_control") is None:
-        parser.error("--callgrind needs valgrind (callgrind_control) on PATH")
     args.rounds = args.rounds or (2 if traced else 5)
-    stack = SpawnedStack(
-        Cores.plan(pin=False),
-        {"LOG_LEVEL": "INFO", **(CALLGRIND_SETTINGS if traced else {})},
-        python=args.gateway_python,
-        wrapper=Callgrind.wrapper(args.callgrind) if traced else (),
-    ).start(timeout=600 if traced else 30)
+    cost = GatewayCost(args.callgrind, args.gateway_python)
     try:
-        assert stack.gateway is not None
-        if traced:
-            counter = Callgrind(stack.gateway.pid, args.callgrind)
-            start: Callable[[], None] = counter.zero
-            read: Callable[[], float] = counter.instructions
-            unit = "instructions"
-        else:
-            gateway = psutil.Process(stack.gateway.pid)
-            baseline = [0.0]
-
-            def start() -> None:
-                baseline[0] = cpu_seconds(gateway)
-
-            def read() -> float:
-                return (cpu_seconds(gateway) - baseline[0]) * 1e6
-
-            unit = "µs"
-        rows = asyncio.run(run(stack, args, start, read, unit))
+        rows = asyncio.run(run(cost, args))
         median = [statistics.median(column) for column in zip(*rows, strict=True)]
         print(
             json.dumps(
@@ -195,7 +156,7 @@ def main() -> None:
             )
         )
     finally:
-        stack.stop()
+        cost.stop()
 
 
 if __name__ == "__main__":
