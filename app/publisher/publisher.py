@@ -46,7 +46,6 @@ from app.observability.metrics import (
 )
 from app.publisher.outcomes import DUPLICATE, OK, RETRY, Outcome, classify, confirm_duplicates
 from app.publisher.payload_crypto import PayloadCipher, parse_keys
-from app.publisher.schema import F_AUDIO
 from app.publisher.session_queue import (
     QueuedAudio,
     QueuedEvent,
@@ -373,7 +372,7 @@ class Publisher:
         # Arguments as redis-py's xadd() builds them, without its per-call validation.
         if isinstance(item, QueuedAudio):
             if item.command is not None:  # the audio follows its packed head, uncopied
-                commands.append([item.command, item.fields[F_AUDIO], b"\r\n"])
+                commands.append([item.command, item.audio, b"\r\n"])
                 return 1
             commands.append(("XADD", session.stream_key, *self._audio_trim, item.entry_id,
                              *chain.from_iterable(item.fields.items())))  # fmt: skip

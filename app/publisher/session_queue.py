@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,13 +28,6 @@ from app.redis import keys
 log = logging.getLogger("app.streams.publisher")
 
 _EVENT_SLACK = 64  # events accepted beyond a full queue, so `closed` always gets through
-# The RESP of an audio XADD after its head (command, key, trim) up to the audio itself: id and
-# fields in the order of the fields dict, packed with one %-format as the frame is queued. The
-# audio follows as a piece of its own, so it is never copied on its way to the socket.
-_AUDIO_ENTRY: Final = (
-    b"%b$%d\r\n%b\r\n"  # head, entry id
-    b"$6\r\noffset\r\n$%d\r\n%b\r\n$7\r\nsamples\r\n$%d\r\n%b\r\n$5\r\naudio\r\n$%d\r\n"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,24 +43,43 @@ class SessionInfo:
 
 
 class QueuedAudio:
-    __slots__ = ("command", "entry_id", "fields", "received_at", "samples")
+    """A frame waiting to be written. Its entry's id and fields are made when asked for (a
+    write as argument tuples, the duplicate check after a retry); the usual write sends
+    `command`, its XADD in RESP up to the audio, packed as it was queued, then the audio
+    itself, uncopied. (Bytes, not a list or dict: an object the collector tracks, kept while
+    queued, would be promoted to its oldest generation by the thousand per second.)"""
+
+    __slots__ = ("audio", "command", "index", "received_at", "sample_offset", "samples", "sealed")
 
     def __init__(
         self,
-        entry_id: bytes,
-        fields: dict[bytes, bytes],
+        index: int,
+        sample_offset: int,
         samples: int,
+        audio: bytes,
         received_at: float,
         command: bytes | None = None,
+        sealed: tuple[bytes, bytes] | None = None,
     ) -> None:
-        self.entry_id = entry_id
-        self.fields = fields
+        self.index = index  # the entry id's first part
+        self.sample_offset = sample_offset
         self.samples = samples
+        self.audio = audio  # sealed, when the integration encrypts its payloads
         self.received_at = received_at
-        # Its XADD in RESP up to the audio, when packed as it was queued (bytes, not a list:
-        # an object the collector tracks, kept while queued, would be promoted to its oldest
-        # generation by the thousand per second).
         self.command = command
+        self.sealed = sealed  # the key id and nonce of an encrypted payload
+
+    @property
+    def entry_id(self) -> bytes:
+        return b"%d-0" % self.index
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        fields = {F_OFFSET: b"%d" % self.sample_offset, F_SAMPLES: b"%d" % self.samples}
+        if self.sealed is not None:
+            fields[F_KID], fields[F_NONCE] = self.sealed
+        fields[F_AUDIO] = self.audio
+        return fields
 
 
 class QueuedEvent:
@@ -109,6 +121,17 @@ class QueueOwner(Protocol):
 
 def _wall_clock() -> bytes:
     return datetime.now(UTC).isoformat(timespec="milliseconds").encode()
+
+
+def _audio_entry(index: int, sample_offset: int, sample_count: int, size: int) -> bytes:
+    """The RESP of an audio XADD after its head (command, key, trim) up to the audio itself:
+    the entry id, then the fields in `QueuedAudio.fields`'s order. One string built in
+    compiled code: four bytes %-formats per frame cost several times as much."""
+    entry, offset, count = str(index), str(sample_offset), str(sample_count)
+    return (
+        f"${len(entry) + 2}\r\n{entry}-0\r\n$6\r\noffset\r\n${len(offset)}\r\n{offset}\r\n"
+        f"$7\r\nsamples\r\n${len(count)}\r\n{count}\r\n$5\r\naudio\r\n${size}\r\n"
+    ).encode()
 
 
 class SessionPublisher:
@@ -204,22 +227,19 @@ class SessionPublisher:
         ):
             self._overflow()
             return False
-        entry_id = b"%d-0" % self._next_index
-        offset = b"%d" % sample_offset
-        samples = b"%d" % sample_count
-        command = None
-        if self._cipher is None:
-            fields = {F_OFFSET: offset, F_SAMPLES: samples, F_AUDIO: data}
-            head = self._audio_head
-            if head is not None:
-                packed = _AUDIO_ENTRY % (head, len(entry_id), entry_id, len(offset), offset,
-                                         len(samples), samples, len(data))  # fmt: skip
-                command = packed
-        else:
+        index = self._next_index
+        if self._cipher is not None:
             nonce, sealed = self._cipher.encrypt(sample_offset, data)
-            fields = {F_OFFSET: offset, F_SAMPLES: samples, F_KID: self._kid, F_NONCE: nonce,
-                      F_AUDIO: sealed}  # fmt: skip
-        self.queue.append(QueuedAudio(entry_id, fields, sample_count, received_at, command))
+            item = QueuedAudio(
+                index, sample_offset, sample_count, sealed, received_at, None, (self._kid, nonce)
+            )
+        else:
+            head = self._audio_head
+            command = None
+            if head is not None:
+                command = head + _audio_entry(index, sample_offset, sample_count, len(data))
+            item = QueuedAudio(index, sample_offset, sample_count, data, received_at, command)
+        self.queue.append(item)
         self._next_index += 1
         self.backlog_samples += sample_count
         self._publisher.enqueued(self, audio=True)

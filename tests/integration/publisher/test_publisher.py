@@ -229,6 +229,27 @@ async def test_open_session_rejects_live_duplicate_and_unknown_key(redis_client:
         publisher.open_session(other, lambda: None)
 
 
+async def test_an_entry_this_session_already_wrote_counts_as_published(
+    redis_client: Redis,
+) -> None:
+    """A retry after a lost reply finds its own entry (same id, same fields): published once,
+    not lost and not failed."""
+    info = session_info(MediaFormat("PCMU", MONO))
+    key = keys.audio_stream(info.session_id)
+    frame = bytes(range(160))
+    await redis_client.xadd(key, {"offset": "0", "samples": "160", "audio": frame}, id="1-0")
+    failures: list[int] = []
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    session = publisher.open_session(info, lambda: failures.append(1))
+    session.audio(frame, 0, 160, time.monotonic())
+    await publisher.flush(10)
+    await publisher.stop(flush_timeout=1)
+    assert failures == []
+    assert (session.frames_lost, session.frames_published) == (0, 1)
+    assert await redis_client.xlen(key) == 1
+
+
 async def test_foreign_stream_with_same_session_id_fails_the_session(redis_client: Redis) -> None:
     """Entry ids make retries idempotent; a stream left by someone else must not swallow audio."""
     info = session_info(MediaFormat("PCMU", MONO))
