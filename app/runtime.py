@@ -168,10 +168,12 @@ class Gateway:
             self._tick_each(time.monotonic())
 
     async def _flush_audio_metrics(self) -> None:
-        """Live calls' audio reaches the metrics within a second (AudioTally)."""
+        """Live calls' audio reaches the metrics within a second (AudioTally), and so does the
+        publisher's side of it, even while a stalled Redis holds its round trips."""
         while True:
             await asyncio.sleep(AUDIO_METRICS_INTERVAL_SECONDS)
             flush_audio_tallies()
+            self.publisher.report_metrics()
 
     def _tick_each(self, now: float) -> None:
         # Not inline in the loop above: its loop variable would keep the last session ticked

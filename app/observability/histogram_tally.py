@@ -1,8 +1,9 @@
 """Observations of a histogram, counted where they happen and added to it in one go.
 
 prometheus_client's `observe()` takes two locks and runs interpreted code; the publisher has
-a latency for every audio frame (thousands a second), so it counts them here, in compiled code
-(pyproject.toml, compiled-modules), and adds the counts to the histogram a few times a second.
+a latency for every audio frame (thousands a second), so it counts them here (compiled in the
+compiled build: pyproject.toml, compiled-modules), and adds the counts to the histogram a few
+times a second.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from prometheus_client import Histogram
 
 
 class HistogramTally:
-    """Counts per bucket and their sum, added to `histogram` by `flush`: the same samples as
-    one `observe()` per amount (prometheus_client has no bulk observe, so this adds to the
-    fields its own `observe()` adds to)."""
+    """Counts per bucket and their sum, added to `histogram` by `flush`: for any amount but
+    NaN (which this counts in the first bucket), the same samples as one `observe()` each.
+    prometheus_client has no bulk observe, so this adds to the fields its `observe()` does."""
 
     __slots__ = ("_bounds", "_buckets", "_counts", "_sum", "_sum_value")
 

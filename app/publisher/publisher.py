@@ -128,11 +128,12 @@ class Publisher:
         self._retry_at = float("-inf")  # on the event loop's clock
         self._ready = False
         self._was_up = False
-        self._gauge_up: bool | None = None  # what this publisher last set REDIS_UP to
+        # What this publisher last set REDIS_UP to (one publisher per process: the gateway's).
+        self._gauge_up: bool | None = None
         self._gauges_at = float("-inf")
         # Published frames and their latencies, added to the metrics with the gauges (a few
-        # times a second, and when the writer is idle): per round trip they took locks and
-        # interpreted code for every frame.
+        # times a second, when the writers are idle, and every second from the gateway): per
+        # round trip they took locks and interpreted code for every frame.
         self._unreported_frames = 0
         self._latencies = HistogramTally(PUBLISH_LATENCY)
         self.backlog_seconds = settings.publish_backlog_seconds
@@ -485,6 +486,12 @@ class Publisher:
         if up != self._gauge_up:  # every round trip comes here: a gauge update takes a lock
             self._gauge_up = up
             REDIS_UP.set(1 if up else 0)
+
+    def report_metrics(self) -> None:
+        """Bring the backlog gauges and the published frames' counts up to date: the gateway
+        calls this every second, so they follow a stalled Redis, when no round trip comes back
+        to update them."""
+        self._update_gauges(force=True)
 
     def _update_gauges(self, *, force: bool = False) -> None:
         now = self._clock()

@@ -1,8 +1,10 @@
-"""RFC 6455 client frames in, whole messages out: the parser of accepted AudioHook sessions.
+"""RFC 6455 client frames in, whole messages out: the parser of accepted AudioHook sessions,
+and the read callback that feeds it.
 
-Pure computation on the bytes of each read (no I/O, no event loop), so that it can be compiled
-with the other per-frame modules (pyproject.toml, compiled-modules);
-app/transport/ws_protocol.py drives it.
+The parser is pure computation on the bytes of each read (no I/O, no event loop); the read
+callback only hands reads to it and reports a broken rule to its owner, the WebSocket protocol
+(app/transport/ws_protocol.py), which does the I/O. Both are compiled with the other per-frame
+modules in the compiled build (pyproject.toml, compiled-modules).
 """
 
 from __future__ import annotations
@@ -202,12 +204,13 @@ class ReaderOwner(Protocol):
 
 
 class DirectReader:
-    """The read callback of an accepted session, in compiled code.
+    """The read callback of an accepted session.
 
     The WebSocket protocol installs `data_received` in place of its own once the session is
-    taken over, so that each read goes from the event loop straight to compiled code: the
-    interpreted callback it replaces cost a few per cent of the worker's CPU at 1,000 calls.
-    After the server's close frame, reads go back to the protocol (`read_after_close`)."""
+    taken over, so that in the compiled build each read goes from the event loop straight to
+    compiled code: the interpreted callback it replaces cost a few per cent of the worker's
+    CPU at 1,000 calls. After the server's close frame, reads go back to the protocol
+    (`read_after_close`)."""
 
     __slots__ = ("_clock", "_owner", "_parser")
 

@@ -2,10 +2,10 @@
 
 The handshake (admission, denial responses, `accept`) flows through ASGI as uvicorn does it.
 Once the endpoint has accepted, `take_over` switches the protocol to direct mode: each TCP
-read goes to compiled code (``DirectReader``), every complete message of it is parsed
-(``FrameParser``, both in app/transport/frames.py) and handed synchronously to the session's
-``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per frame and no
-pause/resume of reading. Messages the server sends still go
+read goes to ``DirectReader`` (compiled in the compiled build), every complete message of it
+is parsed (``FrameParser``, both in app/transport/frames.py) and handed synchronously to the
+session's ``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per frame
+and no pause/resume of reading. Messages the server sends still go
 through ASGI `send` (rare: a few per session), so uvicorn keeps writing them, the keepalive
 pings and the close.
 

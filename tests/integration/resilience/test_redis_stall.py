@@ -86,3 +86,23 @@ async def test_readiness_follows_a_stalled_redis_and_no_caller_is_a_replay(
             await call.finish(redis_client)  # every frame of the call survived the stall
         finally:
             await redis_client.aclose()
+
+
+async def test_the_backlog_shows_in_the_metrics_while_a_stall_holds_the_round_trips(
+    own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Round trips wait out a stall up to the Redis timeout (10 s here); the metrics must not:
+    the gateway brings the publisher's up to date every second."""
+    settings = {"REDIS_TIMEOUT_SECONDS": "10", "REDIS_HEALTH_CHECK_SECONDS": "0.5"}
+    with running_gateway(own_redis, tmp_path, settings=settings) as gateway:
+        call = await BackgroundCall(gateway.ws_url).start()
+        with redis_stalled(own_redis):
+            stalled_at = time.monotonic()
+            while metric_value(gateway, "audiohook_publish_backlog_frames") == 0:
+                assert time.monotonic() - stalled_at < 5, "the backlog gauge stayed at 0"
+                await asyncio.sleep(0.1)
+        redis_client = redis.asyncio.Redis.from_url(own_redis.url)
+        try:
+            await call.finish(redis_client)  # every frame of the call survived the stall
+        finally:
+            await redis_client.aclose()
