@@ -5,9 +5,8 @@ Once the endpoint has accepted, `take_over` switches the protocol to direct mode
 read goes to ``DirectReader`` (compiled in the compiled build), every complete message of it
 is parsed (``FrameParser``, both in app/transport/frames.py) and handed synchronously to the
 session's ``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per frame
-and no pause/resume of reading. Messages the server sends still go
-through ASGI `send` (rare: a few per session), so uvicorn keeps writing them, the keepalive
-pings and the close.
+and no pause/resume of reading. Messages the server sends still go through ASGI `send` (rare:
+a few per session), so uvicorn keeps writing them, the keepalive pings and the close.
 
 Before the take-over (and under any other use), every complete frame of a read reaches the
 application before a parser error in that read is reported: uvicorn's own protocol reports
