@@ -274,9 +274,9 @@ class Publisher:
                 self._wakeup.clear()
                 self._wakeup_set = False
                 if not self._pending:
-                    # All written: the metrics catch up now, whichever writer this is (the
-                    # other may wait without a timeout).
-                    self._update_gauges(force=True)
+                    # All written: the metrics catch up, at most a few times a second (writers
+                    # go idle between most round trips; the gateway also reports every second).
+                    self._update_gauges()
                 if checks_health and not self._pending:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self._health_interval)
