@@ -89,7 +89,7 @@ class Gateway:
         await self.allowlist.load_cached()
         self._spawn(self.allowlist.run(), "ip-ranges-refresh")
         self._spawn(self._tick_sessions(), "session-ticker")
-        self._spawn(self._flush_audio_metrics(), "audio-metrics")
+        self._spawn(self._report_metrics(), "metrics-report")
         self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
@@ -167,7 +167,7 @@ class Gateway:
             await asyncio.sleep(TICK_INTERVAL_SECONDS)
             self._tick_each(time.monotonic())
 
-    async def _flush_audio_metrics(self) -> None:
+    async def _report_metrics(self) -> None:
         """Live calls' audio reaches the metrics within a second (AudioTally), and so does the
         publisher's side of it, even while a stalled Redis holds its round trips."""
         while True:

@@ -40,14 +40,16 @@ class HistogramTally:
         self._counts[index] += 1
         self._sum += amount
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Add what was observed since the last flush; how many amounts that was."""
         counts = self._counts
-        observed = False
+        observed = 0
         for index, count in enumerate(counts):
             if count:
                 self._buckets[index].inc(count)
                 counts[index] = 0
-                observed = True
+                observed += count
         if observed:
             self._sum_value.inc(self._sum)
             self._sum = 0.0
+        return observed

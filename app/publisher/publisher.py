@@ -131,10 +131,9 @@ class Publisher:
         # What this publisher last set REDIS_UP to (one publisher per process: the gateway's).
         self._gauge_up: bool | None = None
         self._gauges_at = float("-inf")
-        # Published frames and their latencies, added to the metrics with the gauges (a few
-        # times a second, when the writers are idle, and every second from the gateway): per
-        # round trip they took locks and interpreted code for every frame.
-        self._unreported_frames = 0
+        # Published frames' latencies (and so their count), added to the metrics with the
+        # gauges (a few times a second, when the writers are idle, and every second from the
+        # gateway): per round trip they took locks and interpreted code for every frame.
         self._latencies = HistogramTally(PUBLISH_LATENCY)
         self.backlog_seconds = settings.publish_backlog_seconds
         self.probe_events = settings.publish_probe_events
@@ -206,7 +205,7 @@ class Publisher:
             session.backlog_samples = 0
         self._pending.clear()
         self._backlog_frames = 0
-        self._update_gauges(force=True)  # and what was published, to the metrics
+        self._update_metrics(force=True)  # and what was published, to the metrics
 
     # --- sessions -----------------------------------------------------------------------------
     def open_session(self, info: SessionInfo, on_failure: Callable[[], None]) -> SessionPublisher:
@@ -276,7 +275,7 @@ class Publisher:
                 if not self._pending:
                     # All written: the metrics catch up, at most a few times a second (writers
                     # go idle between most round trips; the gateway also reports every second).
-                    self._update_gauges()
+                    self._update_metrics()
                 if checks_health and not self._pending:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), self._health_interval)
@@ -431,7 +430,6 @@ class Publisher:
                     session.backlog_samples -= item.samples
                     self._backlog_frames -= 1
                     if status == OK:
-                        self._unreported_frames += 1
                         session.frames_published += 1
                         latencies.observe(now - item.received_at)
                     else:
@@ -451,7 +449,7 @@ class Publisher:
         else:  # reachable but refusing writes (e.g. OOM, failover): not ready either
             REDIS_ERRORS.labels("publish").inc()
             self._set_ready(False)
-        self._update_gauges()
+        self._update_metrics()
         return all_done
 
     def _retire(self, session: SessionPublisher) -> None:
@@ -467,7 +465,7 @@ class Publisher:
                 extra={"error": type(exc).__name__, "backlog_frames": self._backlog_frames},
             )
         self._set_ready(False)
-        self._update_gauges()
+        self._update_metrics()
 
     def health_checked(self, up: bool) -> None:
         """The outcome of the separate health check (a stall is seen before writes time out)."""
@@ -491,17 +489,16 @@ class Publisher:
         """Bring the backlog gauges and the published frames' counts up to date: the gateway
         calls this every second, so they follow a stalled Redis, when no round trip comes back
         to update them."""
-        self._update_gauges(force=True)
+        self._update_metrics(force=True)
 
-    def _update_gauges(self, *, force: bool = False) -> None:
+    def _update_metrics(self, *, force: bool = False) -> None:
         now = self._clock()
         if not force and now - self._gauges_at < _GAUGE_INTERVAL:
             return
         self._gauges_at = now
-        if self._unreported_frames:
-            FRAMES_PUBLISHED.inc(self._unreported_frames)
-            self._unreported_frames = 0
-            self._latencies.flush()
+        published = self._latencies.flush()  # one latency per frame published
+        if published:
+            FRAMES_PUBLISHED.inc(published)
         PUBLISH_BACKLOG_FRAMES.set(self._backlog_frames)
         fill = 0.0
         for session in self._pending:
