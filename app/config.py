@@ -305,8 +305,9 @@ class Settings(BaseSettings):
     )
     upgrades_per_second_per_source: float = Field(
         300.0,
-        description="Sustained WebSocket upgrades per second allowed from one source address, "
-        "checked before authentication; excess gets HTTP 429.",
+        description="Sustained WebSocket upgrades per second allowed from one source (an IPv4 "
+        "address, or an IPv6 network: source_ipv6_prefix_length), checked before "
+        "authentication; excess gets HTTP 429.",
     )
     max_request_head_bytes: int = Field(
         16384,
@@ -316,14 +317,23 @@ class Settings(BaseSettings):
     )
     upgrade_burst_per_source: int = Field(
         600,
-        description="Burst of upgrades one source address may make before the rate applies. "
+        description="Burst of upgrades one source may make before the rate applies. "
         "Genesys connects from a few egress addresses per region, so this is sized for a "
         "large tenant's call ramp; it only stops floods before authentication work.",
+    )
+    source_ipv6_prefix_length: int = Field(
+        64,
+        ge=1,
+        le=128,
+        description="The per-source limits (upgrade rate, unfinished requests) count an IPv6 "
+        "client by its network of this prefix length, not by its address: a host or "
+        "subscriber is given a /64 or more and may use any address in it, so a limit per "
+        "address would bound nothing. 128 counts each address. IPv4 counts each address.",
     )
     max_unfinished_requests_per_source: int = Field(
         256,
         ge=0,
-        description="Connections at a time from one source address that have not sent their "
+        description="Connections at a time from one source that have not sent their "
         "whole request head; a further one is closed as it connects (counted as "
         "too_many_connections). Genesys sends its head at once, so its connections barely "
         "count; without this, a client that connects and sends nothing holds a descriptor "

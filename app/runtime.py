@@ -59,7 +59,9 @@ class Gateway:
             SessionOwners(self.redis, settings.stream_ttl_seconds),
         )
         self.upgrade_limiter = SourceRateLimiter(
-            settings.upgrades_per_second_per_source, settings.upgrade_burst_per_source
+            settings.upgrades_per_second_per_source,
+            settings.upgrade_burst_per_source,
+            settings.source_ipv6_prefix_length,
         )
         cpu_capacity = worker_cpu_capacity()
         self.load_shedder = LoadShedder.from_settings(

@@ -128,7 +128,9 @@ def uvicorn_config(
         http=guarded_http_protocol(
             settings.max_request_head_bytes,
             settings.open_timeout_seconds,
-            SourceConnectionLimit(settings.max_unfinished_requests_per_source),
+            SourceConnectionLimit(
+                settings.max_unfinished_requests_per_source, settings.source_ipv6_prefix_length
+            ),
             gateway,
         ),
         ws=AudioHookWebSocketProtocol,

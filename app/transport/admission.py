@@ -142,7 +142,7 @@ async def admit(
         return Refusal(503, OVERLOADED_TEXT)
     if not gateway.allowlist.allows(address):
         return refuse(403, "ip_not_allowed", "Forbidden")
-    if not gateway.upgrade_limiter.allow(client_address):
+    if not gateway.upgrade_limiter.allow(address):
         return refuse(429, "rate_limited", "Too many connection attempts")
     duplicate = duplicated_header(websocket.scope["headers"])
     if duplicate is not None:

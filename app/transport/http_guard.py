@@ -13,8 +13,9 @@ of the request (see docs/http-guard.md).
 - One request per connection: the main listener exists for upgrades, the operational one for
   probes and scrapes. Keep-alive and pipelining would reopen the head gaps, and a body that
   never ends could hold the socket after its response; the connection closes after it.
-- A source address may have only `max_unfinished_requests_per_source` connections at a time
-  on a listener whose request head is not complete; a further one is closed as it connects.
+- A source (an IPv4 address or an IPv6 network) may have only
+  `max_unfinished_requests_per_source` connections at a time on a listener whose request
+  head is not complete; a further one is closed as it connects.
   The deadline bounds how long each is held, this how many (descriptors are the process's,
   so the operational listener is bounded too).
 
@@ -110,8 +111,8 @@ def guarded_http_protocol(
                 return True
             if gateway is not None and contains(gateway.allowlist.trusted_proxies, address):
                 return True  # a trusted proxy speaks for many clients
-            source = str(address)
-            if unfinished.hold(source):
+            source = unfinished.hold(address)
+            if source is not None:
                 self._unfinished_source = source
                 return True
             self._finished = True
@@ -291,7 +292,7 @@ def guarded_http_protocol(
                 client = str(address) if address is not None else "unknown"
                 # A trusted proxy that could not name its client is not charged for it.
                 if address is not None and not contains(allowlist.trusted_proxies, address):
-                    gateway.upgrade_limiter.allow(client)
+                    gateway.upgrade_limiter.allow(address)
             refusal_log.log(
                 logging.WARNING,
                 cause,

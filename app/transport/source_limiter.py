@@ -1,27 +1,50 @@
-"""Limits per source address, checked before any authentication work.
+"""Limits per source, checked before any authentication work.
+
+A source is what `source_key` makes of the client's address: an IPv4 address, or the IPv6
+network of `ipv6_prefix_length` bits around an IPv6 one. A host or subscriber is given a
+whole IPv6 /64 (often more) and may send from any address in it, so limits per IPv6
+address would bound nothing.
 
 - `SourceRateLimiter`: upgrades per second. Memory is bounded: at most ``max_sources``
-  addresses are tracked; the least recently seen one is forgotten first (a forgotten address
+  sources are tracked; the least recently seen one is forgotten first (a forgotten source
   starts again with a full bucket, which only errs on the side of letting a client in).
 - `SourceConnectionLimit`: connections at a time that have not sent their request head.
-  Memory is bounded by the open connections: an address leaves with its last one.
+  Memory is bounded by the open connections: a source leaves with its last one.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 
 from app.ratelimit import TokenBucket
+from app.security.ipallow import IPAddress
+
+UNKNOWN_SOURCE = "unknown"  # clients whose address cannot be known share one budget
+
+
+def source_key(address: IPAddress | None, ipv6_prefix_length: int) -> str:
+    """The source `address` is counted under (see the module's docstring)."""
+    if address is None:
+        return UNKNOWN_SOURCE
+    if isinstance(address, ipaddress.IPv4Address) or ipv6_prefix_length >= 128:
+        return str(address)
+    return str(ipaddress.IPv6Network((address, ipv6_prefix_length), strict=False))
 
 
 class SourceRateLimiter:
-    def __init__(self, rate: float, burst: int, max_sources: int = 50_000) -> None:
+    def __init__(
+        self, rate: float, burst: int, ipv6_prefix_length: int, max_sources: int = 50_000
+    ) -> None:
         self.rate = rate
         self.burst = burst
+        self.ipv6_prefix_length = ipv6_prefix_length
         self.max_sources = max_sources
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def allow(self, source: str) -> bool:
+    def allow(self, address: IPAddress | None) -> bool:
+        """Take one upgrade from the budget of `address`'s source; False when it is spent."""
+        source = source_key(address, self.ipv6_prefix_length)
         bucket = self._buckets.get(source)
         if bucket is None:
             bucket = TokenBucket(rate=self.rate, burst=self.burst)
@@ -37,23 +60,26 @@ class SourceRateLimiter:
 
 
 class SourceConnectionLimit:
-    """At most `limit` connections at a time per source address in one state (the HTTP
-    guard's: the request head not complete yet). `hold` takes a place, `release` gives it
-    back; each place held is released exactly once."""
+    """At most `limit` connections at a time per source in one state (the HTTP guard's: the
+    request head not complete yet). `hold` takes a place and names the source it was taken
+    for, `release` gives it back; each place held is released exactly once."""
 
-    __slots__ = ("_held", "limit")
+    __slots__ = ("_held", "ipv6_prefix_length", "limit")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, ipv6_prefix_length: int) -> None:
         self.limit = limit
+        self.ipv6_prefix_length = ipv6_prefix_length
         self._held: dict[str, int] = {}
 
-    def hold(self, source: str) -> bool:
-        """Take a place for `source`; False (nothing taken) when it holds `limit` already."""
+    def hold(self, address: IPAddress) -> str | None:
+        """Take a place for `address`'s source, and return that source for `release`; None
+        (nothing taken) when the source holds `limit` places already."""
+        source = source_key(address, self.ipv6_prefix_length)
         count = self._held.get(source, 0)
         if count >= self.limit:
-            return False
+            return None
         self._held[source] = count + 1
-        return True
+        return source
 
     def release(self, source: str) -> None:
         count = self._held[source] - 1
@@ -62,9 +88,9 @@ class SourceConnectionLimit:
         else:
             del self._held[source]
 
-    def held(self, source: str) -> int:
-        return self._held.get(source, 0)
+    def held(self, address: IPAddress) -> int:
+        return self._held.get(source_key(address, self.ipv6_prefix_length), 0)
 
     def __len__(self) -> int:
-        """Addresses holding a place."""
+        """Sources holding a place."""
         return len(self._held)

@@ -18,7 +18,8 @@ import pytest
 
 from app.redis.embedded import EmbeddedRedis
 from app.transport.ws_protocol import MAX_BYTES_BEFORE_RESPONSE
-from tests.integration.resilience.helpers import gateway_process, good_call, readyz
+from tests.integration.gateway.helpers import wait_for_log
+from tests.integration.resilience.helpers import gateway_process, good_call, readyz, refused
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess
 from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value
@@ -255,6 +256,39 @@ async def test_malformed_requests_count_against_the_source_rate_limit(
             await good_call(gateway, source="127.0.0.5")
         assert refusal.value.status == 429
         await good_call(gateway, source="127.0.0.6")  # another source keeps its budget
+
+
+async def test_clients_of_one_ipv6_network_share_its_upgrade_budget(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """A host may send from any address of its /64, so the budget is the network's: behind a
+    trusted proxy (127.0.0.1), X-Forwarded-For names a new address of one /64 every time. The
+    addresses are documentation ones (RFC 3849), only ever header values."""
+    settings = {
+        "UPGRADES_PER_SECOND_PER_SOURCE": "0.01",
+        "UPGRADE_BURST_PER_SOURCE": "3",
+        "TRUSTED_PROXIES": '["127.0.0.1/32"]',
+    }
+
+    def forwarded_for(address: str) -> dict[str, str]:
+        return {"X-Forwarded-For": address}
+
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        # A malformed upgrade, answered by the HTTP guard, is charged to the network too.
+        with dial(gateway) as sock:
+            send(sock, MALFORMED[0].request[:-2] + b"X-Forwarded-For: 2001:db8:0:1::a\r\n\r\n")
+            assert until_closed(sock).startswith(b"HTTP/1.1 400")
+        for address in ("2001:db8:0:1::b", "2001:db8:0:1:ffff::c"):
+            client = await WireClient.connect(gateway.ws_url, headers=forwarded_for(address))
+            await client.aclose()
+        answer = await refused(gateway.ws_url, headers=forwarded_for("2001:db8:0:1::d"))
+        assert answer.status == 429
+        client = await WireClient.connect(gateway.ws_url, headers=forwarded_for("2001:db8:0:2::1"))
+        await client.aclose()  # the next /64 keeps its own budget
+        record = await wait_for_log(
+            gateway, lambda r: r.get("cause") == "rate_limited" and r.get("status") == 429
+        )
+        assert record["client_address"] == "2001:db8:0:1::d"  # logged as the address it is
 
 
 # --- connections that never finish their request head ----------------------------------------
