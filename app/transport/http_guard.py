@@ -79,6 +79,7 @@ def guarded_http_protocol(
     refusal_log = ThrottledLog(log, per_second=20.0)  # connections are the client's to open
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
+        unfinished_per_source = unfinished
         _deadline: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _head_complete = False

@@ -3,7 +3,9 @@
 A source is what `source_key` makes of the client's address: an IPv4 address, or the IPv6
 network of `ipv6_prefix_length` bits around an IPv6 one. A host or subscriber is given a
 whole IPv6 /64 (often more) and may send from any address in it, so limits per IPv6
-address would bound nothing.
+address would bound nothing. An IPv6 address that carries an IPv4 client's address (NAT64's
+well-known prefix, 6to4, Teredo) counts as that IPv4 address: behind a NAT64 translator every
+IPv4 client would otherwise share one /64, and one IPv4 address owns a whole 6to4 /48.
 
 - `SourceRateLimiter`: upgrades per second. Memory is bounded: at most ``max_sources``
   sources are tracked; the least recently seen one is forgotten first (a forgotten source
@@ -21,17 +23,29 @@ from app.ratelimit import TokenBucket
 from app.security.ipallow import IPAddress
 
 UNKNOWN_SOURCE = "unknown"  # clients whose address cannot be known share one budget
+_NAT64_PREFIX = 0x0064_FF9B << 96  # 64:ff9b::/96 (RFC 6052): the IPv4 address in the low 32 bits
 
 
 def source_key(address: IPAddress | None, ipv6_prefix_length: int) -> str:
     """The source `address` is counted under (see the module's docstring)."""
     if address is None:
         return UNKNOWN_SOURCE
-    if isinstance(address, ipaddress.IPv4Address) or ipv6_prefix_length >= 128:
+    if isinstance(address, ipaddress.IPv6Address):
+        address = _embedded_ipv4(address) or address
+    if isinstance(address, ipaddress.IPv4Address):
         return str(address)
-    host_bits = 128 - ipv6_prefix_length  # (an IPv6Network would cost five times as much)
+    # From the integer, which also drops a link-local address's %zone (the client's to pick).
+    host_bits = 128 - ipv6_prefix_length
     network = ipaddress.IPv6Address(int(address) >> host_bits << host_bits)
-    return f"{network}/{ipv6_prefix_length}"
+    return str(network) if host_bits == 0 else f"{network}/{ipv6_prefix_length}"
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if int(address) >> 32 == _NAT64_PREFIX >> 32:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    if address.teredo is not None:
+        return address.teredo[1]  # (the Teredo server, the client)
+    return address.sixtofour
 
 
 class SourceRateLimiter:

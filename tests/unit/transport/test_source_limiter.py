@@ -8,6 +8,8 @@ import ipaddress
 
 import pytest
 
+from app.config import Settings
+from app.server import uvicorn_config
 from app.transport.source_limiter import (
     UNKNOWN_SOURCE,
     SourceConnectionLimit,
@@ -31,6 +33,33 @@ def test_an_ipv6_client_counts_as_its_network_and_an_ipv4_one_as_its_address() -
     assert source_key(v6("2001:db8:1:2:aaaa::1"), 128) == "2001:db8:1:2:aaaa::1"
     assert source_key(V4, 64) == "192.0.2.1"
     assert source_key(None, 64) == UNKNOWN_SOURCE
+
+
+def test_a_link_local_clients_zone_is_not_part_of_its_source() -> None:
+    assert source_key(v6("fe80::1%eth0"), 128) == source_key(v6("fe80::1%eth1"), 128) == "fe80::1"
+    assert source_key(v6("fe80::1%eth0"), 64) == "fe80::/64"
+
+
+@pytest.mark.parametrize(
+    "carrier",
+    [
+        "64:ff9b::c000:201",  # NAT64's well-known prefix
+        "2002:c000:201::1",  # 6to4: one IPv4 address owns the /48, 65,536 /64s
+        "2002:c000:201:ffff::1",
+        "2001:0:4136:e378:8000:63bf:3fff:fdfe",  # Teredo: the client's address, inverted
+    ],
+)
+def test_an_ipv6_address_carrying_an_ipv4_clients_address_counts_as_that_address(
+    carrier: str,
+) -> None:
+    assert source_key(v6(carrier), 64) == "192.0.2.1"
+    assert source_key(v6(carrier), 128) == "192.0.2.1"
+
+
+def test_ipv4_clients_behind_nat64_keep_their_own_places() -> None:
+    limit = SourceConnectionLimit(1, ipv6_prefix_length=64)
+    assert limit.hold(v6("64:ff9b::c000:201")) == "192.0.2.1"
+    assert limit.hold(v6("64:ff9b::c633:6407")) == "198.51.100.7"
 
 
 def test_addresses_of_one_ipv6_network_share_an_upgrade_budget() -> None:
@@ -79,3 +108,12 @@ def test_a_released_place_can_be_taken_again_and_a_source_leaves_with_its_last()
 def test_releasing_a_place_never_taken_is_a_bug_that_shows() -> None:
     with pytest.raises(KeyError):
         SourceConnectionLimit(2, ipv6_prefix_length=64).release("192.0.2.1")
+
+
+def test_a_listener_counts_unfinished_requests_per_source_as_configured() -> None:
+    settings = Settings(source_ipv6_prefix_length=56, max_unfinished_requests_per_source=7)
+    protocol = uvicorn_config(object(), "127.0.0.1", 0, settings).http
+    assert isinstance(protocol, type)
+    limit = vars(protocol)["unfinished_per_source"]  # the guard's (http_guard.py)
+    assert isinstance(limit, SourceConnectionLimit)
+    assert (limit.limit, limit.ipv6_prefix_length) == (7, 56)
