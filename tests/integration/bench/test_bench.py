@@ -27,3 +27,6 @@ def test_bench_spawn_small_run_reports_zero_loss() -> None:
     # live (read from its metrics listener), and Redis's wait for a core (Linux schedstat).
     assert 0 <= step["gateway_ack_within_10ms_pct"] <= step["gateway_ack_within_20ms_pct"] <= 100
     assert step["redis_cpu_wait_pct"] >= 0
+    # The gateway's CPU in units of the generator's (both sampled while every call was live).
+    ratio = step["gateway_cpu_pct"] / step["generator_cpu_pct"]
+    assert step["gateway_cpu_per_generator_cpu"] == round(ratio, 3)
