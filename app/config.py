@@ -356,6 +356,16 @@ class Settings(BaseSettings):
         "before queues build up; a call ramp that the worker absorbs peaks near 0.9 on a "
         "2-core box. 0 disables.",
     )
+    overload_cpu_throttled_hold_seconds: float = Field(
+        0.25,
+        ge=0,
+        description="Load shedding under a CPU limit: for this long after the kernel throttles "
+        "the worker (its cgroup's quota spent before the period ended, so every live call's "
+        "audio waited out the rest of the period), new upgrades get HTTP 503 (Retry-After), "
+        "once its CPU share is past half its bound. A longer hold keeps more headroom and "
+        "takes fewer calls (1 s took half as many as 0.25 s at a 0.3-core limit). Without a "
+        "limit the kernel never throttles; 0 disables.",
+    )
     overload_max_cpu_utilization_under_limit: float = Field(
         0.8,
         ge=0,

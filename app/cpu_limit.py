@@ -41,7 +41,7 @@ def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
     global _warned
     capacity = ONE_CORE
     try:
-        for quota, period in _cpu_limits(proc / "self"):
+        for quota, period, _ in _cpu_limits(proc / "self"):
             if quota > 0 and period > 0:
                 capacity = min(capacity, quota / period)
     except Exception as exc:  # a surprise in the files must not stop the worker
@@ -53,6 +53,42 @@ def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
             )
         return ONE_CORE
     return max(capacity, LEAST_CORES)
+
+
+class ThrottledPeriods:
+    """How many CPU periods the kernel has throttled the worker in (`nr_throttled` of cpu.stat,
+    cgroup v1 and v2): its quota was spent before the period ended, and the whole process,
+    every live call's audio with it, waited out the rest. Read from the cgroup with the
+    lowest limit (any limited cgroup above the worker stops it when spent; the lowest is the
+    one that does). Calling it gives the count so far, or None with no limit or no file."""
+
+    def __init__(self, proc: Path = Path("/proc")) -> None:
+        self._proc = proc
+        self.stat_file: Path | None = None
+        self.find()
+
+    def find(self) -> None:
+        """Look for the limiting cgroup again (a limit can change while the container runs)."""
+        lowest: tuple[float, Path] | None = None
+        try:
+            for quota, period, directory in _cpu_limits(self._proc / "self"):
+                if quota > 0 and period > 0 and (lowest is None or quota / period < lowest[0]):
+                    lowest = (quota / period, directory)
+        except Exception:  # as in worker_cpu_capacity: a surprise counts as no limit
+            lowest = None
+        self.stat_file = None if lowest is None else lowest[1] / "cpu.stat"
+
+    def __call__(self) -> int | None:
+        if self.stat_file is None:
+            return None
+        try:
+            for line in self.stat_file.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "nr_throttled":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return None
 
 
 async def follow_cpu_capacity(
@@ -71,8 +107,9 @@ async def follow_cpu_capacity(
             changed(capacity)
 
 
-def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
-    """(quota, period) of every limited cgroup of this process and its visible ancestors."""
+def _cpu_limits(process: Path) -> Iterator[tuple[int, int, Path]]:
+    """(quota, period, directory) of every limited cgroup of this process and its visible
+    ancestors."""
     memberships = _read_lines(process / "cgroup")
     # The last mount at a mount point is the one seen there: an earlier one is covered by it.
     seen_at = {
@@ -98,7 +135,7 @@ def _cpu_limits(process: Path) -> Iterator[tuple[int, int]]:
             for directory in mount.directories(path):
                 limit = read(directory)
                 if limit is not None:
-                    yield limit
+                    yield (*limit, directory)
 
 
 def _read_lines(file: Path) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.control.plane import ControlPlane
-from app.cpu_limit import ONE_CORE, follow_cpu_capacity, worker_cpu_capacity
+from app.cpu_limit import ONE_CORE, ThrottledPeriods, follow_cpu_capacity, worker_cpu_capacity
 from app.observability import metrics
 from app.protocol.media import MediaPolicy
 from app.protocol.session import SessionConfig
@@ -64,8 +64,9 @@ class Gateway:
             settings.source_ipv6_prefix_length,
         )
         cpu_capacity = worker_cpu_capacity()
+        self.throttled_periods = ThrottledPeriods()
         self.load_shedder = LoadShedder.from_settings(
-            settings, self.publisher.take_round_trip_seconds, cpu_capacity
+            settings, self.publisher.take_round_trip_seconds, cpu_capacity, self.throttled_periods
         )
         if cpu_capacity < ONE_CORE:
             self._log_cpu_limit()
@@ -108,6 +109,7 @@ class Gateway:
 
     def _cpu_capacity_changed(self, cores: float) -> None:
         self.load_shedder.set_cpu_capacity(cores)
+        self.throttled_periods.find()
         self._log_cpu_limit()
 
     def _log_cpu_limit(self) -> None:

@@ -225,6 +225,12 @@ WORKER_CPU_CAPACITY = Gauge(
     "Cores the worker process may use: one, or its cgroup's CPU limit (quota) when lower.",
     namespace=NAMESPACE,
 )
+WORKER_CPU_THROTTLED_PERIODS = Counter(
+    "worker_cpu_throttled_periods",
+    "CPU periods in which the kernel stopped the worker because its cgroup's quota (CPU limit) "
+    "was spent: every live call's audio waited out the rest of the period.",
+    namespace=NAMESPACE,
+)
 REDIS_ROUND_TRIP = Gauge(
     "redis_round_trip_seconds",
     "How long Redis takes to answer the worker's writes (smoothed slowest round trip, or the "
@@ -244,7 +250,7 @@ HANDSHAKE_QUEUE_SECONDS = Histogram(
 LOAD_SHED = Counter(
     "load_shed",
     "Upgrades refused as overloaded, by the signal that decided (event_loop_lag, "
-    "cpu_utilization, redis_round_trip, handshakes_in_flight, handshake_age).",
+    "cpu_utilization, cpu_throttled, redis_round_trip, handshakes_in_flight, handshake_age).",
     ["signal"],
     namespace=NAMESPACE,
 )

@@ -3,7 +3,7 @@ with `Retry-After`), so the client tries another replica and the calls already l
 their latency. Without it, an overloaded worker queues upgrades until their signatures
 expire and answers them `unauthorized`, and every live call's audio waits in the same queue.
 
-An upgrade is shed when any of five cheap signals says the worker is behind:
+An upgrade is shed when any of six cheap signals says the worker is behind:
 
 - event-loop lag: a monitor task sleeps a short interval and measures how late it wakes
   (smoothed). Every callback waits that long, the live calls' audio frames included.
@@ -13,6 +13,12 @@ An upgrade is shed when any of five cheap signals says the worker is behind:
   calls just below saturation keeps the headroom the live calls' latency needs. Under a
   limit the bound is lower: a worker that spends its quota early in a period is stopped for
   the rest of it, and every live call's audio waits that long.
+- CPU throttled: under a limit, the kernel's own count of the periods in which it stopped the
+  worker (``ThrottledPeriods`` in ``app/cpu_limit.py``). The smoothed CPU share follows a
+  call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
+  throttled period is the harm itself, seen within the monitor's interval. New upgrades are
+  refused for a hold time after each one, once the smoothed CPU share is past half its bound:
+  a short burst of calls (a replica's first ones) is throttled too, and it passes.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
 - Redis round trip: how long Redis takes to answer the worker's writes (the slowest round
@@ -64,10 +70,13 @@ STRAIN_FRACTION: Final = 0.25
 
 # Weight of the newest CPU sample (one per monitor interval): a time constant of about 1 s.
 CPU_SMOOTHING: Final = 0.05
+# Share of the CPU bound from which a throttled period sheds.
+THROTTLED_FROM_CPU_FRACTION: Final = 0.5
 
-LAG, CPU, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
+LAG, CPU, THROTTLED, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
     "event_loop_lag",
     "cpu_utilization",
+    "cpu_throttled",
     "redis_round_trip",
     "handshakes_in_flight",
     "handshake_age",
@@ -100,6 +109,8 @@ class LoadShedder:
         redis_round_trip: Callable[[], float] | None = None,
         cpu_capacity: float = 1.0,
         max_cpu_under_limit: float | None = None,
+        throttle_hold_seconds: float = 0.0,
+        throttled_periods: Callable[[], int | None] | None = None,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
         # The CPU bound for a worker with a whole core, and for one held to less (default: the
@@ -109,6 +120,12 @@ class LoadShedder:
         self.cpu = 0.0  # smoothed share of the capacity used by this process
         self.cpu_capacity = 1.0  # cores the process may use (at most one)
         self.set_cpu_capacity(cpu_capacity)
+        self.throttle_hold_seconds = throttle_hold_seconds
+        # Where the monitor reads the kernel's count of throttled periods (None: no limit).
+        self._throttled_periods_source = throttled_periods
+        self._throttled_periods: int | None = None  # the count last read
+        self._throttled_until = float("-inf")
+        self.throttled = False  # throttled within the hold time (as of the last interval)
         self.max_redis_round_trip_seconds = max_redis_round_trip_seconds
         # Where the monitor reads it (the publisher's take_round_trip_seconds).
         self._redis_round_trip_source = redis_round_trip
@@ -127,6 +144,7 @@ class LoadShedder:
         settings: Settings,
         redis_round_trip: Callable[[], float] | None = None,
         cpu_capacity: float = 1.0,
+        throttled_periods: Callable[[], int | None] | None = None,
     ) -> LoadShedder:
         return cls(
             settings.overload_max_event_loop_lag_seconds,
@@ -138,6 +156,8 @@ class LoadShedder:
             redis_round_trip=redis_round_trip,
             cpu_capacity=cpu_capacity,
             max_cpu_under_limit=settings.overload_max_cpu_utilization_under_limit,
+            throttle_hold_seconds=settings.overload_cpu_throttled_hold_seconds,
+            throttled_periods=throttled_periods,
         )
 
     def set_cpu_capacity(self, cores: float) -> None:
@@ -160,6 +180,8 @@ class LoadShedder:
             return LAG
         if self.max_cpu and self.cpu > self.max_cpu:
             return CPU
+        if self.throttled:
+            return THROTTLED
         round_trip_bound = self.max_redis_round_trip_seconds
         if round_trip_bound and self.redis_round_trip > round_trip_bound:
             return REDIS_ROUND_TRIP
@@ -203,6 +225,7 @@ class LoadShedder:
                 "signal": reason,
                 "event_loop_lag_ms": round(self.lag * 1000, 1),
                 "cpu_utilization": round(self.cpu, 2),
+                "cpu_throttled": self.throttled,
                 "redis_round_trip_ms": round(self.redis_round_trip * 1000, 1),
                 "handshakes_in_flight": self.handshakes,
             },
@@ -233,13 +256,28 @@ class LoadShedder:
         self.cpu += CPU_SMOOTHING * (sample / self.cpu_capacity - self.cpu)
         metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
 
+    def record_throttled_periods(self, count: int | None, now: float) -> None:
+        """`count`: the kernel's count of throttled periods so far (None: not known). One
+        more than last time, with the CPU share past `THROTTLED_FROM_CPU_FRACTION` of its
+        bound, holds new upgrades off for the hold time from `now`."""
+        seen, self._throttled_periods = self._throttled_periods, count
+        if count is not None and seen is not None and count > seen:
+            metrics.WORKER_CPU_THROTTLED_PERIODS.inc(count - seen)
+            if (
+                self.throttle_hold_seconds
+                and self.cpu >= THROTTLED_FROM_CPU_FRACTION * self.max_cpu
+            ):
+                self._throttled_until = now + self.throttle_hold_seconds
+        self.throttled = now < self._throttled_until
+
     def record_redis_round_trip(self, sample: float) -> None:
         self.redis_round_trip += LAG_SMOOTHING * (sample - self.redis_round_trip)
         metrics.REDIS_ROUND_TRIP.set(self.redis_round_trip)
 
     async def run(self) -> None:
-        """Measure how late the loop wakes this task, how busy the process is and how long
-        Redis takes to answer its writes, forever (a gateway background task)."""
+        """Measure how late the loop wakes this task, how busy the process is, whether the
+        kernel throttled it and how long Redis takes to answer its writes, forever (a gateway
+        background task)."""
         started, cpu_started = time.monotonic(), time.process_time()
         while True:
             await asyncio.sleep(self.interval)
@@ -248,6 +286,8 @@ class LoadShedder:
             self.record_lag(elapsed - self.interval)
             if elapsed > 0:
                 self.record_cpu((cpu_now - cpu_started) / elapsed)
+            if self._throttled_periods_source is not None:
+                self.record_throttled_periods(self._throttled_periods_source(), now)
             if self._redis_round_trip_source is not None:
                 self.record_redis_round_trip(self._redis_round_trip_source())
             started, cpu_started = now, cpu_now

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app import cpu_limit
-from app.cpu_limit import follow_cpu_capacity, worker_cpu_capacity
+from app.cpu_limit import ThrottledPeriods, follow_cpu_capacity, worker_cpu_capacity
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -266,3 +266,56 @@ async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Pat
         assert seen == [0.25, 1.0]
     finally:
         follower.cancel()
+
+
+# --- the kernel's count of throttled periods ---------------------------------------------------
+
+V1_STAT = "nr_periods 40\nnr_throttled {}\nthrottled_time 912000000\n"
+V2_STAT = "usage_usec 9\nuser_usec 5\nsystem_usec 4\nnr_periods 40\nnr_throttled {}\n"
+
+
+def test_v2_throttled_periods_of_the_cgroup_with_the_lowest_limit(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/kubepods/pod1/ctr\n")
+    mounted(proc, cgroup)
+    write(cgroup, "kubepods/pod1/cpu.max", "50000 100000\n")
+    write(cgroup, "kubepods/pod1/cpu.stat", V2_STAT.format(3))
+    write(cgroup, "kubepods/pod1/ctr/cpu.max", "30000 100000\n")  # the container's, lower
+    write(cgroup, "kubepods/pod1/ctr/cpu.stat", V2_STAT.format(17))
+    throttled = ThrottledPeriods(proc)
+    assert throttled.stat_file == cgroup / "kubepods/pod1/ctr/cpu.stat"
+    assert throttled() == 17
+    write(cgroup, "kubepods/pod1/ctr/cpu.stat", V2_STAT.format(18))
+    assert throttled() == 18  # read again each time
+
+
+def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
+    proc: Path, cgroup: Path
+) -> None:
+    write(proc, "self/cgroup", "5:cpu,cpuacct:/gw\n")
+    mounted(proc, cgroup / "cpu", fstype="cgroup", options="rw,cpu,cpuacct")
+    write(cgroup, "cpu/gw/cpu.cfs_quota_us", "30000\n")
+    write(cgroup, "cpu/gw/cpu.cfs_period_us", "100000\n")
+    write(cgroup, "cpu/gw/cpu.stat", V1_STAT.format(4))
+    write(cgroup, "cpu/cpu.cfs_quota_us", "-1\n")
+    write(cgroup, "cpu/cpu.cfs_period_us", "100000\n")
+    write(cgroup, "cpu/cpu.stat", V1_STAT.format(99))
+    throttled = ThrottledPeriods(proc)
+    assert throttled() == 4
+    write(cgroup, "cpu/gw/cpu.cfs_quota_us", "-1\n")  # the limit lifted
+    throttled.find()
+    assert throttled.stat_file is None
+    assert throttled() is None
+
+
+def test_no_limit_or_an_unreadable_count_is_no_count(proc: Path, cgroup: Path) -> None:
+    write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
+    write(cgroup, "cpu.max", "max 100000\n")
+    write(cgroup, "cpu.stat", V2_STAT.format(5))
+    assert ThrottledPeriods(proc)() is None  # never throttled without a quota
+    write(cgroup, "cpu.max", "50000 100000\n")
+    write(cgroup, "cpu.stat", "nr_throttled lots\n")
+    assert ThrottledPeriods(proc)() is None
+    (cgroup / "cpu.stat").unlink()
+    assert ThrottledPeriods(proc)() is None
+    assert ThrottledPeriods(proc / "nowhere")() is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -10,6 +11,7 @@ import pytest
 from app import runtime
 from app.config import Settings
 from app.runtime import Gateway
+from app.transport.load_shedding import THROTTLED
 from tests.support.gateway_process import TEST_INTEGRATION
 
 
@@ -29,3 +31,45 @@ def test_a_worker_under_a_limit_sheds_on_a_share_of_it(
     (line,) = [record for record in caplog.records if record.getMessage() == "cpu limit"]
     assert line.__dict__["cpu_capacity_cores"] == 0.5
     assert line.__dict__["max_cpu_utilization"] == 0.8
+
+
+class CountingThrottles:
+    """Stands for the cgroup's count: one more throttled period at every look."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.looked_for = 0
+
+    def find(self) -> None:
+        self.looked_for += 1
+
+    def __call__(self) -> int:
+        self.count += 1
+        return self.count
+
+
+def test_load_shedding_reads_the_kernels_throttled_periods_and_follows_a_new_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "worker_cpu_capacity", lambda: 0.3)
+    monkeypatch.setattr(runtime, "ThrottledPeriods", CountingThrottles)
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",  # never connected: the gateway is not started
+        integrations=json.dumps([TEST_INTEGRATION]),
+    )
+    gateway = Gateway(settings)
+    shedder = gateway.load_shedder
+    throttles = gateway.throttled_periods
+    assert isinstance(throttles, CountingThrottles)
+
+    async def monitor_a_while() -> None:
+        shedder.cpu = 0.9  # past half the bound: a throttled period sheds
+        task = asyncio.create_task(shedder.run())
+        while throttles.count < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(monitor_a_while())
+    assert shedder.reason(age=None) == THROTTLED
+    gateway._cpu_capacity_changed(0.5)  # a resized limit may be another cgroup's
+    assert throttles.looked_for == 1

@@ -15,6 +15,7 @@ from app.transport.load_shedding import (
     IN_FLIGHT,
     LAG,
     REDIS_ROUND_TRIP,
+    THROTTLED,
     LoadShedder,
 )
 
@@ -253,3 +254,84 @@ def test_the_monitor_reads_the_redis_round_trip_from_its_source() -> None:
     asyncio.run(measure())
     assert decider.redis_round_trip > 0.2
     assert decider.reason(age=None) == REDIS_ROUND_TRIP
+
+
+def throttle_shedder(hold: float = 0.25, cpu: float = 0.6) -> LoadShedder:
+    """Under a 0.3-core limit with the CPU bound 0.8, at `cpu` of the limit."""
+    decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
+                          max_cpu=0.95, max_cpu_under_limit=0.8, cpu_capacity=0.3,
+                          throttle_hold_seconds=hold)  # fmt: skip
+    decider.cpu = cpu
+    return decider
+
+
+def test_a_throttled_period_sheds_for_the_hold_time() -> None:
+    decider = throttle_shedder()
+    before = metric("audiohook_worker_cpu_throttled_periods_total") or 0.0
+    decider.record_throttled_periods(7, now=100.0)  # the first count read: a baseline
+    assert decider.reason(age=None) is None
+    decider.record_throttled_periods(7, now=100.05)
+    assert decider.reason(age=None) is None
+    decider.record_throttled_periods(9, now=100.10)  # stopped by the kernel twice since
+    assert decider.reason(age=None) == THROTTLED
+    assert metric("audiohook_worker_cpu_throttled_periods_total") == before + 2
+    decider.record_throttled_periods(9, now=100.30)  # within the hold
+    assert decider.reason(age=None) == THROTTLED
+    decider.record_throttled_periods(9, now=100.36)  # past it, and not throttled again
+    assert decider.reason(age=None) is None
+
+
+def test_a_throttled_period_below_half_the_cpu_bound_does_not_shed() -> None:
+    """A replica's first calls, arriving together, are throttled too, and it passes."""
+    decider = throttle_shedder(cpu=0.3)  # under half of the bound (0.8)
+    decider.record_throttled_periods(0, now=1.0)
+    decider.record_throttled_periods(3, now=1.05)
+    assert decider.reason(age=None) is None
+    decider.cpu = 0.45
+    decider.record_throttled_periods(4, now=1.10)
+    assert decider.reason(age=None) == THROTTLED
+
+
+def test_no_hold_or_no_count_never_sheds_on_throttling() -> None:
+    disabled = throttle_shedder(hold=0.0)
+    unknown = throttle_shedder()
+    for now, count in ((1.0, 0), (1.05, 5), (1.1, 9)):
+        disabled.record_throttled_periods(count, now)
+        unknown.record_throttled_periods(None, now)
+    assert disabled.reason(age=None) is None
+    assert unknown.reason(age=None) is None
+    # A count that went down (another cgroup's, after a limit changed) is a new baseline.
+    shrunk = throttle_shedder()
+    shrunk.record_throttled_periods(50, now=1.0)
+    shrunk.record_throttled_periods(2, now=1.05)
+    assert shrunk.reason(age=None) is None
+
+
+def test_the_monitor_reads_the_throttled_periods_from_their_source() -> None:
+    counts = iter(range(0, 1000, 1))  # one more throttled period at every look
+    asked = 0
+
+    def source() -> int:
+        nonlocal asked
+        asked += 1
+        return next(counts)
+
+    decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
+                          interval=0.005, max_cpu=0.95, throttle_hold_seconds=0.25,
+                          throttled_periods=source)  # fmt: skip
+    decider.cpu = 0.9
+
+    async def measure() -> None:
+        monitor = asyncio.create_task(decider.run())
+        while asked < 5:
+            await asyncio.sleep(0.005)
+        monitor.cancel()
+
+    asyncio.run(measure())
+    assert decider.reason(age=None) == THROTTLED
+
+
+def test_the_gateway_setting_and_its_default() -> None:
+    assert LoadShedder.from_settings(Settings()).throttle_hold_seconds == 0.25
+    settings = Settings(overload_cpu_throttled_hold_seconds=0)
+    assert LoadShedder.from_settings(settings).throttle_hold_seconds == 0
