@@ -137,11 +137,6 @@ def uvicorn_config(
         # Never below max_frame_bytes, so the session's own limit answers oversized frames.
         ws_max_size=max(WS_MAX_MESSAGE_BYTES, settings.max_frame_bytes + 1),
         ws_per_message_deflate=False,
-        # No WebSocket keepalive pings: every session state has a deadline of its own (the open
-        # timeout; the idle timeout, which Genesys's pings every 5 s keep at bay; the close
-        # timeout), so a silent or vanished peer is ended without them. uvicorn's would cost a
-        # write, two timers and interpreted code per session every 20 s.
-        ws_ping_interval=None,
         proxy_headers=False,  # the IP allowlist reads X-Forwarded-For from trusted proxies itself
         log_config=None,
         access_log=False,

@@ -6,8 +6,7 @@ read goes to ``DirectReader`` (compiled in the compiled build), every complete m
 is parsed (``FrameParser``, both in app/transport/frames.py) and handed synchronously to the
 session's ``MessageSink``, in order, with no ASGI dict, queue, future or task wake-up per frame
 and no pause/resume of reading. Messages the server sends still go through ASGI `send` (rare:
-a few per session), so uvicorn keeps writing them and the close. (The server sends no
-WebSocket pings: app/server.py.)
+a few per session), so uvicorn keeps writing them, the keepalive pings and the close.
 
 Before the take-over (and under any other use), every complete frame of a read reaches the
 application before a parser error in that read is reported: uvicorn's own protocol reports
@@ -186,7 +185,7 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
             if not self.close_sent and self.writable.is_set():
                 self.transport.write(bytes((0x80 | OP_PONG, len(payload))) + payload)
         elif opcode == OP_PONG:
-            self.handle_pong(Frame(Opcode.PONG, payload))  # (uvicorn's keepalive, if it pings)
+            self.handle_pong(Frame(Opcode.PONG, payload))  # uvicorn's keepalive
         elif self.close_sent:
             # The client's answer to our close frame: the closing handshake is complete.
             if self.close_timer is not None:
