@@ -57,38 +57,55 @@ def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
 
 class ThrottledPeriods:
     """How many CPU periods the kernel has throttled the worker in (`nr_throttled` of cpu.stat,
-    cgroup v1 and v2): its quota was spent before the period ended, and the whole process,
-    every live call's audio with it, waited out the rest. Read from the cgroup with the
-    lowest limit (any limited cgroup above the worker stops it when spent; the lowest is the
-    one that does). Calling it gives the count so far, or None with no limit or no file."""
+    cgroup v1 and v2): a quota was spent before its period ended, and the whole process,
+    every live call's audio with it, waited out the rest. The counts of every limited cgroup
+    from the worker's up are added: a limited ancestor that is throttled stops the worker
+    too, whichever limit is lowest (a parent's quota shared with a busy sibling runs out
+    first). Calling it gives a count that only grows, from the first look on; None with no
+    limit, or no file to read."""
 
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
-        self.stat_file: Path | None = None
+        self.stat_files: tuple[Path, ...] = ()
+        self._last: int | None = None  # the files' sum at the last look
+        self._total = 0
         self.find()
 
     def find(self) -> None:
-        """Look for the limiting cgroup again (a limit can change while the container runs)."""
-        lowest: tuple[float, Path] | None = None
+        """Look for the limited cgroups again (a limit can change while the container runs).
+        Other files' counts are not this count's continuation: the next look starts afresh."""
         try:
-            for quota, period, directory in _cpu_limits(self._proc / "self"):
-                if quota > 0 and period > 0 and (lowest is None or quota / period < lowest[0]):
-                    lowest = (quota / period, directory)
+            found = tuple(
+                directory / "cpu.stat"
+                for quota, period, directory in _cpu_limits(self._proc / "self")
+                if quota > 0 and period > 0
+            )
         except Exception:  # as in worker_cpu_capacity: a surprise counts as no limit
-            lowest = None
-        self.stat_file = None if lowest is None else lowest[1] / "cpu.stat"
+            found = ()
+        if found != self.stat_files:
+            self.stat_files, self._last = found, None
 
     def __call__(self) -> int | None:
-        if self.stat_file is None:
+        counts = [count for file in self.stat_files if (count := _nr_throttled(file)) is not None]
+        if not counts:
+            self._last = None
             return None
-        try:
-            for line in self.stat_file.read_text().splitlines():
-                name, _, value = line.partition(" ")
-                if name == "nr_throttled":
-                    return int(value)
-        except (OSError, ValueError):
-            pass
-        return None
+        now = sum(counts)
+        if self._last is not None and now > self._last:  # (a count that fell starts afresh)
+            self._total += now - self._last
+        self._last = now
+        return self._total
+
+
+def _nr_throttled(stat_file: Path) -> int | None:
+    try:
+        for line in stat_file.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "nr_throttled":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 async def follow_cpu_capacity(

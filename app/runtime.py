@@ -97,7 +97,7 @@ class Gateway:
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
             follow_cpu_capacity(
-                self.load_shedder.cpu_capacity, self._cpu_capacity_changed, worker_cpu_capacity
+                self.load_shedder.cpu_capacity, self._cpu_capacity_changed, self._read_cpu_limit
             ),
             "cpu-limit-follower",
         )
@@ -107,9 +107,14 @@ class Gateway:
         )
         log.info("gateway started", extra={"replica_id": self.replica_id})
 
+    def _read_cpu_limit(self) -> float:
+        """The worker's CPU capacity now, and the limited cgroups whose throttled periods load
+        shedding reads (they may change with no change of capacity: one at a core or more)."""
+        self.throttled_periods.find()
+        return worker_cpu_capacity()
+
     def _cpu_capacity_changed(self, cores: float) -> None:
         self.load_shedder.set_cpu_capacity(cores)
-        self.throttled_periods.find()
         self._log_cpu_limit()
 
     def _log_cpu_limit(self) -> None:

@@ -18,7 +18,8 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
   throttled period is the harm itself, seen within the monitor's interval. New upgrades are
   refused for a hold time after each one, once the smoothed CPU share is past half its bound:
-  a short burst of calls (a replica's first ones) is throttled too, and it passes.
+  a short burst of calls (a replica's first ones) is throttled too, and it passes. A CPU
+  bound of 0 turns this signal off with the other.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
 - Redis round trip: how long Redis takes to answer the worker's writes (the slowest round
@@ -259,14 +260,13 @@ class LoadShedder:
     def record_throttled_periods(self, count: int | None, now: float) -> None:
         """`count`: the kernel's count of throttled periods so far (None: not known). One
         more than last time, with the CPU share past `THROTTLED_FROM_CPU_FRACTION` of its
-        bound, holds new upgrades off for the hold time from `now`."""
+        bound, holds new upgrades off for the hold time from `now`; with the CPU bound 0
+        (CPU shedding off) it is only counted."""
         seen, self._throttled_periods = self._throttled_periods, count
         if count is not None and seen is not None and count > seen:
             metrics.WORKER_CPU_THROTTLED_PERIODS.inc(count - seen)
-            if (
-                self.throttle_hold_seconds
-                and self.cpu >= THROTTLED_FROM_CPU_FRACTION * self.max_cpu
-            ):
+            floor = THROTTLED_FROM_CPU_FRACTION * self.max_cpu  # 0: CPU shedding off, this too
+            if self.throttle_hold_seconds and floor > 0 and self.cpu >= floor:
                 self._throttled_until = now + self.throttle_hold_seconds
         self.throttled = now < self._throttled_until
 

@@ -35,6 +35,7 @@ MACHINE_SPEED_SHEDDING_OFF = {
     "OVERLOAD_MAX_EVENT_LOOP_LAG_SECONDS": "0",
     "OVERLOAD_MAX_CPU_UTILIZATION": "0",
     "OVERLOAD_MAX_CPU_UTILIZATION_UNDER_LIMIT": "0",
+    "OVERLOAD_CPU_THROTTLED_HOLD_SECONDS": "0",
 }
 
 # The interpreter of an environment with the compiled build installed (`make test-compiled`

@@ -274,18 +274,27 @@ V1_STAT = "nr_periods 40\nnr_throttled {}\nthrottled_time 912000000\n"
 V2_STAT = "usage_usec 9\nuser_usec 5\nsystem_usec 4\nnr_periods 40\nnr_throttled {}\n"
 
 
-def test_v2_throttled_periods_of_the_cgroup_with_the_lowest_limit(proc: Path, cgroup: Path) -> None:
+def test_v2_throttled_periods_of_every_limited_cgroup_up_from_the_worker(
+    proc: Path, cgroup: Path
+) -> None:
     write(proc, "self/cgroup", "0::/kubepods/pod1/ctr\n")
     mounted(proc, cgroup)
     write(cgroup, "kubepods/pod1/cpu.max", "50000 100000\n")
     write(cgroup, "kubepods/pod1/cpu.stat", V2_STAT.format(3))
-    write(cgroup, "kubepods/pod1/ctr/cpu.max", "30000 100000\n")  # the container's, lower
+    write(cgroup, "kubepods/pod1/ctr/cpu.max", "30000 100000\n")
     write(cgroup, "kubepods/pod1/ctr/cpu.stat", V2_STAT.format(17))
+    write(cgroup, "kubepods/cpu.stat", V2_STAT.format(40))  # no limit: never throttles
     throttled = ThrottledPeriods(proc)
-    assert throttled.stat_file == cgroup / "kubepods/pod1/ctr/cpu.stat"
-    assert throttled() == 17
+    assert set(throttled.stat_files) == {
+        cgroup / "kubepods/pod1/ctr/cpu.stat",
+        cgroup / "kubepods/pod1/cpu.stat",
+    }
+    assert throttled() == 0  # counted from the first look
     write(cgroup, "kubepods/pod1/ctr/cpu.stat", V2_STAT.format(18))
-    assert throttled() == 18  # read again each time
+    assert throttled() == 1  # read again each time
+    # The pod's quota, shared with a busy sibling container, ran out: that stops ours too.
+    write(cgroup, "kubepods/pod1/cpu.stat", V2_STAT.format(5))
+    assert throttled() == 3
 
 
 def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
@@ -300,10 +309,22 @@ def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
     write(cgroup, "cpu/cpu.cfs_period_us", "100000\n")
     write(cgroup, "cpu/cpu.stat", V1_STAT.format(99))
     throttled = ThrottledPeriods(proc)
-    assert throttled() == 4
-    write(cgroup, "cpu/gw/cpu.cfs_quota_us", "-1\n")  # the limit lifted
+    assert throttled() == 0
+    write(cgroup, "cpu/gw/cpu.stat", V1_STAT.format(6))
+    assert throttled() == 2
+    # A limit on the parent too: its count (99) is not a continuation of the one before.
+    write(cgroup, "cpu/cpu.cfs_quota_us", "150000\n")
     throttled.find()
-    assert throttled.stat_file is None
+    assert throttled() == 2
+    write(cgroup, "cpu/cpu.stat", V1_STAT.format(100))
+    assert throttled() == 3
+    throttled.find()  # nothing changed: the count goes on
+    write(cgroup, "cpu/gw/cpu.stat", V1_STAT.format(7))
+    assert throttled() == 4
+    write(cgroup, "cpu/gw/cpu.cfs_quota_us", "-1\n")  # both limits lifted
+    write(cgroup, "cpu/cpu.cfs_quota_us", "-1\n")
+    throttled.find()
+    assert throttled.stat_files == ()
     assert throttled() is None
 
 

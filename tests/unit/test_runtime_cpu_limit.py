@@ -48,7 +48,7 @@ class CountingThrottles:
         return self.count
 
 
-def test_load_shedding_reads_the_kernels_throttled_periods_and_follows_a_new_limit(
+def test_load_shedding_reads_the_kernels_throttled_periods_and_rechecks_the_cgroups(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runtime, "worker_cpu_capacity", lambda: 0.3)
@@ -63,13 +63,16 @@ def test_load_shedding_reads_the_kernels_throttled_periods_and_follows_a_new_lim
     assert isinstance(throttles, CountingThrottles)
 
     async def monitor_a_while() -> None:
-        shedder.cpu = 0.9  # past half the bound: a throttled period sheds
+        shedder.cpu = 0.6  # under the bound (0.8), past half of it: a throttled period sheds
         task = asyncio.create_task(shedder.run())
-        while throttles.count < 3:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(5):
+            while throttles.count < 3:
+                await asyncio.sleep(0.01)
         task.cancel()
 
     asyncio.run(monitor_a_while())
     assert shedder.reason(age=None) == THROTTLED
-    gateway._cpu_capacity_changed(0.5)  # a resized limit may be another cgroup's
+    # Every recheck of the limit looks for the limited cgroups again, whether or not the
+    # capacity changed (a limit at a core or more is capacity one either way).
+    assert gateway._read_cpu_limit() == 0.3
     assert throttles.looked_for == 1

@@ -292,7 +292,7 @@ def test_a_throttled_period_below_half_the_cpu_bound_does_not_shed() -> None:
     assert decider.reason(age=None) == THROTTLED
 
 
-def test_no_hold_or_no_count_never_sheds_on_throttling() -> None:
+def test_no_hold_no_count_or_no_cpu_bound_never_sheds_on_throttling() -> None:
     disabled = throttle_shedder(hold=0.0)
     unknown = throttle_shedder()
     for now, count in ((1.0, 0), (1.05, 5), (1.1, 9)):
@@ -300,7 +300,14 @@ def test_no_hold_or_no_count_never_sheds_on_throttling() -> None:
         unknown.record_throttled_periods(None, now)
     assert disabled.reason(age=None) is None
     assert unknown.reason(age=None) is None
-    # A count that went down (another cgroup's, after a limit changed) is a new baseline.
+    cpu_off = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
+                          max_cpu=0.95, max_cpu_under_limit=0.0, cpu_capacity=0.3,
+                          throttle_hold_seconds=0.25)  # fmt: skip
+    cpu_off.cpu = 0.01
+    for now, count in ((1.0, 0), (1.05, 5)):
+        cpu_off.record_throttled_periods(count, now)
+    assert cpu_off.reason(age=None) is None  # a CPU bound of 0 turns this signal off too
+    # A count that went down is a new baseline.
     shrunk = throttle_shedder()
     shrunk.record_throttled_periods(50, now=1.0)
     shrunk.record_throttled_periods(2, now=1.05)
@@ -319,12 +326,13 @@ def test_the_monitor_reads_the_throttled_periods_from_their_source() -> None:
     decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
                           interval=0.005, max_cpu=0.95, throttle_hold_seconds=0.25,
                           throttled_periods=source)  # fmt: skip
-    decider.cpu = 0.9
+    decider.cpu = 0.7  # under the CPU bound, past half of it
 
     async def measure() -> None:
         monitor = asyncio.create_task(decider.run())
-        while asked < 5:
-            await asyncio.sleep(0.005)
+        async with asyncio.timeout(5):
+            while asked < 5:
+                await asyncio.sleep(0.005)
         monitor.cancel()
 
     asyncio.run(measure())
