@@ -192,7 +192,7 @@ class Gateway:
                 connection.tick(now)
             except Exception:  # one broken session must not stop every session's timers
                 log.exception("session timer failed", extra=connection.log_fields)
-                connection.end_with_error("Server Error: internal error")
+                connection.fail("Server Error: internal error")
 
     def connection_started(self, connection: Connection) -> None:
         self.connections.add(connection)

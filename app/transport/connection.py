@@ -368,6 +368,14 @@ class Connection:
         with contextlib.suppress(InvalidStateError):
             self._dispatch(self.session.disconnect("error", info, time.monotonic()))
 
+    def fail(self, info: str) -> None:
+        """Something of ours broke on this session: `disconnect` error if it can still say
+        so, else the TCP connection is dropped. Never raises: the caller serves every session."""
+        try:
+            self.end_with_error(info)
+        except Exception:
+            self._drop_connection()
+
     def drain(self, action: str) -> None:
         now = time.monotonic()
         if self.session.in_close_window:  # the replica is going: `closed` now, not later
