@@ -363,7 +363,7 @@ class Settings(BaseSettings):
         "the worker (its cgroup's quota spent before the period ended, so every live call's "
         "audio waited out the rest of the period), new upgrades get HTTP 503 (Retry-After), "
         "once its CPU share is past half its bound. A longer hold keeps more headroom and "
-        "takes fewer calls (at a 0.3-core limit 1 s took 402 where 0.25 s took 472-868). "
+        "takes fewer calls (at a 0.3-core limit 1 s took 402 where 0.25 s took 472-1,059). "
         "Without a limit the kernel never throttles; 0 disables (so does a CPU bound of 0).",
     )
     overload_max_cpu_utilization_under_limit: float = Field(
