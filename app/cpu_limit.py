@@ -67,7 +67,7 @@ class ThrottledPeriods:
     def __init__(self, proc: Path = Path("/proc")) -> None:
         self._proc = proc
         self.stat_files: tuple[Path, ...] = ()
-        self._last: int | None = None  # the files' sum at the last look
+        self._last: tuple[int, int] | None = None  # (files read, their sum) at the last look
         self._total = 0
         self.find()
 
@@ -90,10 +90,10 @@ class ThrottledPeriods:
         if not counts:
             self._last = None
             return None
-        now = sum(counts)
-        if self._last is not None and now > self._last:  # (a count that fell starts afresh)
-            self._total += now - self._last
-        self._last = now
+        last, self._last = self._last, (len(counts), sum(counts))
+        # Only a sum of the same files continues the count (one that fell starts afresh).
+        if last is not None and last[0] == len(counts) and self._last[1] > last[1]:
+            self._total += self._last[1] - last[1]
         return self._total
 
 

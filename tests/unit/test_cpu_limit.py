@@ -295,6 +295,11 @@ def test_v2_throttled_periods_of_every_limited_cgroup_up_from_the_worker(
     # The pod's quota, shared with a busy sibling container, ran out: that stops ours too.
     write(cgroup, "kubepods/pod1/cpu.stat", V2_STAT.format(5))
     assert throttled() == 3
+    # A file unreadable for a while: the others' sum is no continuation of the count.
+    (cgroup / "kubepods/pod1/cpu.stat").rename(cgroup / "kubepods/pod1/cpu.stat.away")
+    assert throttled() == 3
+    (cgroup / "kubepods/pod1/cpu.stat.away").rename(cgroup / "kubepods/pod1/cpu.stat")
+    assert throttled() == 3
 
 
 def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
