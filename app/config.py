@@ -364,7 +364,8 @@ class Settings(BaseSettings):
         "audio waited out the rest of the period), new upgrades get HTTP 503 (Retry-After), "
         "once its CPU share is past half its bound. A longer hold keeps more headroom and "
         "takes fewer calls (at a 0.3-core limit 1 s took 402 where 0.25 s took 472-1,059). "
-        "Without a limit the kernel never throttles; 0 disables (so does a CPU bound of 0).",
+        "Limits whose stall is short (period less quota at most 20 ms) are not counted; "
+        "without a limit the kernel never throttles. 0 disables (so does a CPU bound of 0).",
     )
     overload_max_cpu_utilization_under_limit: float = Field(
         0.8,

@@ -32,6 +32,10 @@ log = logging.getLogger("app.cpu_limit")
 
 ONE_CORE = 1.0
 LEAST_CORES = 0.001  # the kernel's smallest quota (1 ms) over its longest period (1 s)
+# A throttled period stops the worker for at most its period less its quota. A limit whose
+# stall cannot reach this (a 12.5 ms quota per 20 ms period: 7.5 ms) costs live calls
+# nothing worth refusing new ones for: its throttled periods are not counted.
+SHORT_STALL_SECONDS = 0.02
 RECHECK_SECONDS = 10.0
 _warned = False  # the one warning about an unreadable limit is out
 
@@ -61,7 +65,8 @@ class ThrottledPeriods:
     every live call's audio with it, waited out the rest. The counts of every limited cgroup
     from the worker's up are added: a limited ancestor that is throttled stops the worker
     too, whichever limit is lowest (a parent's quota shared with a busy sibling runs out
-    first). Calling it gives a count that only grows, from the first look on; None with no
+    first). Only limits whose stall can be longer than `SHORT_STALL_SECONDS` are read.
+    Calling it gives a count that only grows, from the first look on; None with no such
     limit, or no file to read."""
 
     def __init__(self, proc: Path = Path("/proc")) -> None:
@@ -78,7 +83,7 @@ class ThrottledPeriods:
             found = tuple(
                 directory / "cpu.stat"
                 for quota, period, directory in _cpu_limits(self._proc / "self")
-                if quota > 0 and period > 0
+                if quota > 0 and (period - quota) / 1_000_000 > SHORT_STALL_SECONDS
             )
         except Exception:  # as in worker_cpu_capacity: a surprise counts as no limit
             found = ()

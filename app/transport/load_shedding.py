@@ -18,8 +18,9 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
   throttled period is the harm itself, seen within the monitor's interval. New upgrades are
   refused for a hold time after each one, once the smoothed CPU share is past half its bound:
-  a short burst of calls (a replica's first ones) is throttled too, and it passes. A CPU
-  bound of 0 turns this signal off with the other.
+  a short burst of calls (a replica's first ones) is throttled too, and it passes. A limit
+  whose stall is short (``SHORT_STALL_SECONDS``) is not counted, and a CPU bound of 0 turns
+  this signal off with the other.
 - handshakes in flight: upgrades between the start of admission and its answer (signature
   check, nonce claim in Redis). A pile-up means the loop or Redis is not keeping up.
 - Redis round trip: how long Redis takes to answer the worker's writes (the slowest round

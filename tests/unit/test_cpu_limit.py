@@ -318,7 +318,7 @@ def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
     write(cgroup, "cpu/gw/cpu.stat", V1_STAT.format(6))
     assert throttled() == 2
     # A limit on the parent too: its count (99) is not a continuation of the one before.
-    write(cgroup, "cpu/cpu.cfs_quota_us", "150000\n")
+    write(cgroup, "cpu/cpu.cfs_quota_us", "60000\n")
     throttled.find()
     assert throttled() == 2
     write(cgroup, "cpu/cpu.stat", V1_STAT.format(100))
@@ -331,6 +331,19 @@ def test_v1_throttled_periods_follow_a_changed_limit_once_looked_for_again(
     throttled.find()
     assert throttled.stat_files == ()
     assert throttled() is None
+
+
+def test_a_limit_whose_stall_is_short_is_not_counted(proc: Path, cgroup: Path) -> None:
+    """12.5 ms per 20 ms stops the worker 7.5 ms at most; 62.5 ms per 100 ms, 37.5 ms."""
+    write(proc, "self/cgroup", "0::/\n")
+    mounted(proc, cgroup)
+    write(cgroup, "cpu.max", "12500 20000\n")
+    write(cgroup, "cpu.stat", V2_STAT.format(5))
+    assert ThrottledPeriods(proc)() is None
+    write(cgroup, "cpu.max", "62500 100000\n")
+    assert ThrottledPeriods(proc)() == 0
+    write(cgroup, "cpu.max", "200000 100000\n")  # two cores: a single worker never reaches it
+    assert ThrottledPeriods(proc)() is None
 
 
 def test_no_limit_or_an_unreadable_count_is_no_count(proc: Path, cgroup: Path) -> None:
