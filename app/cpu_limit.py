@@ -34,20 +34,33 @@ ONE_CORE = 1.0
 LEAST_CORES = 0.001  # the kernel's smallest quota (1 ms) over its longest period (1 s)
 # A throttled period stops the worker for at most its period less its quota. A limit whose
 # stall cannot reach this (a 12.5 ms quota per 20 ms period: 7.5 ms) costs live calls
-# nothing worth refusing new ones for: its throttled periods are not counted.
+# nothing worth refusing new ones for: its throttled periods are not counted, and load
+# shedding treats the worker as a slower core, not as a limited one.
 SHORT_STALL_SECONDS = 0.02
 RECHECK_SECONDS = 10.0
 _warned = False  # the one warning about an unreadable limit is out
 
 
-def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
-    """Cores this worker may use: its cgroups' lowest CPU limit, at most one core."""
+@dataclass(frozen=True, slots=True)
+class CpuLimit:
+    """What the worker may use: `cores` (at most one), and whether a throttled period can stop
+    it for longer than `SHORT_STALL_SECONDS` (`long_stall`: a limit whose period less quota is
+    longer, such as Kubernetes' 100 ms period at any limit below 0.8 of a core)."""
+
+    cores: float = ONE_CORE
+    long_stall: bool = False
+
+
+def worker_cpu_limit(proc: Path = Path("/proc")) -> CpuLimit:
+    """The worker's cgroups' lowest CPU limit (at most one core), and whether any of them
+    stalls long."""
     global _warned
-    capacity = ONE_CORE
+    capacity, long_stall = ONE_CORE, False
     try:
         for quota, period, _ in _cpu_limits(proc / "self"):
             if quota > 0 and period > 0:
                 capacity = min(capacity, quota / period)
+                long_stall = long_stall or _stalls_long(quota, period)
     except Exception as exc:  # a surprise in the files must not stop the worker
         if not _warned:
             _warned = True
@@ -55,8 +68,18 @@ def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
                 "cpu limit not read: counted as one core",
                 extra={"error": f"{type(exc).__name__}: {exc}"[:200]},
             )
-        return ONE_CORE
-    return max(capacity, LEAST_CORES)
+        return CpuLimit()
+    return CpuLimit(max(capacity, LEAST_CORES), long_stall)
+
+
+def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
+    """Cores this worker may use: its cgroups' lowest CPU limit, at most one core."""
+    return worker_cpu_limit(proc).cores
+
+
+def _stalls_long(quota: int, period: int) -> bool:
+    """A throttled period stops the worker for at most the period less the quota (µs)."""
+    return quota > 0 and period - quota > SHORT_STALL_SECONDS * 1_000_000  # exact for any int
 
 
 class ThrottledPeriods:
@@ -83,7 +106,7 @@ class ThrottledPeriods:
             found = tuple(
                 directory / "cpu.stat"
                 for quota, period, directory in _cpu_limits(self._proc / "self")
-                if quota > 0 and (period - quota) / 1_000_000 > SHORT_STALL_SECONDS
+                if _stalls_long(quota, period)
             )
         except Exception:  # as in worker_cpu_capacity: a surprise counts as no limit
             found = ()
@@ -113,20 +136,20 @@ def _nr_throttled(stat_file: Path) -> int | None:
     return None
 
 
-async def follow_cpu_capacity(
-    current: float,
-    changed: Callable[[float], None],
-    read: Callable[[], float] = worker_cpu_capacity,
+async def follow_cpu_limit(
+    current: CpuLimit,
+    changed: Callable[[CpuLimit], None],
+    read: Callable[[], CpuLimit] = worker_cpu_limit,
     interval: float = RECHECK_SECONDS,
 ) -> None:
-    """Read the capacity again every `interval` seconds, forever, and hand `changed` each new
+    """Read the limit again every `interval` seconds, forever, and hand `changed` each new
     value (`current`: the one in use). A few small files: read on the event loop."""
     while True:
         await asyncio.sleep(interval)
-        capacity = read()
-        if capacity != current:
-            current = capacity
-            changed(capacity)
+        limit = read()
+        if limit != current:
+            current = limit
+            changed(limit)
 
 
 def _cpu_limits(process: Path) -> Iterator[tuple[int, int, Path]]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import Settings
 from app.control.plane import ControlPlane
-from app.cpu_limit import ONE_CORE, ThrottledPeriods, follow_cpu_capacity, worker_cpu_capacity
+from app.cpu_limit import CpuLimit, ThrottledPeriods, follow_cpu_limit, worker_cpu_limit
 from app.observability import metrics
 from app.protocol.media import MediaPolicy
 from app.protocol.session import SessionConfig
@@ -63,12 +63,16 @@ class Gateway:
             settings.upgrade_burst_per_source,
             settings.source_ipv6_prefix_length,
         )
-        cpu_capacity = worker_cpu_capacity()
+        self.cpu_limit = worker_cpu_limit()
         self.throttled_periods = ThrottledPeriods()
         self.load_shedder = LoadShedder.from_settings(
-            settings, self.publisher.take_round_trip_seconds, cpu_capacity, self.throttled_periods
+            settings,
+            self.publisher.take_round_trip_seconds,
+            self.cpu_limit.cores,
+            self.throttled_periods,
+            self.cpu_limit.long_stall,
         )
-        if cpu_capacity < ONE_CORE:
+        if self.cpu_limit != CpuLimit():
             self._log_cpu_limit()
         self.connections: set[Connection] = set()
         # Sessions admitted and not yet finished: counted at admission, before the upgrade's
@@ -96,9 +100,7 @@ class Gateway:
         self._spawn(self.redis_health.run(), "redis-health")
         self._spawn(self.load_shedder.run(), "event-loop-lag-monitor")
         self._spawn(
-            follow_cpu_capacity(
-                self.load_shedder.cpu_capacity, self._cpu_capacity_changed, self._read_cpu_limit
-            ),
+            follow_cpu_limit(self.cpu_limit, self._cpu_limit_changed, self._read_cpu_limit),
             "cpu-limit-follower",
         )
         self._spawn(
@@ -107,14 +109,15 @@ class Gateway:
         )
         log.info("gateway started", extra={"replica_id": self.replica_id})
 
-    def _read_cpu_limit(self) -> float:
-        """The worker's CPU capacity now, and the limited cgroups whose throttled periods load
+    def _read_cpu_limit(self) -> CpuLimit:
+        """The worker's CPU limit now, and the limited cgroups whose throttled periods load
         shedding reads (they may change with no change of capacity: one at a core or more)."""
         self.throttled_periods.find()
-        return worker_cpu_capacity()
+        return worker_cpu_limit()
 
-    def _cpu_capacity_changed(self, cores: float) -> None:
-        self.load_shedder.set_cpu_capacity(cores)
+    def _cpu_limit_changed(self, limit: CpuLimit) -> None:
+        self.cpu_limit = limit
+        self.load_shedder.set_cpu_capacity(limit.cores, limit.long_stall)
         self._log_cpu_limit()
 
     def _log_cpu_limit(self) -> None:
@@ -123,6 +126,7 @@ class Gateway:
             "cpu limit",
             extra={
                 "cpu_capacity_cores": round(self.load_shedder.cpu_capacity, 3),
+                "long_stall": self.load_shedder.long_stall,
                 "max_cpu_utilization": self.load_shedder.max_cpu,
             },
         )

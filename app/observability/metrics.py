@@ -220,6 +220,18 @@ WORKER_CPU_UTILIZATION = Gauge(
     "Share of worker_cpu_capacity_cores the worker process uses (smoothed over about a second).",
     namespace=NAMESPACE,
 )
+WORKER_CALLS_CPU_UTILIZATION = Gauge(
+    "worker_calls_cpu_utilization",
+    "worker_cpu_utilization less the CPU that accepted calls' handshakes took: what load "
+    "shedding's CPU bound compares (the whole share under a CPU limit whose stall is long).",
+    namespace=NAMESPACE,
+)
+ACCEPTED_HANDSHAKES_CPU = Counter(
+    "accepted_handshakes_cpu_seconds",
+    "CPU time the worker spent on the upgrades of the calls it accepted (HTTP request head, "
+    "WebSocket handshake, authentication, accept); per call: divide by the accepted upgrades.",
+    namespace=NAMESPACE,
+)
 WORKER_CPU_CAPACITY = Gauge(
     "worker_cpu_capacity_cores",
     "Cores the worker process may use: one, or its cgroup's CPU limit (quota) when lower.",

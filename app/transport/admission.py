@@ -27,7 +27,7 @@ from app.security.authenticator import REPLAYED
 from app.security.integrations import Integration
 from app.security.nonces import NonceStoreUnavailable
 from app.security.upgrade_claims import Claim
-from app.transport.load_shedding import OVERLOADED_TEXT
+from app.transport.load_shedding import OVERLOADED_TEXT, HandshakeCpu
 
 if TYPE_CHECKING:
     from app.transport.host import AdmissionHost
@@ -92,10 +92,11 @@ class Refusal:
 
 
 async def admit(
-    websocket: WebSocket, gateway: AdmissionHost, started_at: float
+    websocket: WebSocket, gateway: AdmissionHost, started_at: float, cpu: HandshakeCpu
 ) -> Admission | Refusal:
     """Decide on an upgrade request. Every refusal is counted and logged here; the endpoint
-    sends it. Failed authentication is admitted (unauthenticated) unless configured for 401."""
+    sends it. Failed authentication is admitted (unauthenticated) unless configured for 401.
+    `cpu` is counting this upgrade's CPU: not while it awaits Redis."""
     # Not `websocket.headers`: that one is cached on the WebSocket for the life of the call.
     headers = Headers(scope=websocket.scope)
     peer = websocket.client.host if websocket.client else None
@@ -167,12 +168,16 @@ async def admit(
     if decision.ok:
         assert integration is not None  # an accepted request always names its integration
         # The nonce, then the session id: one Redis round trip (app/security/upgrade_claims.py).
+        # Other connections' work runs meanwhile: it is not this upgrade's CPU.
+        cpu.stop()
         try:
             claim = await gateway.upgrade_claims.claim(
                 session_id, integration.name, decision.nonce, decision.nonce_expires_at, now
             )
         except NonceStoreUnavailable:
             return refuse(503, "not_ready", "Service unavailable")
+        finally:
+            cpu.start()
         if claim is Claim.REPLAYED_NONCE:
             decision = REPLAYED
         elif claim is Claim.SESSION_ID_CONFLICT:

@@ -37,7 +37,13 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from app.observability import metrics
 from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains, parse_address
-from app.transport.load_shedding import CONNECTED_AT, OVERLOADED_TEXT, RETRY_AFTER_SECONDS
+from app.transport.load_shedding import (
+    CONNECTED_AT,
+    HANDSHAKE_CPU,
+    OVERLOADED_TEXT,
+    RETRY_AFTER_SECONDS,
+    HandshakeCpu,
+)
 from app.transport.source_limiter import SourceConnectionLimit
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
@@ -89,19 +95,26 @@ def guarded_http_protocol(
         _refusal: tuple[int, str, str] | None = None
         _connected_at = 0.0
         _unfinished_source: str | None = None  # its place in `unfinished`
+        _cpu: HandshakeCpu | None = None  # what this connection has cost so far
 
         def handle_websocket_upgrade(self) -> None:
-            # The connection's start reaches admission in scope["state"] (load shedding by
-            # handshake age). uvicorn: the WebSocket protocol copies app_state into the scope.
-            self.app_state = {**self.app_state, CONNECTED_AT: self._connected_at}
+            # The connection's start and its CPU count reach admission in scope["state"]
+            # (load shedding). uvicorn: the WebSocket protocol copies app_state into the scope.
+            self.app_state = {
+                **self.app_state,
+                CONNECTED_AT: self._connected_at,
+                HANDSHAKE_CPU: self._cpu,
+            }
             super().handle_websocket_upgrade()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            cpu = self._cpu = HandshakeCpu()
+            cpu.start()
             super().connection_made(transport)
             self._connected_at = time.monotonic()
-            if unfinished.limit and not self._hold_unfinished_place():
-                return
-            self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
+            if not unfinished.limit or self._hold_unfinished_place():
+                self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
+            cpu.stop()
 
         def _hold_unfinished_place(self) -> bool:
             """A source may hold only so many connections that have not sent their whole
@@ -141,6 +154,17 @@ def guarded_http_protocol(
             # Replaces uvicorn's data_received (feed, then upgrade or 400) entirely.
             if self._finished:
                 return
+            cpu = self._cpu
+            if cpu is None:
+                self._read(data)
+                return
+            cpu.start()
+            try:
+                self._read(data)
+            finally:
+                cpu.stop()
+
+        def _read(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
             if not self._head_complete:
                 room = max_head_bytes - self._head_bytes

@@ -10,9 +10,14 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
 - CPU: the share of the CPU the worker may use (one core, or its container's CPU limit when
   lower: ``app/cpu_limit.py``) that the process used, smoothed over about a second. Lag
   only grows once the core is saturated, when every queue is already filling; refusing new
-  calls just below saturation keeps the headroom the live calls' latency needs. Under a
-  limit the bound is lower: a worker that spends its quota early in a period is stopped for
-  the rest of it, and every live call's audio waits that long.
+  calls just below saturation keeps the headroom the live calls' latency needs. The CPU
+  that accepted calls' own handshakes took (``HandshakeCpu``) is left out: it ends with the
+  call ramp that brought it, while the calls stay; a ramp that a slower core absorbs would
+  otherwise be refused at its peak, with the calls' own share far below the bound. The
+  whole process's share still sheds at ``SATURATED_CPU``, and refused upgrades always
+  count. Under a limit whose stall is long (``app/cpu_limit.py``) everything counts and the
+  bound is lower: a worker that spends its quota early in a period is stopped for the rest
+  of it, and every live call's audio waits that long.
 - CPU throttled: under a limit, the kernel's own count of the periods in which it stopped the
   worker (``ThrottledPeriods`` in ``app/cpu_limit.py``). The smoothed CPU share follows a
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
@@ -74,6 +79,11 @@ STRAIN_FRACTION: Final = 0.25
 CPU_SMOOTHING: Final = 0.05
 # Share of the CPU bound from which a throttled period sheds.
 THROTTLED_FROM_CPU_FRACTION: Final = 0.5
+# The whole process's share (accepted handshakes included) at which the CPU signal sheds
+# whatever the calls' own share: the core is all but spent.
+SATURATED_CPU: Final = 0.98
+# Key of the upgrade's HandshakeCpu in the ASGI scope's "state".
+HANDSHAKE_CPU: Final = "audiohook_handshake_cpu"
 
 LAG, CPU, THROTTLED, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
     "event_loop_lag",
@@ -96,6 +106,27 @@ def signature_created(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+class HandshakeCpu:
+    """CPU time the worker spent on one upgrade, counted in the stretches of code that run for
+    it alone (`start` to `stop`, a thread CPU clock): the HTTP guard's connect and request
+    head, the WebSocket handshake, admission up to and after the claim's Redis round trip,
+    and the accept. Not counted: accepting the socket, the Redis reply and the `open`."""
+
+    __slots__ = ("_started", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.thread_time()
+
+    def stop(self) -> None:
+        if self._started is not None:
+            self.seconds += time.thread_time() - self._started
+            self._started = None
+
+
 class LoadShedder:
     """Decides whether one more upgrade may start; one per worker process."""
 
@@ -113,6 +144,7 @@ class LoadShedder:
         max_cpu_under_limit: float | None = None,
         throttle_hold_seconds: float = 0.0,
         throttled_periods: Callable[[], int | None] | None = None,
+        long_stall: bool = True,
     ) -> None:
         self.max_lag_seconds = max_lag_seconds
         # The CPU bound for a worker with a whole core, and for one held to less (default: the
@@ -120,8 +152,11 @@ class LoadShedder:
         self._max_cpu_whole_core = max_cpu
         self._max_cpu_under_limit = max_cpu if max_cpu_under_limit is None else max_cpu_under_limit
         self.cpu = 0.0  # smoothed share of the capacity used by this process
+        self.calls_cpu = 0.0  # the same, less accepted calls' handshakes
+        self._accepted_handshakes_cpu = 0.0  # their CPU seconds so far
         self.cpu_capacity = 1.0  # cores the process may use (at most one)
-        self.set_cpu_capacity(cpu_capacity)
+        self.long_stall = True  # a throttled period under that limit stalls long
+        self.set_cpu_capacity(cpu_capacity, long_stall)
         self.throttle_hold_seconds = throttle_hold_seconds
         # Where the monitor reads the kernel's count of throttled periods (None: no limit).
         self._throttled_periods_source = throttled_periods
@@ -147,6 +182,7 @@ class LoadShedder:
         redis_round_trip: Callable[[], float] | None = None,
         cpu_capacity: float = 1.0,
         throttled_periods: Callable[[], int | None] | None = None,
+        long_stall: bool = True,
     ) -> LoadShedder:
         return cls(
             settings.overload_max_event_loop_lag_seconds,
@@ -160,18 +196,24 @@ class LoadShedder:
             max_cpu_under_limit=settings.overload_max_cpu_utilization_under_limit,
             throttle_hold_seconds=settings.overload_cpu_throttled_hold_seconds,
             throttled_periods=throttled_periods,
+            long_stall=long_stall,
         )
 
-    def set_cpu_capacity(self, cores: float) -> None:
+    def set_cpu_capacity(self, cores: float, long_stall: bool = True) -> None:
         """The cores this worker may use (at most one): its CPU signal is a share of them.
-        Below one core the bound is the lower of the two settings (0 in either disables it
-        there; 0 for a whole core disables it everywhere)."""
+        Below one core, under a limit whose stall is long, the bound is the lower of the two
+        settings (0 in either disables it there; 0 for a whole core disables it everywhere);
+        under one whose stall is short the worker is as a slower core."""
         if cores <= 0:
             raise ValueError("a worker's CPU capacity is more than 0 cores")
-        self.cpu *= self.cpu_capacity / cores  # the same CPU time, as a share of the new capacity
+        rescale = self.cpu_capacity / cores  # the same CPU time, as a share of the new capacity
+        self.cpu *= rescale
+        self.calls_cpu *= rescale
         self.cpu_capacity = cores
+        self.long_stall = cores < 1.0 and long_stall
         whole_core = self._max_cpu_whole_core
-        self.max_cpu = min(whole_core, self._max_cpu_under_limit) if cores < 1.0 else whole_core
+        under_limit = min(whole_core, self._max_cpu_under_limit)
+        self.max_cpu = under_limit if self.long_stall else whole_core
         metrics.WORKER_CPU_CAPACITY.set(cores)
 
     # --- the decision -------------------------------------------------------------------------
@@ -180,7 +222,7 @@ class LoadShedder:
         since the upgrade's TCP connection, when known."""
         if self.max_lag_seconds and self.lag > self.max_lag_seconds:
             return LAG
-        if self.max_cpu and self.cpu > self.max_cpu:
+        if self.max_cpu and self._cpu_over_bound():
             return CPU
         if self.throttled:
             return THROTTLED
@@ -192,6 +234,11 @@ class LoadShedder:
         if self.max_age_seconds and age is not None and age > self.max_age_seconds:
             return AGE
         return None
+
+    def _cpu_over_bound(self) -> bool:
+        if self.long_stall:  # a handshake that overruns a period stalls every call: all counts
+            return self.cpu > self.max_cpu
+        return self.calls_cpu > self.max_cpu or self.cpu > max(self.max_cpu, SATURATED_CPU)
 
     def _strained(self) -> bool:
         return (
@@ -227,6 +274,7 @@ class LoadShedder:
                 "signal": reason,
                 "event_loop_lag_ms": round(self.lag * 1000, 1),
                 "cpu_utilization": round(self.cpu, 2),
+                "calls_cpu_utilization": round(self.calls_cpu, 2),
                 "cpu_throttled": self.throttled,
                 "redis_round_trip_ms": round(self.redis_round_trip * 1000, 1),
                 "handshakes_in_flight": self.handshakes,
@@ -238,6 +286,17 @@ class LoadShedder:
         """The TCP connection's start, as the HTTP guard put it in the scope's state."""
         value = (scope.get("state") or {}).get(CONNECTED_AT)
         return value if isinstance(value, float) else None
+
+    @staticmethod
+    def handshake_cpu(scope: Mapping[str, Any]) -> HandshakeCpu:
+        """The upgrade's CPU count, as the HTTP guard began it (a new one without the guard)."""
+        value = (scope.get("state") or {}).get(HANDSHAKE_CPU)
+        return value if isinstance(value, HandshakeCpu) else HandshakeCpu()
+
+    def handshake_accepted(self, cpu: HandshakeCpu) -> None:
+        """An accepted call's handshake is over: its CPU is left out of the calls' share."""
+        self._accepted_handshakes_cpu += cpu.seconds
+        metrics.ACCEPTED_HANDSHAKES_CPU.inc(cpu.seconds)
 
     # --- handshakes in flight (the endpoint brackets admission with these) --------------------
     def handshake_started(self) -> None:
@@ -253,10 +312,14 @@ class LoadShedder:
         self.lag += LAG_SMOOTHING * (max(0.0, sample) - self.lag)
         metrics.EVENT_LOOP_LAG.set(self.lag)
 
-    def record_cpu(self, sample: float) -> None:
-        """`sample`: cores used over the last interval (CPU seconds per second)."""
+    def record_cpu(self, sample: float, handshakes: float = 0.0) -> None:
+        """`sample`: cores used over the last interval (CPU seconds per second); `handshakes`:
+        the part of it that accepted calls' handshakes took."""
         self.cpu += CPU_SMOOTHING * (sample / self.cpu_capacity - self.cpu)
+        calls = max(0.0, sample - handshakes) / self.cpu_capacity
+        self.calls_cpu += CPU_SMOOTHING * (calls - self.calls_cpu)
         metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
+        metrics.WORKER_CALLS_CPU_UTILIZATION.set(self.calls_cpu)
 
     def record_throttled_periods(self, count: int | None, now: float) -> None:
         """`count`: the kernel's count of throttled periods so far (None: not known). One
@@ -280,15 +343,18 @@ class LoadShedder:
         kernel throttled it and how long Redis takes to answer its writes, forever (a gateway
         background task)."""
         started, cpu_started = time.monotonic(), time.process_time()
+        handshakes_started = self._accepted_handshakes_cpu
         while True:
             await asyncio.sleep(self.interval)
             now, cpu_now = time.monotonic(), time.process_time()
+            handshakes_now = self._accepted_handshakes_cpu
             elapsed = now - started
             self.record_lag(elapsed - self.interval)
             if elapsed > 0:
-                self.record_cpu((cpu_now - cpu_started) / elapsed)
+                handshakes = (handshakes_now - handshakes_started) / elapsed
+                self.record_cpu((cpu_now - cpu_started) / elapsed, handshakes)
             if self._throttled_periods_source is not None:
                 self.record_throttled_periods(self._throttled_periods_source(), now)
             if self._redis_round_trip_source is not None:
                 self.record_redis_round_trip(self._redis_round_trip_source())
-            started, cpu_started = now, cpu_now
+            started, cpu_started, handshakes_started = now, cpu_now, handshakes_now

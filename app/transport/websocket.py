@@ -23,12 +23,15 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
     gateway: EndpointHost = websocket.app.state.gateway
     connected_at = time.monotonic()
     shedder = gateway.load_shedder
+    cpu = shedder.handshake_cpu(websocket.scope)
+    cpu.start()
     shedder.handshake_started()
     try:
-        admission = await admit(websocket, gateway, connected_at)
+        admission = await admit(websocket, gateway, connected_at, cpu)
     finally:
         shedder.handshake_finished()
     if isinstance(admission, Refusal):
+        cpu.stop()  # a refused upgrade's CPU is load like any other
         await wait_until(admission.not_before)  # a failed login: the minimum failure delay
         # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
         # on another replica if there is one.
@@ -42,6 +45,9 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         # Admission has read the upgrade's headers; a live call need not keep them.
         websocket.scope["headers"] = []
         connection = Connection(websocket, gateway, admission, connected_at)
+        cpu.stop()
+        if admission.authenticated:  # a failed login's CPU is load like a refusal's
+            shedder.handshake_accepted(cpu)
         await connection.run()
     finally:
         gateway.release_session(admission.integration)

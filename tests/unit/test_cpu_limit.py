@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from app import cpu_limit
-from app.cpu_limit import ThrottledPeriods, follow_cpu_capacity, worker_cpu_capacity
+from app.cpu_limit import (
+    CpuLimit,
+    ThrottledPeriods,
+    follow_cpu_limit,
+    worker_cpu_capacity,
+    worker_cpu_limit,
+)
 
 
 def write(root: Path, relative: str, text: str) -> None:
@@ -252,18 +258,18 @@ async def test_a_limit_changed_while_running_is_followed(proc: Path, cgroup: Pat
     write(proc, "self/cgroup", "0::/\n")
     mounted(proc, cgroup)
     write(cgroup, "cpu.max", "50000 100000\n")
-    seen: list[float] = []
-    follower = asyncio.create_task(
-        follow_cpu_capacity(capacity(proc), seen.append, lambda: capacity(proc), 0.01)
-    )
+    seen: list[CpuLimit] = []
+    read = lambda: worker_cpu_limit(proc)  # noqa: E731
+    follower = asyncio.create_task(follow_cpu_limit(read(), seen.append, read, 0.01))
+    quarter, whole = CpuLimit(0.25, long_stall=True), CpuLimit()
     try:
-        for text, expected in (("25000 100000\n", [0.25]), ("max 100000\n", [0.25, 1.0])):
+        for text, expected in (("25000 100000\n", [quarter]), ("max 100000\n", [quarter, whole])):
             write(cgroup, "cpu.max", text)  # resized in place
             async with asyncio.timeout(5):
                 while seen != expected:
                     await asyncio.sleep(0.01)
         await asyncio.sleep(0.1)  # ten more readings of an unchanged limit
-        assert seen == [0.25, 1.0]
+        assert seen == [quarter, whole]
     finally:
         follower.cancel()
 
@@ -344,6 +350,25 @@ def test_a_limit_whose_stall_is_short_is_not_counted(proc: Path, cgroup: Path) -
     assert ThrottledPeriods(proc)() == 0
     write(cgroup, "cpu.max", "200000 100000\n")  # two cores: a single worker never reaches it
     assert ThrottledPeriods(proc)() is None
+
+
+def test_a_limit_stalls_long_where_its_period_less_its_quota_passes_20_ms(
+    proc: Path, cgroup: Path
+) -> None:
+    write(proc, "self/cgroup", "0::/pod/ctr\n")
+    mounted(proc, cgroup)
+    write(cgroup, "pod/ctr/cpu.max", "12500 20000\n")  # 7.5 ms: as a slower core
+    assert worker_cpu_limit(proc) == CpuLimit(0.625, long_stall=False)
+    write(cgroup, "pod/cpu.max", "90000 100000\n")  # 10 ms
+    assert worker_cpu_limit(proc) == CpuLimit(0.625, long_stall=False)
+    # A parent's higher limit that stalls long still stalls the worker once it is spent.
+    write(cgroup, "pod/cpu.max", "75000 100000\n")  # 25 ms
+    assert worker_cpu_limit(proc) == CpuLimit(0.625, long_stall=True)
+    write(cgroup, "pod/cpu.max", "max 100000\n")
+    write(cgroup, "pod/ctr/cpu.max", "30000 100000\n")  # Kubernetes' period at 0.3 of a core
+    assert worker_cpu_limit(proc) == CpuLimit(0.3, long_stall=True)
+    write(cgroup, "pod/ctr/cpu.max", "max 100000\n")
+    assert worker_cpu_limit(proc) == CpuLimit()
 
 
 def test_no_limit_or_an_unreadable_count_is_no_count(proc: Path, cgroup: Path) -> None:

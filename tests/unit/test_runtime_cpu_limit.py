@@ -10,6 +10,7 @@ import pytest
 
 from app import runtime
 from app.config import Settings
+from app.cpu_limit import CpuLimit
 from app.runtime import Gateway
 from app.transport.load_shedding import THROTTLED
 from tests.support.gateway_process import TEST_INTEGRATION
@@ -18,7 +19,7 @@ from tests.support.gateway_process import TEST_INTEGRATION
 def test_a_worker_under_a_limit_sheds_on_a_share_of_it(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(runtime, "worker_cpu_capacity", lambda: 0.5)
+    monkeypatch.setattr(runtime, "worker_cpu_limit", lambda: CpuLimit(0.5, long_stall=True))
     settings = Settings(
         redis_url="redis://127.0.0.1:1/0",  # never connected: the gateway is not started
         integrations=json.dumps([TEST_INTEGRATION]),
@@ -31,6 +32,22 @@ def test_a_worker_under_a_limit_sheds_on_a_share_of_it(
     (line,) = [record for record in caplog.records if record.getMessage() == "cpu limit"]
     assert line.__dict__["cpu_capacity_cores"] == 0.5
     assert line.__dict__["max_cpu_utilization"] == 0.8
+    assert line.__dict__["long_stall"] is True
+
+
+def test_a_limit_whose_stall_is_short_is_taken_as_a_slower_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = CpuLimit(0.625, long_stall=False)  # 12.5 ms per 20 ms period: 7.5 ms stalls at most
+    monkeypatch.setattr(runtime, "worker_cpu_limit", lambda: limit)
+    settings = Settings(
+        redis_url="redis://127.0.0.1:1/0",  # never connected: the gateway is not started
+        integrations=json.dumps([TEST_INTEGRATION]),
+        overload_max_cpu_utilization=0.95,
+        overload_max_cpu_utilization_under_limit=0.8,
+    )
+    shedder = Gateway(settings).load_shedder
+    assert (shedder.cpu_capacity, shedder.long_stall, shedder.max_cpu) == (0.625, False, 0.95)
 
 
 class CountingThrottles:
@@ -51,7 +68,7 @@ class CountingThrottles:
 def test_load_shedding_reads_the_kernels_throttled_periods_and_rechecks_the_cgroups(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "worker_cpu_capacity", lambda: 0.3)
+    monkeypatch.setattr(runtime, "worker_cpu_limit", lambda: CpuLimit(0.3, long_stall=True))
     monkeypatch.setattr(runtime, "ThrottledPeriods", CountingThrottles)
     settings = Settings(
         redis_url="redis://127.0.0.1:1/0",  # never connected: the gateway is not started
@@ -74,5 +91,5 @@ def test_load_shedding_reads_the_kernels_throttled_periods_and_rechecks_the_cgro
     assert shedder.reason(age=None) == THROTTLED
     # Every recheck of the limit looks for the limited cgroups again, whether or not the
     # capacity changed (a limit at a core or more is capacity one either way).
-    assert gateway._read_cpu_limit() == 0.3
+    assert gateway._read_cpu_limit() == CpuLimit(0.3, long_stall=True)
     assert throttles.looked_for == 1

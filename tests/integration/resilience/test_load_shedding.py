@@ -10,6 +10,7 @@ Redis is kept busy with scripts that each hold it for half a second: it still an
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from app.config import Settings
 from app.cpu_limit import worker_cpu_capacity
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call
-from tests.integration.resilience.helpers import gateway_process, refused
+from tests.integration.resilience.helpers import gateway_process, good_call, refused
 from tests.integration.resilience.wire import WireClient
 from tests.support.metrics import REJECTED, Growth, scrape, scrape_when, wait_for_metric
 
@@ -42,6 +43,8 @@ OTHER_SIGNALS = (  # the bounds of the signals other than handshakes in flight
 )
 ROUND_TRIP = "audiohook_redis_round_trip_seconds"
 CPU_CAPACITY = "audiohook_worker_cpu_capacity_cores"
+ACCEPTED_HANDSHAKES_CPU = "audiohook_accepted_handshakes_cpu_seconds_total"
+WRONG_SECRET = base64.b64encode(b"not the integration's secret").decode()
 # Holds Redis for ARGV[1] microseconds (its own clock), then returns.
 BUSY_SCRIPT = """
 local start = redis.call('TIME')
@@ -104,6 +107,28 @@ async def test_with_default_settings_a_normal_call_is_not_shed(
     assert metrics.value(IN_FLIGHT) == 0
     # The gateway runs in this test's cgroup: the CPU signal's capacity is read from it.
     assert metrics.value(CPU_CAPACITY) == worker_cpu_capacity()
+
+
+async def test_accepted_calls_handshakes_are_counted_apart_and_refused_upgrades_are_not(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """Load shedding's CPU bound leaves out what accepted calls' handshakes took (a call ramp
+    ends, the calls stay); failed logins and refusals remain load like any other."""
+    with gateway_process(redis_server, tmp_path, PRODUCTION_SHEDDING) as gateway:
+        before = await scrape(gateway)
+        for _ in range(3):
+            await good_call(gateway)
+        after_calls = await scrape(gateway)
+        failed_login = await WireClient.connect(gateway.ws_url, client_secret=WRONG_SECRET)
+        await failed_login.aclose()
+        answer = await refused(gateway.ws_url, session_id="not-a-uuid")
+        after_refusals = await scrape_when(
+            gateway, lambda metrics: Growth(after_calls, metrics)(REJECTED) >= 2, "refusals"
+        )
+    per_call = Growth(before, after_calls)(ACCEPTED_HANDSHAKES_CPU) / 3
+    assert 0.0 < per_call < 0.5  # this machine's CPU per upgrade: well under a second
+    assert answer.status == 400
+    assert Growth(after_calls, after_refusals)(ACCEPTED_HANDSHAKES_CPU) == 0.0
 
 
 async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ from app.transport.load_shedding import (
     AGE,
     CONNECTED_AT,
     CPU,
+    HANDSHAKE_CPU,
     IN_FLIGHT,
     LAG,
     REDIS_ROUND_TRIP,
     THROTTLED,
+    HandshakeCpu,
     LoadShedder,
 )
 
@@ -212,6 +214,102 @@ def test_the_monitor_measures_the_process_cpu() -> None:
     # About 50 samples of a 0.05 smoothing: most of the way up from 0 to what the process got
     # (a full core on an idle machine, less on a busy one).
     assert 0.5 * share < decider.cpu < 1.1
+
+
+# --- accepted calls' handshakes -------------------------------------------------------------
+
+
+def cpu_shedder(cores: float = 1.0, long_stall: bool = True) -> LoadShedder:
+    settings = Settings(
+        overload_max_cpu_utilization=0.95, overload_max_cpu_utilization_under_limit=0.8
+    )
+    return LoadShedder.from_settings(settings, cpu_capacity=cores, long_stall=long_stall)
+
+
+def test_a_call_ramp_whose_handshakes_fill_the_core_is_not_shed() -> None:
+    ramp = cpu_shedder()
+    for _ in range(100):  # 0.97 of the core, 0.4 of it accepted calls' handshakes
+        ramp.record_cpu(0.97, handshakes=0.4)
+    assert ramp.cpu > 0.95 and ramp.calls_cpu < 0.6
+    assert metric("audiohook_worker_calls_cpu_utilization") == ramp.calls_cpu
+    assert ramp.reason(age=None) is None
+    for _ in range(100):  # the same CPU, all of it calls that stay
+        ramp.record_cpu(0.97)
+    assert ramp.reason(age=None) == CPU
+
+
+def test_a_saturated_core_sheds_whatever_took_it() -> None:
+    saturated = cpu_shedder()
+    for _ in range(100):
+        saturated.record_cpu(1.0, handshakes=0.9)
+    assert saturated.calls_cpu < 0.2
+    assert saturated.reason(age=None) == CPU
+
+
+def test_under_a_limit_whose_stall_is_long_handshakes_count() -> None:
+    # 0.27 of a core under a 0.3 limit (0.9 of it), half of it handshakes.
+    limited = cpu_shedder(cores=0.3, long_stall=True)
+    slower_core = cpu_shedder(cores=0.3, long_stall=False)
+    assert (limited.max_cpu, slower_core.max_cpu) == (0.8, 0.95)
+    for decider in (limited, slower_core):
+        for _ in range(100):
+            decider.record_cpu(0.27, handshakes=0.135)
+    assert limited.reason(age=None) == CPU
+    assert slower_core.reason(age=None) is None
+    slower_core.set_cpu_capacity(0.3, long_stall=True)  # the period made longer in place
+    assert slower_core.max_cpu == 0.8
+    assert slower_core.reason(age=None) == CPU
+
+
+def spin(seconds: float) -> None:
+    deadline = time.thread_time() + seconds
+    while time.thread_time() < deadline:
+        sum(range(1_000))
+
+
+def test_a_handshake_counts_only_the_cpu_between_start_and_stop() -> None:
+    cpu = HandshakeCpu()
+    cpu.stop()  # not started: nothing
+    spin(0.02)
+    assert cpu.seconds == 0.0
+    cpu.start()
+    spin(0.02)
+    cpu.stop()
+    counted = cpu.seconds
+    assert 0.02 <= counted < 0.5
+    spin(0.02)
+    cpu.stop()
+    assert cpu.seconds == counted
+    assert LoadShedder.handshake_cpu({"state": {HANDSHAKE_CPU: cpu}}) is cpu
+    assert LoadShedder.handshake_cpu({"state": {}}).seconds == 0.0  # no guard: a new count
+
+
+def test_the_monitor_leaves_accepted_handshakes_out_of_the_calls_share() -> None:
+    decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
+                          interval=0.01, max_cpu=0.9)  # fmt: skip
+    before = metric("audiohook_accepted_handshakes_cpu_seconds_total") or 0.0
+
+    async def accept_handshakes_for(seconds: float) -> float:
+        """Spin as accepted handshakes, the monitor running; the CPU they took."""
+        monitor = asyncio.create_task(decider.run())
+        taken = 0.0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            handshake = HandshakeCpu()
+            handshake.start()
+            spin(0.002)
+            handshake.stop()
+            decider.handshake_accepted(handshake)
+            taken += handshake.seconds
+            await asyncio.sleep(0)
+        monitor.cancel()
+        return taken
+
+    taken = asyncio.run(accept_handshakes_for(0.5))
+    assert decider.cpu > 0.3  # busy, and nearly all of it handshakes
+    assert decider.calls_cpu < decider.cpu / 3
+    counted = (metric("audiohook_accepted_handshakes_cpu_seconds_total") or 0.0) - before
+    assert abs(counted - taken) < 1e-6
 
 
 def test_slow_redis_round_trips_shed_and_a_lone_slow_one_does_not() -> None:
