@@ -353,8 +353,9 @@ class Settings(BaseSettings):
         description="Load shedding: new upgrades get HTTP 503 (Retry-After) while the worker "
         "process uses more than this share of the CPU it may use (one core, or its container's "
         "CPU limit when lower; smoothed over about a second), i.e. once the core is saturated, "
-        "before queues build up; a call ramp that the worker absorbs peaks near 0.9 on a "
-        "2-core box. 0 disables.",
+        "before queues build up. The CPU that accepted calls' own handshakes took is left out "
+        "(a call ramp ends, its calls stay), but the whole process sheds at 0.98 whatever took "
+        "it. 0 disables.",
     )
     overload_cpu_throttled_hold_seconds: float = Field(
         0.25,
@@ -375,8 +376,10 @@ class Settings(BaseSettings):
         "one core (a cgroup quota: Kubernetes resources.limits.cpu, docker --cpus), when lower "
         "than overload_max_cpu_utilization. Once a period's quota is spent the kernel stops "
         "the whole process until the next period (up to 100 ms by default), so a limited worker "
-        "needs more headroom than a whole core. 0 disables CPU shedding under a limit (and 0 "
-        "in overload_max_cpu_utilization disables it everywhere).",
+        "needs more headroom than a whole core, and all its CPU counts, handshakes included. A "
+        "limit whose stall is short (period less quota at most 20 ms) is taken as a slower "
+        "core instead. 0 disables CPU shedding under a limit (and 0 in "
+        "overload_max_cpu_utilization disables it everywhere).",
     )
     overload_max_redis_round_trip_seconds: float = Field(
         0.2,
