@@ -223,13 +223,14 @@ WORKER_CPU_UTILIZATION = Gauge(
 WORKER_CALLS_CPU_UTILIZATION = Gauge(
     "worker_calls_cpu_utilization",
     "worker_cpu_utilization less the CPU that accepted calls' handshakes took: what load "
-    "shedding's CPU bound compares (the whole share under a CPU limit whose stall is long).",
+    "shedding's CPU bound compares, except under a CPU limit whose stall is long (there it "
+    "compares worker_cpu_utilization).",
     namespace=NAMESPACE,
 )
 ACCEPTED_HANDSHAKES_CPU = Counter(
     "accepted_handshakes_cpu_seconds",
     "CPU time the worker spent on the upgrades of the calls it accepted (HTTP request head, "
-    "WebSocket handshake, authentication, accept); per call: divide by the accepted upgrades.",
+    "WebSocket handshake, authentication, accept); failed logins and refusals not included.",
     namespace=NAMESPACE,
 )
 WORKER_CPU_CAPACITY = Gauge(

@@ -364,9 +364,11 @@ def test_a_limit_stalls_long_where_its_period_less_its_quota_passes_20_ms(
     # A parent's higher limit that stalls long still stalls the worker once it is spent.
     write(cgroup, "pod/cpu.max", "75000 100000\n")  # 25 ms
     assert worker_cpu_limit(proc) == CpuLimit(0.625, long_stall=True)
-    write(cgroup, "pod/cpu.max", "max 100000\n")
     write(cgroup, "pod/ctr/cpu.max", "30000 100000\n")  # Kubernetes' period at 0.3 of a core
     assert worker_cpu_limit(proc) == CpuLimit(0.3, long_stall=True)
+    write(cgroup, "pod/cpu.max", "90000 100000\n")  # a parent whose stall is short: still long
+    assert worker_cpu_limit(proc) == CpuLimit(0.3, long_stall=True)
+    write(cgroup, "pod/cpu.max", "max 100000\n")
     write(cgroup, "pod/ctr/cpu.max", "max 100000\n")
     assert worker_cpu_limit(proc) == CpuLimit()
 

@@ -46,8 +46,13 @@ def test_a_limit_whose_stall_is_short_is_taken_as_a_slower_core(
         overload_max_cpu_utilization=0.95,
         overload_max_cpu_utilization_under_limit=0.8,
     )
-    shedder = Gateway(settings).load_shedder
+    gateway = Gateway(settings)
+    shedder = gateway.load_shedder
     assert (shedder.cpu_capacity, shedder.long_stall, shedder.max_cpu) == (0.625, False, 0.95)
+    gateway._cpu_limit_changed(CpuLimit(0.625, long_stall=True))  # the period made longer
+    assert (shedder.long_stall, shedder.max_cpu) == (True, 0.8)
+    gateway._cpu_limit_changed(limit)
+    assert (shedder.long_stall, shedder.max_cpu) == (False, 0.95)
 
 
 class CountingThrottles:

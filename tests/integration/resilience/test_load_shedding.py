@@ -126,7 +126,7 @@ async def test_accepted_calls_handshakes_are_counted_apart_and_refused_upgrades_
             gateway, lambda metrics: Growth(after_calls, metrics)(REJECTED) >= 2, "refusals"
         )
     per_call = Growth(before, after_calls)(ACCEPTED_HANDSHAKES_CPU) / 3
-    assert 0.0 < per_call < 0.5  # this machine's CPU per upgrade: well under a second
+    assert 0.0 < per_call < 0.05  # about 1.5 ms here: only the upgrade, not the whole call
     assert answer.status == 400
     assert Growth(after_calls, after_refusals)(ACCEPTED_HANDSHAKES_CPU) == 0.0
 
