@@ -131,6 +131,39 @@ async def test_accepted_calls_handshakes_are_counted_apart_and_refused_upgrades_
     assert Growth(after_calls, after_refusals)(ACCEPTED_HANDSHAKES_CPU) == 0.0
 
 
+async def test_a_claim_held_up_by_redis_is_not_charged_with_the_work_done_meanwhile(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """An upgrade's count stops while it awaits its claim: the worker serves other connections
+    meanwhile, and their CPU is theirs (left out, it would hide real load from the bound)."""
+    settings = {  # only the CPU bounds: a held Redis would shed on its round trip or the age
+        **PRODUCTION_SHEDDING,
+        "OVERLOAD_MAX_REDIS_ROUND_TRIP_SECONDS": "0",
+        "OVERLOAD_MAX_HANDSHAKE_AGE_SECONDS": "0",
+    }
+    busy_client = redis.asyncio.Redis.from_url(redis_server.url)
+    with gateway_process(redis_server, tmp_path, settings) as gateway:
+        before = await scrape(gateway)
+        for _ in range(3):
+            await good_call(gateway)
+        held_from = await scrape(gateway)
+        quiet = Growth(before, held_from)(ACCEPTED_HANDSHAKES_CPU) / 3
+        hold = asyncio.create_task(busy_client.eval(BUSY_SCRIPT, 0, 600_000))
+        await asyncio.sleep(0.05)  # Redis is held from here on
+        calls = [asyncio.create_task(good_call(gateway)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # their claims wait
+        # Meanwhile, other connections' work: refusals that never reach Redis.
+        answers = [await refused(gateway.ws_url, session_id="not-a-uuid") for _ in range(100)]
+        await hold
+        await asyncio.gather(*calls)
+        held = Growth(held_from, await scrape(gateway))(ACCEPTED_HANDSHAKES_CPU) / 3
+    await busy_client.aclose()
+    assert {answer.status for answer in answers} == {400}
+    # Charged with the refusals (about 0.3 ms of CPU each here), a held call would count
+    # several times a quiet one.
+    assert held < 3 * quiet + 0.002
+
+
 async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     with gateway_process(redis_server, tmp_path, {"MAX_SESSIONS": "0"}) as gateway:
         answer = await refused(gateway.ws_url)
