@@ -110,7 +110,8 @@ class HandshakeCpu:
     """CPU time the worker spent on one upgrade, counted in the stretches of code that run for
     it alone (`start` to `stop`, a thread CPU clock): the HTTP guard's connect and request
     head, the WebSocket handshake, admission up to and after the claim's Redis round trip,
-    and the accept. Not counted: accepting the socket, the Redis reply and the `open`."""
+    and the accept. Not counted (so still in the calls' share): accepting the socket, the
+    task that runs the endpoint up to its first line, the Redis reply and the `open`."""
 
     __slots__ = ("_started", "seconds")
 
