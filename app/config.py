@@ -354,8 +354,9 @@ class Settings(BaseSettings):
         "process uses more than this share of the CPU it may use (one core, or its container's "
         "CPU limit when lower; smoothed over about a second), i.e. once the core is saturated, "
         "before queues build up. The CPU that accepted calls' own handshakes took is left out "
-        "(a call ramp ends, its calls stay), but the whole process sheds at 0.98 whatever took "
-        "it. 0 disables.",
+        "(a call ramp ends, its calls stay), but the whole process sheds at 0.98 (or this "
+        "bound, if higher) whatever took it; under a CPU limit whose stall is long everything "
+        "counts (overload_max_cpu_utilization_under_limit). 0 disables.",
     )
     overload_cpu_throttled_hold_seconds: float = Field(
         0.25,

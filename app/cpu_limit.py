@@ -73,7 +73,7 @@ def worker_cpu_limit(proc: Path = Path("/proc")) -> CpuLimit:
 
 
 def worker_cpu_capacity(proc: Path = Path("/proc")) -> float:
-    """Cores this worker may use: its cgroups' lowest CPU limit, at most one core."""
+    """Cores this worker may use (the limit's `cores` alone)."""
     return worker_cpu_limit(proc).cores
 
 
@@ -108,7 +108,7 @@ class ThrottledPeriods:
                 for quota, period, directory in _cpu_limits(self._proc / "self")
                 if _stalls_long(quota, period)
             )
-        except Exception:  # as in worker_cpu_capacity: a surprise counts as no limit
+        except Exception:  # as in worker_cpu_limit: a surprise counts as no limit
             found = ()
         if found != self.stat_files:
             self.stat_files, self._last = found, None

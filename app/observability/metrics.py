@@ -223,8 +223,8 @@ WORKER_CPU_UTILIZATION = Gauge(
 WORKER_CALLS_CPU_UTILIZATION = Gauge(
     "worker_calls_cpu_utilization",
     "worker_cpu_utilization less the CPU that accepted calls' handshakes took: what load "
-    "shedding's CPU bound compares, except under a CPU limit whose stall is long (there it "
-    "compares worker_cpu_utilization).",
+    "shedding's CPU bound compares (worker_cpu_utilization itself sheds at 0.98), except "
+    "under a CPU limit whose stall is long (there the bound compares worker_cpu_utilization).",
     namespace=NAMESPACE,
 )
 ACCEPTED_HANDSHAKES_CPU = Counter(

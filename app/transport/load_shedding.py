@@ -14,10 +14,11 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   that accepted calls' own handshakes took (``HandshakeCpu``) is left out: it ends with the
   call ramp that brought it, while the calls stay; a ramp that a slower core absorbs would
   otherwise be refused at its peak, with the calls' own share far below the bound. The
-  whole process's share still sheds at ``SATURATED_CPU``, and refused upgrades always
-  count. Under a limit whose stall is long (``app/cpu_limit.py``) everything counts and the
-  bound is lower: a worker that spends its quota early in a period is stopped for the rest
-  of it, and every live call's audio waits that long.
+  whole process's share still sheds at ``SATURATED_CPU`` (or the bound, if higher), and
+  refused upgrades and failed logins always count. Under a limit whose stall is long
+  (``app/cpu_limit.py``) everything counts and the bound is lower: a worker that spends its
+  quota early in a period is stopped for the rest of it, and every live call's audio waits
+  that long.
 - CPU throttled: under a limit, the kernel's own count of the periods in which it stopped the
   worker (``ThrottledPeriods`` in ``app/cpu_limit.py``). The smoothed CPU share follows a
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
@@ -43,8 +44,9 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   bound): a caller whose clock runs behind is never refused by a gateway at ease.
 
 Each bound set to 0 disables its signal. The decision is independent of the server: the
-connection's start time reaches admission in the ASGI scope's ``state`` (see
-``app/transport/http_guard.py``); without it the age signal is simply not used.
+connection's start time and its ``HandshakeCpu`` reach admission in the ASGI scope's
+``state`` (see ``app/transport/http_guard.py``); without them the age signal is not used,
+and an upgrade's count starts at the endpoint.
 """
 
 from __future__ import annotations

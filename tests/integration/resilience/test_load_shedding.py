@@ -164,6 +164,29 @@ async def test_a_claim_held_up_by_redis_is_not_charged_with_the_work_done_meanwh
     assert held < 3 * quiet + 0.002
 
 
+async def test_a_live_call_is_charged_for_its_handshake_only(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """The count ends at the accept: a call that stays is not charged with what the worker
+    does while it lives (here, 100 refusals)."""
+    with gateway_process(redis_server, tmp_path, PRODUCTION_SHEDDING) as gateway:
+        before = await scrape(gateway)
+        for _ in range(3):
+            await good_call(gateway)
+        live_from = await scrape(gateway)
+        quiet = Growth(before, live_from)(ACCEPTED_HANDSHAKES_CPU) / 3
+        client = await WireClient.connect(gateway.ws_url)
+        try:
+            await client.open()
+            answers = [await refused(gateway.ws_url, session_id="not-a-uuid") for _ in range(100)]
+            await client.close()
+        finally:
+            await client.aclose()
+        charged = Growth(live_from, await scrape(gateway))(ACCEPTED_HANDSHAKES_CPU)
+    assert {answer.status for answer in answers} == {400}
+    assert charged < 3 * quiet + 0.002
+
+
 async def test_every_503_carries_retry_after(redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     with gateway_process(redis_server, tmp_path, {"MAX_SESSIONS": "0"}) as gateway:
         answer = await refused(gateway.ws_url)
