@@ -22,7 +22,8 @@ from app.redis.embedded import EmbeddedRedis
 from tests.integration.gateway.helpers import alongside_good_call
 from tests.integration.resilience.helpers import gateway_process, good_call, refused
 from tests.integration.resilience.wire import WireClient
-from tests.support.metrics import REJECTED, Growth, scrape, scrape_when, wait_for_metric
+from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import REJECTED, Growth, Scrape, scrape, scrape_when, wait_for_metric
 
 IN_FLIGHT = "audiohook_handshakes_in_flight"
 SHED = "audiohook_load_shed_total"
@@ -109,23 +110,28 @@ async def test_with_default_settings_a_normal_call_is_not_shed(
     assert metrics.value(CPU_CAPACITY) == worker_cpu_capacity()
 
 
+async def quiet_calls_handshake_cpu(gateway: GatewayProcess) -> tuple[float, Scrape]:
+    """Three calls one after another: their handshakes' CPU per call, and the scrape after."""
+    before = await scrape(gateway)
+    for _ in range(3):
+        await good_call(gateway)
+    after = await scrape(gateway)
+    return Growth(before, after)(ACCEPTED_HANDSHAKES_CPU) / 3, after
+
+
 async def test_accepted_calls_handshakes_are_counted_apart_and_refused_upgrades_are_not(
     redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
     """Load shedding's CPU bound leaves out what accepted calls' handshakes took (a call ramp
     ends, the calls stay); failed logins and refusals remain load like any other."""
     with gateway_process(redis_server, tmp_path, PRODUCTION_SHEDDING) as gateway:
-        before = await scrape(gateway)
-        for _ in range(3):
-            await good_call(gateway)
-        after_calls = await scrape(gateway)
+        per_call, after_calls = await quiet_calls_handshake_cpu(gateway)
         failed_login = await WireClient.connect(gateway.ws_url, client_secret=WRONG_SECRET)
         await failed_login.aclose()
         answer = await refused(gateway.ws_url, session_id="not-a-uuid")
         after_refusals = await scrape_when(
             gateway, lambda metrics: Growth(after_calls, metrics)(REJECTED) >= 2, "refusals"
         )
-    per_call = Growth(before, after_calls)(ACCEPTED_HANDSHAKES_CPU) / 3
     assert 0.0 < per_call < 0.05  # about 1.5 ms here: only the upgrade, not the whole call
     assert answer.status == 400
     assert Growth(after_calls, after_refusals)(ACCEPTED_HANDSHAKES_CPU) == 0.0
@@ -143,11 +149,7 @@ async def test_a_claim_held_up_by_redis_is_not_charged_with_the_work_done_meanwh
     }
     busy_client = redis.asyncio.Redis.from_url(redis_server.url)
     with gateway_process(redis_server, tmp_path, settings) as gateway:
-        before = await scrape(gateway)
-        for _ in range(3):
-            await good_call(gateway)
-        held_from = await scrape(gateway)
-        quiet = Growth(before, held_from)(ACCEPTED_HANDSHAKES_CPU) / 3
+        quiet, held_from = await quiet_calls_handshake_cpu(gateway)
         hold = asyncio.create_task(busy_client.eval(BUSY_SCRIPT, 0, 600_000))
         await asyncio.sleep(0.05)  # Redis is held from here on
         calls = [asyncio.create_task(good_call(gateway)) for _ in range(3)]
@@ -170,11 +172,7 @@ async def test_a_live_call_is_charged_for_its_handshake_only(
     """The count ends at the accept: a call that stays is not charged with what the worker
     does while it lives (here, 100 refusals)."""
     with gateway_process(redis_server, tmp_path, PRODUCTION_SHEDDING) as gateway:
-        before = await scrape(gateway)
-        for _ in range(3):
-            await good_call(gateway)
-        live_from = await scrape(gateway)
-        quiet = Growth(before, live_from)(ACCEPTED_HANDSHAKES_CPU) / 3
+        quiet, live_from = await quiet_calls_handshake_cpu(gateway)
         client = await WireClient.connect(gateway.ws_url)
         try:
             await client.open()
