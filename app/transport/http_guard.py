@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -37,6 +37,7 @@ from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooMany
 from app.observability import metrics
 from app.observability.logging import ThrottledLog
 from app.security.ipallow import contains, parse_address
+from app.transport.handshake import plain_upgrade_key
 from app.transport.load_shedding import (
     CONNECTED_AT,
     HANDSHAKE_CPU,
@@ -105,7 +106,30 @@ def guarded_http_protocol(
                 CONNECTED_AT: self._connected_at,
                 HANDSHAKE_CPU: self._cpu,
             }
-            super().handle_websocket_upgrade()
+            protocol_class = self.ws_protocol_class
+            key = plain_upgrade_key(
+                self.parser.get_method(),
+                self.parser.get_http_version(),
+                self.url,
+                self.headers,
+                extensions_ignored=not self.config.ws_per_message_deflate,
+            )
+            if (
+                key is None
+                or not isinstance(protocol_class, type)
+                or not issubclass(protocol_class, AudioHookWebSocketProtocol)
+            ):
+                super().handle_websocket_upgrade()  # websockets parses, checks and answers
+                return
+            self.connections.discard(self)  # as uvicorn's handle_websocket_upgrade
+            protocol = protocol_class(
+                config=self.config, server_state=self.server_state, app_state=self.app_state
+            )
+            scheme: Literal["ws", "wss"] = "wss" if self.scheme == "https" else "ws"
+            protocol.start_plain(
+                self.transport, (self.server, self.client, scheme), self.url, self.headers, key
+            )
+            self.transport.set_protocol(protocol)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             cpu = self._cpu = HandshakeCpu()

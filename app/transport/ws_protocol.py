@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import unquote
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import OPEN
 
 from app.observability.logging import CONNECTION_LOG, ThrottledLog
 from app.observability.metrics import PROTOCOL_ERRORS
@@ -41,8 +45,10 @@ from app.transport.frames import (
     FrameError,
     FrameParser,
 )
+from app.transport.handshake import accept_value
 
 if TYPE_CHECKING:
+    from uvicorn._types import ASGISendEvent
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -97,11 +103,79 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         self.logger = self.conn.logger = CONNECTION_LOG
 
     _sink: MessageSink | None = None  # set by take_over: direct mode
+    _plain_accept: bytes | None = None  # the 101's head, when start_plain took the handshake
     _parser: FrameParser | None = None
     _early_bytes = 0  # arrived after the upgrade request, before the response
     _bytes_after_close = 0
     _reaper: asyncio.TimerHandle | None = None  # drop_after's timer
     handshake_deadline: asyncio.TimerHandle | None = None  # the HTTP guard's, until we end
+
+    def start_plain(
+        self,
+        transport: asyncio.Transport,
+        addresses: tuple[Any, Any, Literal["ws", "wss"]],
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        key: bytes,
+    ) -> None:
+        """Begin a plain upgrade (app/transport/handshake.py) as uvicorn's `connection_made`
+        and `handle_connect` would after websockets parsed and accepted the request, from what
+        the HTTP protocol already has: `addresses` (server, client, "ws" or "wss"), the
+        request target and headers. The 101 is written at the application's accept (`send`)."""
+        self.connections.add(self)
+        self.transport = transport
+        self.server, self.client, self.scheme = addresses
+        self.handshake_initiated = True
+        self._plain_accept = (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_value(key) + b"\r\n"
+        )
+        raw_path, _, query_string = target.partition(b"?")
+        root_path = self.root_path
+        self.scope = {
+            "type": "websocket",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.4"},
+            "http_version": "1.1",
+            "scheme": self.scheme,
+            "server": self.server,
+            "client": self.client,
+            "root_path": root_path,
+            "path": root_path + unquote(raw_path.decode("ascii")),
+            "raw_path": root_path.encode("ascii") + raw_path,
+            "query_string": query_string,
+            "headers": list(headers),
+            "subprotocols": [],
+            "state": self.app_state.copy(),
+            "extensions": {"websocket.http.response": {}},
+        }
+        self.queue.put_nowait({"type": "websocket.connect"})
+        task = self.loop.create_task(self.run_asgi())
+        task.add_done_callback(self.on_task_complete)
+        self.tasks.add(task)
+
+    async def send(self, message: ASGISendEvent) -> None:
+        """uvicorn's, but a plain upgrade's accept writes its prepared 101 (every other message,
+        a refusal included, goes uvicorn's way: websockets' protocol is still CONNECTING)."""
+        accept = self._plain_accept
+        if accept is None or message["type"] != "websocket.accept" or self.handshake_complete:
+            await super().send(message)
+            return
+        await self.writable.wait()
+        if self.disconnected:
+            raise ClientDisconnected()
+        self._plain_accept = None
+        extra = list(self.default_headers) + [
+            (name.lower(), value) for name, value in message.get("headers", [])
+        ]
+        subprotocol = message.get("subprotocol")
+        if subprotocol:
+            extra.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+        head = accept + b"".join(name + b": " + value + b"\r\n" for name, value in extra)
+        if not self.transport.is_closing():
+            self.handshake_complete = True
+            self.conn.state = OPEN  # what uvicorn sends next (pings, the close) websockets frames
+            self.transport.write(head + b"\r\n")
+            self.start_keepalive()
 
     def data_received(self, data: bytes) -> None:
         """Every read until the session is taken over (and after the server's close frame:
