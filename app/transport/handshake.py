@@ -20,12 +20,16 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-# websockets' limits (websockets.http11): a longer line or more headers it refuses.
-MAX_LINE_BYTES: Final = 8192
-MAX_HEADERS: Final = 128
+# websockets' limits (set from its environment variables): a longer line or more headers it
+# refuses.
+from websockets.http11 import MAX_LINE_LENGTH as MAX_LINE_BYTES
+from websockets.http11 import MAX_NUM_HEADERS as MAX_HEADERS
+
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")  # RFC 9110 section 5.6.2
-_FIELD_VALUE = re.compile(rb"[\x09\x20-\x7e\x80-\xff]*")  # no control characters
+# No control characters, and no trailing whitespace: httptools keeps it, websockets strips it,
+# so the application would see another value than the general way gives it.
+_FIELD_VALUE = re.compile(rb"(?:[\x09\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
 _REQUEST_TARGET = re.compile(rb"/[\x21-\x22\x24-\x7e]*")  # origin-form: ASCII, no '#'
 EXTENSIONS, SUBPROTOCOLS = b"sec-websocket-extensions", b"sec-websocket-protocol"
 
@@ -52,7 +56,7 @@ def plain_upgrade_key(
     for name, value in headers:
         if len(name) + len(value) + 4 > MAX_LINE_BYTES:
             return None
-        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not valid_header(name, value):
             return None
         if name == b"connection":
             for option in value.split(b","):
@@ -70,6 +74,8 @@ def plain_upgrade_key(
             origins += 1
         elif name == SUBPROTOCOLS or (name == EXTENSIONS and not extensions_ignored):
             return None
+        elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return None  # a body: websockets refuses it
     if not connection_upgrade or origins > 1 or versions != [b"13"] or len(keys) != 1:
         return None
     if len(upgrades) != 1 or upgrades[0].strip(b" \t").lower() != b"websocket":
@@ -80,6 +86,12 @@ def plain_upgrade_key(
     except binascii.Error:
         return None
     return keys[0]
+
+
+def valid_header(name: bytes, value: bytes) -> bool:
+    """A header websockets would take as it is: a token name, a value without control
+    characters (its serializer refuses CR and LF in a response) or trailing whitespace."""
+    return bool(_TOKEN.fullmatch(name) and _FIELD_VALUE.fullmatch(value))
 
 
 def accept_value(key: bytes) -> bytes:

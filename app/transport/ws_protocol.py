@@ -45,7 +45,7 @@ from app.transport.frames import (
     FrameError,
     FrameParser,
 )
-from app.transport.handshake import accept_value
+from app.transport.handshake import accept_value, valid_header
 
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
@@ -170,10 +170,16 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         subprotocol = message.get("subprotocol")
         if subprotocol:
             extra.append((b"sec-websocket-protocol", subprotocol.encode("latin-1")))
+        if not all(valid_header(name, value) for name, value in extra):
+            raise ValueError("invalid header in websocket.accept")  # as websockets refuses it
         head = accept + b"".join(name + b": " + value + b"\r\n" for name, value in extra)
         if not self.transport.is_closing():
             self.handshake_complete = True
-            self.conn.state = OPEN  # what uvicorn sends next (pings, the close) websockets frames
+            # websockets' protocol, open, frames what uvicorn sends next (pings, the close) and
+            # parses frames (until the take-over), its parser started afresh past the head.
+            self.conn.state = OPEN
+            self.conn.parser = self.conn.parse()
+            next(self.conn.parser)
             self.transport.write(head + b"\r\n")
             self.start_keepalive()
 

@@ -7,7 +7,7 @@ import pytest
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from app.transport.handshake import MAX_HEADERS, accept_value, plain_upgrade_key
+from app.transport.handshake import MAX_HEADERS, accept_value, plain_upgrade_key, valid_header
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 section 1.3's example
 SHORT_KEY = b"YWJjZGVmZ2hpamtsbW5v"  # 15 bytes
@@ -77,6 +77,9 @@ NOT_PLAIN = {
     ),
     "bad name": (b"GET", "1.1", TARGET, [*PLAIN, (b"x h", b"1")]),
     "control character": (b"GET", "1.1", TARGET, [*PLAIN, (b"x-h", b"a\x01b")]),
+    "trailing space": (b"GET", "1.1", TARGET, with_header(b"audiohook-session-id", b"a ")),
+    "chunked body": (b"GET", "1.1", TARGET, [*PLAIN, (b"transfer-encoding", b"chunked")]),
+    "a body": (b"GET", "1.1", TARGET, [*PLAIN, (b"content-length", b"5")]),
 }
 
 
@@ -103,6 +106,14 @@ def test_a_plain_upgrade_is_one_websockets_accepts_with_the_same_key(case: str) 
     key = plain_upgrade_key(b"GET", "1.1", target, headers, extensions_ignored=True)
     assert key == KEY
     assert websockets_answer(b"GET", "1.1", target, headers) == (101, accept_value(KEY))
+
+
+def test_a_header_with_a_line_break_or_trailing_space_is_not_valid() -> None:
+    assert valid_header(b"server", b"uvicorn")
+    assert valid_header(b"x-empty", b"")
+    assert not valid_header(b"x-split", b"a\r\nset-cookie: b")
+    assert not valid_header(b"x-trail", b"a\t")
+    assert not valid_header(b"bad name", b"a")
 
 
 def test_an_extensions_offer_is_plain_only_where_the_server_has_none() -> None:
