@@ -96,7 +96,7 @@ def guarded_http_protocol(
         _refusal: tuple[int, str, str] | None = None
         _connected_at = 0.0
         _unfinished_source: str | None = None  # its place in `unfinished`
-        _cpu: HandshakeCpu | None = None  # what this connection has cost so far
+        _cpu: HandshakeCpu  # what this connection has cost so far (from connection_made)
 
         def handle_websocket_upgrade(self) -> None:
             # The connection's start and its CPU count reach admission in scope["state"]
@@ -178,15 +178,11 @@ def guarded_http_protocol(
             # Replaces uvicorn's data_received (feed, then upgrade or 400) entirely.
             if self._finished:
                 return
-            cpu = self._cpu
-            if cpu is None:
-                self._read(data)
-                return
-            cpu.start()
+            self._cpu.start()
             try:
                 self._read(data)
             finally:
-                cpu.stop()
+                self._cpu.stop()
 
         def _read(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
