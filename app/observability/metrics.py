@@ -263,7 +263,8 @@ HANDSHAKE_QUEUE_SECONDS = Histogram(
 LOAD_SHED = Counter(
     "load_shed",
     "Upgrades refused as overloaded, by the signal that decided (event_loop_lag, "
-    "cpu_utilization, cpu_throttled, redis_round_trip, handshakes_in_flight, handshake_age).",
+    "cpu_utilization, cpu_headroom, cpu_throttled, redis_round_trip, handshakes_in_flight, "
+    "handshake_age).",
     ["signal"],
     namespace=NAMESPACE,
 )

@@ -18,7 +18,11 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   refused upgrades and failed logins always count. Under a limit whose stall is long
   (``app/cpu_limit.py``) everything counts and the bound is lower: a worker that spends its
   quota early in a period is stopped for the rest of it, and every live call's audio waits
-  that long.
+  that long. There the smoothed share shows an admitted call about a second late, and a
+  second's arrivals admitted at the bound's edge overrun the quota: so each monitor
+  interval's authenticated upgrades may take only the CPU left under the bound for that
+  interval (``HandshakeBudget``; refused as ``cpu_headroom``), once the share is past half
+  its bound: a replica's first calls, arriving together, still pass.
 - CPU throttled: under a limit, the kernel's own count of the periods in which it stopped the
   worker (``ThrottledPeriods`` in ``app/cpu_limit.py``). The smoothed CPU share follows a
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
@@ -79,17 +83,24 @@ STRAIN_FRACTION: Final = 0.25
 
 # Weight of the newest CPU sample (one per monitor interval): a time constant of about 1 s.
 CPU_SMOOTHING: Final = 0.05
-# Share of the CPU bound from which a throttled period sheds.
-THROTTLED_FROM_CPU_FRACTION: Final = 0.5
+# Share of the CPU bound from which the worker is near it: a throttled period sheds, and under
+# a limit whose stall is long upgrades take only the headroom. Below it a replica's first
+# calls, arriving together, are let in (throttled, maybe, and it passes).
+NEAR_BOUND_CPU_FRACTION: Final = 0.5
 # The whole process's share (accepted handshakes included) at which the CPU signal sheds
 # whatever the calls' own share: the core is all but spent.
 SATURATED_CPU: Final = 0.98
 # Key of the upgrade's HandshakeCpu in the ASGI scope's "state".
 HANDSHAKE_CPU: Final = "audiohook_handshake_cpu"
+# Weight of the newest accepted handshake's CPU in what the next upgrade is charged.
+HANDSHAKE_COST_SMOOTHING: Final = 0.1
+# What an authenticated upgrade is charged before any handshake has been measured.
+FIRST_HANDSHAKE_COST_SECONDS: Final = 0.002
 
-LAG, CPU, THROTTLED, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
+LAG, CPU, HEADROOM, THROTTLED, REDIS_ROUND_TRIP, IN_FLIGHT, AGE = (
     "event_loop_lag",
     "cpu_utilization",
+    "cpu_headroom",
     "cpu_throttled",
     "redis_round_trip",
     "handshakes_in_flight",
@@ -128,6 +139,31 @@ class HandshakeCpu:
         if self._started is not None:
             self.seconds += time.thread_time() - self._started
             self._started = None
+
+
+class HandshakeBudget:
+    """The CPU that authenticated upgrades may still take in this monitor interval, under a
+    limit whose stall is long. Each interval brings the room left under the CPU bound for
+    that interval (a debt is paid from it first, and no more than one interval's room is
+    saved up); each upgrade whose signature checks out is charged what accepted handshakes
+    have cost lately (a client without credentials spends none of it). The smoothed share
+    would show those calls only about a second later."""
+
+    __slots__ = ("cost", "seconds")
+
+    def __init__(self, room: float) -> None:
+        self.seconds = room
+        self.cost = FIRST_HANDSHAKE_COST_SECONDS
+
+    def refill(self, room: float) -> None:
+        self.seconds = min(self.seconds + room, room)
+
+    def spend(self) -> None:
+        self.seconds -= self.cost
+
+    def measured(self, seconds: float) -> None:
+        """An accepted handshake's own CPU: what the next ones are charged follows it."""
+        self.cost += HANDSHAKE_COST_SMOOTHING * (seconds - self.cost)
 
 
 class LoadShedder:
@@ -174,6 +210,7 @@ class LoadShedder:
         self.max_age_seconds = max_age_seconds
         self.clock_skew_seconds = clock_skew_seconds
         self.interval = interval
+        self._budget = HandshakeBudget(self._room(interval))
         self.lag = 0.0  # smoothed event-loop lag, seconds
         self.handshakes = 0  # upgrades in admission now
         self._log = ThrottledLog(log, LOG_LINES_PER_SECOND)
@@ -227,6 +264,8 @@ class LoadShedder:
             return LAG
         if self.max_cpu and self._cpu_over_bound():
             return CPU
+        if self.long_stall and self._budget.seconds <= 0 and self._near_cpu_bound():
+            return HEADROOM
         if self.throttled:
             return THROTTLED
         round_trip_bound = self.max_redis_round_trip_seconds
@@ -242,6 +281,9 @@ class LoadShedder:
         if self.long_stall:  # a handshake that overruns a period stalls every call: all counts
             return self.cpu > self.max_cpu
         return self.calls_cpu > self.max_cpu or self.cpu > max(self.max_cpu, SATURATED_CPU)
+
+    def _near_cpu_bound(self) -> bool:
+        return self.max_cpu > 0 and self.cpu >= NEAR_BOUND_CPU_FRACTION * self.max_cpu
 
     def _strained(self) -> bool:
         return (
@@ -278,6 +320,7 @@ class LoadShedder:
                 "event_loop_lag_ms": round(self.lag * 1000, 1),
                 "cpu_utilization": round(self.cpu, 2),
                 "calls_cpu_utilization": round(self.calls_cpu, 2),
+                "cpu_headroom_ms": round(self._budget.seconds * 1000, 2),
                 "cpu_throttled": self.throttled,
                 "redis_round_trip_ms": round(self.redis_round_trip * 1000, 1),
                 "handshakes_in_flight": self.handshakes,
@@ -296,9 +339,15 @@ class LoadShedder:
         value = (scope.get("state") or {}).get(HANDSHAKE_CPU)
         return value if isinstance(value, HandshakeCpu) else HandshakeCpu()
 
+    def handshake_authenticated(self) -> None:
+        """An upgrade's signature checked out: it is charged to this interval's headroom."""
+        self._budget.spend()
+
     def handshake_accepted(self, cpu: HandshakeCpu) -> None:
-        """An accepted call's handshake is over: its CPU is left out of the calls' share."""
+        """An accepted call's handshake is over: its CPU is left out of the calls' share, and
+        the next upgrades are charged what it cost."""
         self._accepted_handshakes_cpu += cpu.seconds
+        self._budget.measured(cpu.seconds)
         metrics.ACCEPTED_HANDSHAKES_CPU.inc(cpu.seconds)
 
     # --- handshakes in flight (the endpoint brackets admission with these) --------------------
@@ -324,16 +373,24 @@ class LoadShedder:
         metrics.WORKER_CPU_UTILIZATION.set(self.cpu)
         metrics.WORKER_CALLS_CPU_UTILIZATION.set(self.calls_cpu)
 
+    def _room(self, seconds: float) -> float:
+        """CPU seconds left under the bound over `seconds` at the current share."""
+        return max(0.0, self.max_cpu - self.cpu) * self.cpu_capacity * seconds
+
+    def refill_headroom(self, seconds: float) -> None:
+        """A monitor interval of `seconds` has passed: the room it leaves under the bound, at
+        the share just recorded, is what the next one's upgrades may take."""
+        self._budget.refill(self._room(seconds))
+
     def record_throttled_periods(self, count: int | None, now: float) -> None:
         """`count`: the kernel's count of throttled periods so far (None: not known). One
-        more than last time, with the CPU share past `THROTTLED_FROM_CPU_FRACTION` of its
+        more than last time, with the CPU share past `NEAR_BOUND_CPU_FRACTION` of its
         bound, holds new upgrades off for the hold time from `now`; with the CPU bound 0
         (CPU shedding off) it is only counted."""
         seen, self._throttled_periods = self._throttled_periods, count
         if count is not None and seen is not None and count > seen:
             metrics.WORKER_CPU_THROTTLED_PERIODS.inc(count - seen)
-            floor = THROTTLED_FROM_CPU_FRACTION * self.max_cpu  # 0: CPU shedding off, this too
-            if self.throttle_hold_seconds and floor > 0 and self.cpu >= floor:
+            if self.throttle_hold_seconds and self._near_cpu_bound():  # CPU bound 0: off too
                 self._throttled_until = now + self.throttle_hold_seconds
         self.throttled = now < self._throttled_until
 
@@ -356,6 +413,7 @@ class LoadShedder:
             if elapsed > 0:
                 handshakes = (handshakes_now - handshakes_started) / elapsed
                 self.record_cpu((cpu_now - cpu_started) / elapsed, handshakes)
+                self.refill_headroom(elapsed)
             if self._throttled_periods_source is not None:
                 self.record_throttled_periods(self._throttled_periods_source(), now)
             if self._redis_round_trip_source is not None:

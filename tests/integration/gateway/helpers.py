@@ -235,11 +235,16 @@ async def alongside_good_call(
 
 
 @contextlib.asynccontextmanager
-async def gateway_in_this_process(redis_url: str) -> AsyncIterator[tuple[Gateway, str]]:
+async def gateway_in_this_process(
+    redis_url: str, prepare: Callable[[Gateway], None] | None = None
+) -> AsyncIterator[tuple[Gateway, str]]:
     """A gateway served by real uvicorn on 127.0.0.1 in the test's own process, for tests
-    that look at its objects: the gateway and its WebSocket URI."""
+    that look at its objects: the gateway and its WebSocket URI. `prepare` sees the gateway
+    before it starts."""
     settings = in_process_settings(redis_url)
     app = create_app(settings)
+    if prepare is not None:
+        prepare(app.state.gateway)
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     config = uvicorn_config(app, "127.0.0.1", port, settings, app.state.gateway)

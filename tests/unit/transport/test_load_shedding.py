@@ -13,6 +13,7 @@ from app.transport.load_shedding import (
     CONNECTED_AT,
     CPU,
     HANDSHAKE_CPU,
+    HEADROOM,
     IN_FLIGHT,
     LAG,
     REDIS_ROUND_TRIP,
@@ -313,6 +314,94 @@ def test_the_monitor_leaves_accepted_handshakes_out_of_the_calls_share() -> None
     assert 0.3 * decider.cpu < decider.calls_cpu < 0.7 * decider.cpu
     counted = (metric("audiohook_accepted_handshakes_cpu_seconds_total") or 0.0) - before
     assert abs(counted - taken) < 1e-6
+
+
+# --- CPU headroom under a limit whose stall is long ------------------------------------------
+
+
+def headroom_shedder(cores: float = 0.3, long_stall: bool = True) -> LoadShedder:
+    """At 0.6 of a 0.3-core limit: (0.8 - 0.6) x 0.3 core x 50 ms = 3 ms of room an interval
+    where the stall is long."""
+    decider = cpu_shedder(cores, long_stall)
+    decider.cpu = 0.6
+    return decider
+
+
+def taken_in_one_interval(decider: LoadShedder, offered: int = 50) -> int:
+    """Authenticated upgrades taken of `offered` arriving within one 50 ms interval."""
+    decider.refill_headroom(0.05)
+    taken = 0
+    for _ in range(offered):
+        if decider.reason(age=None) is None:
+            decider.handshake_authenticated()
+            taken += 1
+    return taken
+
+
+def test_under_a_long_stall_limit_an_interval_takes_what_its_headroom_pays_for() -> None:
+    decider = headroom_shedder()
+    # 3 ms of room, 2 ms charged each: two, the second into debt (no more than one
+    # interval's room is saved up: the 12 ms an idle start left are not).
+    assert taken_in_one_interval(decider) == 2
+    assert decider.reason(age=None) == HEADROOM
+    shed = REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) or 0.0
+    assert decider.shed([], connected_at=None)
+    assert REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) == shed + 1
+    decider.handshake_authenticated()  # two more charged meanwhile: 5 ms in debt
+    decider.handshake_authenticated()
+    assert taken_in_one_interval(decider) == 0  # a debt is paid first: 2 ms left to pay
+    assert taken_in_one_interval(decider) == 1  # 1 ms of room
+    decider.cpu = 0.8  # at the bound: no room, nothing taken
+    assert taken_in_one_interval(decider) == 0
+
+
+def test_below_half_the_bound_a_burst_passes_and_its_cpu_is_paid_for_later() -> None:
+    """A replica's first calls, arriving together: throttled, maybe, and it passes."""
+    decider = headroom_shedder()
+    decider.cpu = 0.39  # under half of the bound (0.8)
+    assert taken_in_one_interval(decider) == 50
+    decider.cpu = 0.6  # the share shows them: their 100 ms are paid off first
+    assert taken_in_one_interval(decider) == 0
+
+
+def test_the_charge_follows_what_accepted_handshakes_cost() -> None:
+    decider = headroom_shedder()
+    for _ in range(60):
+        handshake = HandshakeCpu()
+        handshake.seconds = 0.0005
+        decider.handshake_accepted(handshake)
+    assert taken_in_one_interval(decider) == 6  # 3 ms at about 0.5 ms each
+
+
+def test_headroom_is_not_asked_for_a_whole_core_a_short_stall_or_with_the_cpu_bound_0() -> None:
+    unlimited = headroom_shedder(cores=1.0)
+    slower_core = headroom_shedder(long_stall=False)
+    for decider in (unlimited, slower_core):
+        assert taken_in_one_interval(decider) == 50
+    settings = Settings(overload_max_cpu_utilization=0)
+    cpu_off = LoadShedder.from_settings(settings, cpu_capacity=0.3, long_stall=True)
+    assert taken_in_one_interval(cpu_off) == 50
+
+
+def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
+    decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
+                          interval=0.01, max_cpu=0.8, cpu_capacity=0.3)  # fmt: skip
+    decider.cpu = 0.6
+    for _ in range(7):  # 14 ms charged against the 12 ms an idle start left
+        decider.handshake_authenticated()
+    assert decider.reason(age=None) == HEADROOM
+
+    async def until_taken() -> None:
+        monitor = asyncio.create_task(decider.run())
+        async with asyncio.timeout(5):
+            while decider.reason(age=None) is not None:
+                await asyncio.sleep(0.002)
+        monitor.cancel()
+
+    asyncio.run(until_taken())
+    # Taken because intervals brought headroom (0.7 ms each at first), not because the idle
+    # process's share fell under half the bound (at 0.05 an interval, that takes eight).
+    assert decider.cpu >= 0.4
 
 
 def test_slow_redis_round_trips_shed_and_a_lone_slow_one_does_not() -> None:

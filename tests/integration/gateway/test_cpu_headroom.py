@@ -1,0 +1,62 @@
+"""Under a CPU limit whose stall is long, the upgrades of one monitor interval may take only the
+CPU headroom it leaves: a burst of simultaneous calls gets what that pays for, the rest 503
+with Retry-After, and failed logins spend none of it. A gateway in the test's own process
+(real uvicorn on 127.0.0.1, real Redis and WebSocket clients) under a limit it is told of,
+its load monitor held still so that the headroom stays the one it started with."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import REGISTRY
+from websockets.exceptions import InvalidStatus
+
+from app import runtime
+from app.cpu_limit import CpuLimit
+from app.runtime import Gateway
+from app.transport.load_shedding import FIRST_HANDSHAKE_COST_SECONDS, HEADROOM
+from tests.integration.gateway.helpers import gateway_in_this_process, secret
+from tests.support.raw_client import RawClient
+
+# 0.8 of 0.04 core over a 50 ms interval: 1.6 ms, less than one upgrade's first charge.
+CAPACITY = 0.04
+BURST = 6
+
+
+def hold_the_monitor(gateway: Gateway) -> None:
+    """At 0.5 of its limit (past half the bound, 0.8, where the headroom is asked for), and
+    no interval ends: no headroom comes."""
+    gateway.load_shedder.cpu = 0.5
+    gateway.load_shedder.interval = 3600.0
+
+
+async def upgrade(uri: str) -> tuple[int, str | None]:
+    """The upgrade's HTTP status and Retry-After (101 and None when accepted)."""
+    try:
+        client = await RawClient.connect(uri)
+    except InvalidStatus as refused:
+        return refused.response.status_code, refused.response.headers.get("Retry-After")
+    await client.aclose()
+    return 101, None
+
+
+def shed_for_headroom() -> float:
+    return REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) or 0.0
+
+
+async def test_a_burst_gets_the_headroom_it_finds_and_failed_logins_spend_none(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "worker_cpu_limit", lambda: CpuLimit(CAPACITY, long_stall=True))
+    assert 0 < 0.8 * CAPACITY * 0.05 < FIRST_HANDSHAKE_COST_SECONDS
+    async with gateway_in_this_process(redis_url, hold_the_monitor) as (gateway, uri):
+        assert gateway.load_shedder.long_stall
+        for _ in range(3):  # the right key, the wrong secret: answered `disconnect`, unsigned in
+            failed = await RawClient.connect(uri, client_secret=secret("wrong"))
+            await failed.aclose()
+        shed_before = shed_for_headroom()
+        answers = await asyncio.gather(*(upgrade(uri) for _ in range(BURST)))
+    assert answers.count((101, None)) == 1
+    assert answers.count((503, "1")) == BURST - 1
+    assert shed_for_headroom() == shed_before + BURST - 1
