@@ -413,7 +413,8 @@ class LoadShedder:
             if elapsed > 0:
                 handshakes = (handshakes_now - handshakes_started) / elapsed
                 self.record_cpu((cpu_now - cpu_started) / elapsed, handshakes)
-                self.refill_headroom(elapsed)
+                # A late wake-up (the loop was busy) brings no more than one interval's room.
+                self.refill_headroom(min(elapsed, self.interval))
             if self._throttled_periods_source is not None:
                 self.record_throttled_periods(self._throttled_periods_source(), now)
             if self._redis_round_trip_source is not None:

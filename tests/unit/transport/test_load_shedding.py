@@ -404,6 +404,26 @@ def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
     assert decider.cpu >= 0.4
 
 
+def test_a_late_wake_up_brings_one_intervals_room() -> None:
+    decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
+                          interval=0.01, max_cpu=0.8, cpu_capacity=0.3)  # fmt: skip
+    decider.cpu = 0.6  # about 0.7 ms of room an interval
+
+    async def taken_after_a_busy_loop() -> int:
+        monitor = asyncio.create_task(decider.run())
+        await asyncio.sleep(0.015)  # one interval as usual
+        time.sleep(0.2)  # the loop busy for twenty intervals
+        await asyncio.sleep(0.001)  # the monitor's late wake-up runs first (its timer is older)
+        taken = 0
+        while decider.reason(age=None) is None:
+            decider.handshake_authenticated()
+            taken += 1
+        monitor.cancel()
+        return taken
+
+    assert asyncio.run(taken_after_a_busy_loop()) == 1  # twenty intervals' room would take eight
+
+
 def test_slow_redis_round_trips_shed_and_a_lone_slow_one_does_not() -> None:
     decider = LoadShedder(max_lag_seconds=0.1, max_handshakes=10, max_age_seconds=2.0,
                           max_redis_round_trip_seconds=0.2)  # fmt: skip
