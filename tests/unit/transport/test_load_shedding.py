@@ -387,7 +387,7 @@ def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
     decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
                           interval=0.01, max_cpu=0.8, cpu_capacity=0.3)  # fmt: skip
     decider.cpu = 0.6
-    for _ in range(7):  # 14 ms charged against the 12 ms an idle start left
+    for _ in range(2):  # 4 ms charged against the 2.4 ms an idle start left (0.8 x 0.3 x 10 ms)
         decider.handshake_authenticated()
     assert decider.reason(age=None) == HEADROOM
 
@@ -399,8 +399,8 @@ def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
         monitor.cancel()
 
     asyncio.run(until_taken())
-    # Taken because intervals brought headroom (0.7 ms each at first), not because the idle
-    # process's share fell under half the bound (at 0.05 an interval, that takes eight).
+    # Taken because intervals brought headroom (0.7 ms each at first: three pay the debt),
+    # not because the idle process's share fell under half the bound (that takes eight).
     assert decider.cpu >= 0.4
 
 
