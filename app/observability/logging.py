@@ -150,15 +150,25 @@ def configure_logging(level: str) -> None:
     CONNECTION_LOG.setLevel(uvicorn_error.level)
 
 
+def refusal_log(logger: logging.Logger) -> ThrottledLog:
+    """The log of one kind of refused connection (connections are the client's to open): 20
+    lines per cause at once, then one a second, each saying how many were left out. A
+    sustained flood writes a line a second per cause."""
+    return ThrottledLog(logger, per_second=1.0, burst=20.0)
+
+
 class ThrottledLog:
     """Lines about connections a client can open at will (refusals, failed logins): at most
-    `per_second` a second for each `key`, with a burst of as many. A line that is let through
-    says how many of its kind were left out before it; each left-out line is counted in
-    `audiohook_log_lines_suppressed_total`."""
+    `per_second` a second for each `key`, after a burst of `burst` (default: as many). A
+    line that is let through says how many of its kind were left out before it; each
+    left-out line is counted in `audiohook_log_lines_suppressed_total`."""
 
-    def __init__(self, logger: logging.Logger, per_second: float = 20.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, per_second: float = 20.0, burst: float | None = None
+    ) -> None:
         self._logger = logger
         self._rate = per_second
+        self._burst = per_second if burst is None else burst
         # key -> [tokens, last refill time, lines left out since the last one written]
         self._state: dict[str, list[float]] = {}
 
@@ -168,8 +178,8 @@ class ThrottledLog:
         if state is None:
             if len(self._state) >= _MAX_THROTTLE_KEYS:
                 self._state.clear()  # keys are a small fixed set; this only bounds a mistake
-            state = self._state[key] = [self._rate, now, 0.0]
-        state[0] = min(self._rate, state[0] + (now - state[1]) * self._rate)
+            state = self._state[key] = [self._burst, now, 0.0]
+        state[0] = min(self._burst, state[0] + (now - state[1]) * self._rate)
         state[1] = now
         if state[0] < 1.0:
             state[2] += 1

@@ -21,7 +21,7 @@ from starlette.datastructures import Headers
 from starlette.websockets import WebSocket
 
 from app.observability import metrics
-from app.observability.logging import UPGRADE_REFUSED, ThrottledLog
+from app.observability.logging import UPGRADE_REFUSED, refusal_log
 from app.protocol.messages import NULL_UUID, is_uuid
 from app.security.authenticator import REPLAYED
 from app.security.integrations import Integration
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("app.transport.admission")
 # Refusals and failed logins are one line per connection, and connections are the client's to
-# open: at most this many lines a second per cause, the rest counted.
-_refusal_log = ThrottledLog(log, per_second=20.0)
+# open: a burst, then a line a second per cause, the rest counted.
+_refusal_log = refusal_log(log)
 
 # Headers that identify the caller, the session or the signature: each must appear at most
 # once (a second copy could be read by one check and not another).

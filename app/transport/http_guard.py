@@ -35,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.exceptions import HeaderLineTooLong, RequestLineTooLong, TooManyHeaders
 
 from app.observability import metrics
-from app.observability.logging import ThrottledLog
+from app.observability.logging import refusal_log
 from app.security.ipallow import contains, parse_address
 from app.transport.handshake import plain_upgrade_key
 from app.transport.load_shedding import (
@@ -83,7 +83,7 @@ def guarded_http_protocol(
     connections per source without a whole request head. With `gateway` (the main
     listener), refusals are charged to `gateway.upgrade_limiter`, upgrades may be shed, and
     its trusted proxies are not counted in `unfinished`."""
-    refusal_log = ThrottledLog(log, per_second=20.0)  # connections are the client's to open
+    guard_refusals = refusal_log(log)
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         unfinished_per_source = unfinished
@@ -338,7 +338,7 @@ def guarded_http_protocol(
                 # A trusted proxy that could not name its client is not charged for it.
                 if address is not None and not contains(allowlist.trusted_proxies, address):
                     gateway.upgrade_limiter.allow(address)
-            refusal_log.log(
+            guard_refusals.log(
                 logging.WARNING,
                 cause,
                 "request refused before the application",

@@ -31,7 +31,7 @@ from websockets.exceptions import ProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import OPEN
 
-from app.observability.logging import CONNECTION_LOG, ThrottledLog
+from app.observability.logging import CONNECTION_LOG, refusal_log
 from app.observability.metrics import PROTOCOL_ERRORS
 from app.transport.frames import (
     CLOSE_ABNORMAL,
@@ -73,7 +73,7 @@ MAX_BYTES_AFTER_CLOSE = 256 * 1024
 MAX_BYTES_BEFORE_RESPONSE = 64 * 1024
 DATA_BEFORE_RESPONSE = "data_before_handshake_response"  # the protocol error's kind
 
-_early_data_log = ThrottledLog(logging.getLogger("app.transport.ws_protocol"), per_second=20.0)
+_early_data_log = refusal_log(logging.getLogger("app.transport.ws_protocol"))
 
 
 class _NoReceiveQueue:

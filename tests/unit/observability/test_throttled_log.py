@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from app.observability.logging import MAX_VALUE_CHARS, JsonFormatter, ThrottledLog
+from app.observability.logging import MAX_VALUE_CHARS, JsonFormatter, ThrottledLog, refusal_log
 from app.observability.metrics import LOG_LINES_SUPPRESSED
 
 
@@ -43,6 +43,26 @@ def test_a_line_after_a_quiet_spell_says_how_many_were_left_out(
         throttled.log(logging.WARNING, "cause", "refused", {})
     assert len(caplog.records) == 3
     assert getattr(caplog.records[-1], "similar_lines_suppressed", None) == 8
+
+
+def test_a_refusal_flood_writes_its_burst_then_a_line_a_second_per_cause(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("app.observability.logging.time.monotonic", lambda: clock[0])
+    refusals = refusal_log(logging.getLogger("test.flood"))
+    with caplog.at_level(logging.INFO, logger="test.flood"):
+        for _ in range(10_000):  # 1,000 refusals a second for ten seconds
+            refusals.log(logging.WARNING, "rate_limited", "upgrade refused", {"n": 1})
+            clock[0] += 0.001
+        refusals.log(logging.WARNING, "bad_request", "upgrade refused", {"n": 2})
+    flood = [record.__dict__ for record in caplog.records if record.__dict__["n"] == 1]
+    assert len(flood) == 20 + 9  # the burst, then one line for each second after the first
+    assert all("similar_lines_suppressed" not in line for line in flood[:20])
+    left_out = [line["similar_lines_suppressed"] for line in flood[20:]]
+    assert abs(left_out[0] - 980) <= 1  # the rest of the first second
+    assert all(abs(count - 999) <= 1 for count in left_out[1:])  # each a second's worth
+    assert len(caplog.records) == len(flood) + 1  # another cause has its own burst
 
 
 def test_client_values_are_clipped_in_every_line() -> None:
