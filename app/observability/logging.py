@@ -64,6 +64,7 @@ _PER_CONNECTION_MESSAGES = frozenset(
         "connection open",
         "connection closed",
         "connection rejected (%d %s)",
+        "HTTP response sent (%d %s)",  # an upgrade refused with an HTTP status
         "Invalid UTF-8 sequence received from client.",
         '%s - "WebSocket %s" [accepted]',
         '%s - "WebSocket %s" 403',

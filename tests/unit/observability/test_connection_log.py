@@ -46,6 +46,7 @@ def test_per_connection_info_lines_make_no_record(
     monkeypatch.setattr(logging, "_logRecordFactory", counting_factory)
     CONNECTION_LOG.info("connection open")
     CONNECTION_LOG.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", "/ws")
+    CONNECTION_LOG.info("HTTP response sent (%d %s)", 401, "Unauthorized")  # a refusal
     assert (made, written) == ([], [])
 
 
@@ -54,7 +55,7 @@ def test_other_lines_are_written_as_uvicorn_error_with_its_filter(
 ) -> None:
     token = LISTENER.set("audiohook")
     try:
-        CONNECTION_LOG.info("HTTP response sent (%d %s)", 409, "Conflict")
+        CONNECTION_LOG.info("Started server process [%d]", 7)
         CONNECTION_LOG.error("opening handshake failed")
         refused = UPGRADE_REFUSED.set(True)
         CONNECTION_LOG.error("ASGI callable returned without completing handshake.")
@@ -62,7 +63,7 @@ def test_other_lines_are_written_as_uvicorn_error_with_its_filter(
     finally:
         LISTENER.reset(token)
     assert [(r.name, r.levelname, r.getMessage()) for r in written] == [
-        ("uvicorn.error", "INFO", "HTTP response sent (409 Conflict)"),
+        ("uvicorn.error", "INFO", "Started server process [7]"),
         ("uvicorn.error", "ERROR", "opening handshake failed"),
     ]
     assert all(getattr(r, "listener", None) == "audiohook" for r in written)
