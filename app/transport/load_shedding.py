@@ -340,8 +340,10 @@ class LoadShedder:
         return value if isinstance(value, HandshakeCpu) else HandshakeCpu()
 
     def handshake_authenticated(self) -> None:
-        """An upgrade's signature checked out: it is charged to this interval's headroom."""
-        self._budget.spend()
+        """An upgrade's signature checked out: it is charged to this interval's headroom
+        (only where that is asked for: elsewhere a debt would only wait for a resize)."""
+        if self.long_stall:
+            self._budget.spend()
 
     def handshake_accepted(self, cpu: HandshakeCpu) -> None:
         """An accepted call's handshake is over: its CPU is left out of the calls' share, and

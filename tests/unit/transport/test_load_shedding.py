@@ -381,6 +381,9 @@ def test_headroom_is_not_asked_for_a_whole_core_a_short_stall_or_with_the_cpu_bo
     settings = Settings(overload_max_cpu_utilization=0)
     cpu_off = LoadShedder.from_settings(settings, cpu_capacity=0.3, long_stall=True)
     assert taken_in_one_interval(cpu_off) == 50
+    # Nor charged there: the period made longer in place finds no debt run up meanwhile.
+    slower_core.set_cpu_capacity(0.3, long_stall=True)
+    assert taken_in_one_interval(slower_core) == 2
 
 
 def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
