@@ -23,7 +23,7 @@ import uvicorn
 from app.config import Settings
 from app.main import create_app
 from app.observability.logging import LISTENER, configure_logging
-from app.open_files import raise_open_file_limit
+from app.open_files import raise_open_file_limit, unfinished_requests_bound
 from app.preflight import EXIT_START
 from app.redis.embedded import EmbeddedRedis, EmbeddedRedisError
 from app.runtime import Gateway
@@ -129,7 +129,10 @@ def uvicorn_config(
             settings.max_request_head_bytes,
             settings.open_timeout_seconds,
             SourceConnectionLimit(
-                settings.max_unfinished_requests_per_source, settings.source_ipv6_prefix_length
+                settings.max_unfinished_requests_per_source,
+                settings.source_ipv6_prefix_length,
+                # The main listener's, whose clients are the internet's.
+                unfinished_requests_bound(settings.max_sessions) if gateway is not None else 0,
             ),
             gateway,
         ),

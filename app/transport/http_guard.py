@@ -17,7 +17,8 @@ of the request (see docs/http-guard.md).
   `max_unfinished_requests_per_source` connections at a time on a listener whose request
   head is not complete; a further one is closed as it connects.
   The deadline bounds how long each is held, this how many (descriptors are the process's,
-  so the operational listener is bounded too).
+  so the operational listener is bounded too). On the main listener all sources together
+  hold at most what the open-file limit leaves beside the live calls (``app/open_files.py``).
 
 Each refusal is counted (`connections_rejected{cause}`), logged once, and charged to the
 source's upgrade rate limit. uvicorn internals relied on are marked "uvicorn:".
@@ -136,7 +137,7 @@ def guarded_http_protocol(
             cpu.start()
             super().connection_made(transport)
             self._connected_at = time.monotonic()
-            if not unfinished.limit or self._hold_unfinished_place():
+            if not (unfinished.limit or unfinished.total_limit) or self._hold_unfinished_place():
                 self._deadline = self.loop.call_later(deadline_seconds, self._deadline_passed)
             cpu.stop()
 
@@ -154,10 +155,12 @@ def guarded_http_protocol(
                 self._unfinished_source = source
                 return True
             self._finished = True
+            if unfinished.full:
+                held = f"{unfinished.total_limit} in all"
+            else:
+                held = f"over {unfinished.limit} from one source"
             self._reject(
-                None,
-                "too_many_connections",
-                f"over {unfinished.limit} connections from one source without a whole request head",
+                None, "too_many_connections", f"connections without a whole request head: {held}"
             )
             self.transport.close()
             return False

@@ -10,8 +10,10 @@ IPv4 client would otherwise share one /64, and one IPv4 address owns a whole 6to
 - `SourceRateLimiter`: upgrades per second. Memory is bounded: at most ``max_sources``
   sources are tracked; the least recently seen one is forgotten first (a forgotten source
   starts again with a full bucket, which only errs on the side of letting a client in).
-- `SourceConnectionLimit`: connections at a time that have not sent their request head.
-  Memory is bounded by the open connections: a source leaves with its last one.
+- `SourceConnectionLimit`: connections at a time that have not sent their request head, per
+  source and in all (many sources, each under its own bound, must not take the descriptors
+  the live calls and the metrics listener need). Memory is bounded by the open
+  connections: a source leaves with its last one.
 """
 
 from __future__ import annotations
@@ -77,27 +79,38 @@ class SourceRateLimiter:
 
 class SourceConnectionLimit:
     """At most `limit` connections at a time per source in one state (the HTTP guard's: the
-    request head not complete yet). `hold` takes a place and names the source it was taken
-    for, `release` gives it back; each place held is released exactly once."""
+    request head not complete yet), and `total_limit` from all sources together (0: either
+    bound off). `hold` takes a place and names the source it was taken for, `release` gives
+    it back; each place held is released exactly once."""
 
-    __slots__ = ("_held", "ipv6_prefix_length", "limit")
+    __slots__ = ("_held", "ipv6_prefix_length", "limit", "total", "total_limit")
 
-    def __init__(self, limit: int, ipv6_prefix_length: int) -> None:
+    def __init__(self, limit: int, ipv6_prefix_length: int, total_limit: int = 0) -> None:
         self.limit = limit
+        self.total_limit = total_limit
         self.ipv6_prefix_length = ipv6_prefix_length
+        self.total = 0  # places held
         self._held: dict[str, int] = {}
+
+    @property
+    def full(self) -> bool:
+        """All sources together hold `total_limit` places."""
+        return 0 < self.total_limit <= self.total
 
     def hold(self, address: IPAddress) -> str | None:
         """Take a place for `address`'s source, and return that source for `release`; None
-        (nothing taken) when the source holds `limit` places already."""
+        (nothing taken) when the source holds `limit` places already, or all together hold
+        `total_limit`."""
         source = source_key(address, self.ipv6_prefix_length)
         count = self._held.get(source, 0)
-        if count >= self.limit:
+        if (self.limit and count >= self.limit) or self.full:
             return None
         self._held[source] = count + 1
+        self.total += 1
         return source
 
     def release(self, source: str) -> None:
+        self.total -= 1
         count = self._held[source] - 1
         if count:
             self._held[source] = count

@@ -1,5 +1,6 @@
 """raise_open_file_limit in a child process (a process cannot take back a lowered hard limit):
-the soft limit goes up to the hard one, and a hard limit too low for max_sessions is a warning."""
+the soft limit goes up to the hard one, a hard limit too low for max_sessions is a warning, and
+what is left beside the calls bounds the connections without a request head."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import sys
 
 RUN = """
 import logging, resource, sys
-from app.open_files import raise_open_file_limit
+from app.open_files import raise_open_file_limit, unfinished_requests_bound
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 print(raise_open_file_limit(int(sys.argv[3])))
 print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+print(unfinished_requests_bound(int(sys.argv[3])))
 """
 
 
@@ -27,12 +29,17 @@ def run(soft: int, hard: int, max_sessions: int) -> tuple[list[int], str]:
 
 
 def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
-    (returned, in_force), log = run(256, 8192, 2000)
+    (returned, in_force, _), log = run(256, 8192, 2000)
     assert returned == in_force == 8192
     assert log.startswith("INFO open file limit")
 
 
 def test_a_hard_limit_below_what_max_sessions_needs_is_a_warning() -> None:
-    (returned, in_force), log = run(256, 1024, 2000)
+    (returned, in_force, _), log = run(256, 1024, 2000)
     assert returned == in_force == 1024
     assert log.startswith("WARNING open file limit below what max_sessions needs")
+
+
+def test_connections_without_a_request_head_get_what_the_calls_and_spare_leave() -> None:
+    assert run(256, 8192, 2000)[0][2] == 8192 - 2000 - 1024
+    assert run(256, 1024, 2000)[0][2] == 256  # too low for max_sessions: the floor

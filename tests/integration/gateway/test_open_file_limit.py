@@ -1,7 +1,8 @@
 """A worker holds one descriptor per connection. Started under a soft open-file limit below
 what its calls need (1,024 is a common default), it raises the limit to the hard one
 (app/open_files.py); otherwise the kernel resets connections past it, calls and probes alike,
-before the gateway sees them."""
+before the gateway sees them. And connections that send nothing, from many sources each
+within its own bound, cannot take the descriptors its live calls and metrics need."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ import socket
 import sys
 from pathlib import Path
 
+import redis.asyncio
+
+from app.open_files import SPARE_DESCRIPTORS
 from app.redis.embedded import EmbeddedRedis
-from tests.integration.gateway.helpers import BASE_SETTINGS, INTEGRATIONS
+from tests.integration.gateway.helpers import BASE_SETTINGS, INTEGRATIONS, alongside_good_call
 from tests.integration.resilience.helpers import good_call
 from tests.support.gateway_process import GatewayProcess
+from tests.support.metrics import REJECTED, wait_for_metric
 
 LOW_SOFT_LIMIT = 256
 IDLE_CONNECTIONS = 400  # more than the low limit lets a process hold
@@ -26,6 +31,27 @@ LOWER_SOFT_LIMIT = (
     f"resource.setrlimit(resource.RLIMIT_NOFILE, ({LOW_SOFT_LIMIT}, hard)); "
     "os.execv(sys.argv[1], sys.argv[1:])"
 )
+
+
+# Both limits lowered to this many descriptors: the calls' (MAX_SESSIONS), the spare ones, and
+# the rest for connections without a whole request head.
+DESCRIPTORS = 1400
+MAX_SESSIONS = 50
+UNFINISHED_BOUND = DESCRIPTORS - MAX_SESSIONS - SPARE_DESCRIPTORS
+FLOOD = 1500  # connections that send nothing: more than the gateway could open
+FLOOD_SOURCES = 6  # 250 each, under the per-source bound of 256
+LOWER_BOTH_LIMITS = (
+    "import os, resource, sys; "
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTORS}, {DESCRIPTORS})); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def raise_own_limit(needed: int) -> None:
+    """This test holds its idle connections itself: its own soft limit must allow them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed + 512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def open_file_limits(pid: int) -> tuple[str, str]:
@@ -40,10 +66,7 @@ def open_file_limits(pid: int) -> tuple[str, str]:
 async def test_a_gateway_started_under_a_low_soft_limit_holds_more_connections(
     redis_server: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    # This test holds the idle connections itself: its own soft limit must allow them.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < IDLE_CONNECTIONS + 512:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_own_limit(IDLE_CONNECTIONS)
     gateway = GatewayProcess(
         redis_server.url,
         tmp_path / "gateway.log",
@@ -63,3 +86,30 @@ async def test_a_gateway_started_under_a_low_soft_limit_holds_more_connections(
         await good_call(gateway)  # accepted beyond the low limit
         records = [r for r in gateway.log_records() if r["message"] == "open file limit"]
         assert [r["open_file_limit"] for r in records] == [int(gateway_soft)]
+
+
+async def test_many_sources_cannot_take_the_descriptors_live_calls_and_metrics_need(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    raise_own_limit(FLOOD)
+    gateway = GatewayProcess(
+        redis_server.url,
+        tmp_path / "gateway.log",
+        {**BASE_SETTINGS, "OPEN_TIMEOUT_SECONDS": "60", "MAX_SESSIONS": str(MAX_SESSIONS)},
+        INTEGRATIONS,
+        wrapper=(sys.executable, "-c", LOWER_BOTH_LIMITS),
+    )
+    async with redis.asyncio.Redis.from_url(redis_server.url) as redis_client:
+        with gateway, contextlib.ExitStack() as idle:
+            async with alongside_good_call(gateway.ws_url, redis_client) as call:
+                for index in range(FLOOD):
+                    source = (f"127.0.2.{index % FLOOD_SOURCES + 1}", 0)
+                    address = ("127.0.0.1", gateway.port)
+                    idle.enter_context(socket.create_connection(address, None, source))
+                # Past the bound each is closed as it connects, and the metrics listener
+                # still has descriptors to answer with.
+                await wait_for_metric(
+                    gateway, REJECTED, FLOOD - UNFINISHED_BOUND, timeout=20,
+                    cause="too_many_connections",
+                )  # fmt: skip
+                await call.wait_frames(10)  # the live call streams on, every frame kept

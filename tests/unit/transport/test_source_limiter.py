@@ -105,6 +105,21 @@ def test_a_released_place_can_be_taken_again_and_a_source_leaves_with_its_last()
     assert limit.held(V4) == 0
 
 
+def test_many_sources_together_hold_up_to_the_total() -> None:
+    limit = SourceConnectionLimit(2, ipv6_prefix_length=64, total_limit=3)
+    assert [limit.hold(V4), limit.hold(OTHER_V4), limit.hold(v6("2001:db8::1"))] == [
+        "192.0.2.1", "192.0.2.2", "2001:db8::/64",
+    ]  # fmt: skip
+    assert limit.full
+    assert limit.hold(v6("2001:db8:1::1")) is None  # a source with none held: refused all the same
+    assert limit.total == 3
+    limit.release("192.0.2.2")
+    assert not limit.full
+    assert limit.hold(v6("2001:db8:1::1")) == "2001:db8:1::/64"
+    per_source_off = SourceConnectionLimit(0, ipv6_prefix_length=64, total_limit=2)
+    assert [per_source_off.hold(V4) for _ in range(3)] == ["192.0.2.1", "192.0.2.1", None]
+
+
 def test_releasing_a_place_never_taken_is_a_bug_that_shows() -> None:
     with pytest.raises(KeyError):
         SourceConnectionLimit(2, ipv6_prefix_length=64).release("192.0.2.1")
@@ -117,3 +132,4 @@ def test_a_listener_counts_unfinished_requests_per_source_as_configured() -> Non
     limit = vars(protocol)["unfinished_per_source"]  # the guard's (http_guard.py)
     assert isinstance(limit, SourceConnectionLimit)
     assert (limit.limit, limit.ipv6_prefix_length) == (7, 56)
+    assert limit.total_limit == 0  # a listener without the gateway: the metrics one
