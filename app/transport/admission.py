@@ -169,7 +169,7 @@ async def admit(
         assert integration is not None  # an accepted request always names its integration
         # Charged in the same stretch of code as shed() above: no await lets another upgrade
         # in between (a limit's CPU headroom, app/transport/load_shedding.py).
-        shedder.handshake_authenticated()
+        shedder.handshake_authenticated(cpu)
         # The nonce, then the session id: one Redis round trip (app/security/upgrade_claims.py).
         # Other connections' work runs meanwhile: it is not this upgrade's CPU.
         cpu.stop()

@@ -20,9 +20,9 @@ An upgrade is shed when any of six cheap signals says the worker is behind:
   quota early in a period is stopped for the rest of it, and every live call's audio waits
   that long. There the smoothed share shows an admitted call about a second late, and a
   second's arrivals admitted at the bound's edge overrun the quota: so each monitor
-  interval's authenticated upgrades may take only the CPU left under the bound for that
-  interval (``HandshakeBudget``; refused as ``cpu_headroom``), once the share is past half
-  its bound: a replica's first calls, arriving together, still pass.
+  interval's authenticated upgrades may take only the CPU the calls leave under the bound
+  for that interval (``HandshakeBudget``; refused as ``cpu_headroom``), once the share is
+  past half its bound: a replica's first calls, arriving together, still pass.
 - CPU throttled: under a limit, the kernel's own count of the periods in which it stopped the
   worker (``ThrottledPeriods`` in ``app/cpu_limit.py``). The smoothed CPU share follows a
   call ramp about a second late, and a ramp's upgrades are the costliest work there is; a
@@ -126,11 +126,12 @@ class HandshakeCpu:
     and the accept. Not counted (so still in the calls' share): accepting the socket, the
     task that runs the endpoint up to its first line, the Redis reply and the `open`."""
 
-    __slots__ = ("_started", "seconds")
+    __slots__ = ("_started", "charged", "seconds")
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self._started: float | None = None
+        self.charged = False  # to the CPU headroom (LoadShedder.handshake_authenticated)
 
     def start(self) -> None:
         self._started = time.thread_time()
@@ -143,11 +144,14 @@ class HandshakeCpu:
 
 class HandshakeBudget:
     """The CPU that authenticated upgrades may still take in this monitor interval, under a
-    limit whose stall is long. Each interval brings the room left under the CPU bound for
-    that interval (a debt is paid from it first, and no more than one interval's room is
-    saved up); each upgrade whose signature checks out is charged what accepted handshakes
-    have cost lately (a client without credentials spends none of it). The smoothed share
-    would show those calls only about a second later."""
+    limit whose stall is long, near the CPU bound. Each interval brings the room the calls'
+    own share leaves under the bound for that interval (accepted handshakes are not in that
+    share: they are what the room pays for; a debt, at most one upgrade's charge, is paid
+    from it first, and no more than one interval's room is saved up); each upgrade whose
+    signature checks out is charged what accepted handshakes have cost lately, and given the
+    charge back if it is refused after all (a replayed nonce, a limit): a client without
+    credentials spends none of it. The smoothed share would show those calls only about a
+    second later."""
 
     __slots__ = ("cost", "seconds")
 
@@ -160,6 +164,9 @@ class HandshakeBudget:
 
     def spend(self) -> None:
         self.seconds -= self.cost
+
+    def refund(self) -> None:
+        self.seconds += self.cost
 
     def measured(self, seconds: float) -> None:
         """An accepted handshake's own CPU: what the next ones are charged follows it."""
@@ -339,11 +346,21 @@ class LoadShedder:
         value = (scope.get("state") or {}).get(HANDSHAKE_CPU)
         return value if isinstance(value, HandshakeCpu) else HandshakeCpu()
 
-    def handshake_authenticated(self) -> None:
-        """An upgrade's signature checked out: it is charged to this interval's headroom
-        (only where that is asked for: elsewhere a debt would only wait for a resize)."""
-        if self.long_stall:
+    def handshake_authenticated(self, cpu: HandshakeCpu) -> None:
+        """An upgrade's signature checked out: it is charged to this interval's headroom,
+        where that is asked for (elsewhere a debt would only wait for a resize, or for the
+        share to rise past half the bound long after the burst that ran it up)."""
+        if self.long_stall and self._near_cpu_bound():
             self._budget.spend()
+            cpu.charged = True
+
+    def handshake_refused(self, cpu: HandshakeCpu) -> None:
+        """A charged upgrade was refused after all (a replayed nonce, a session-id conflict,
+        a limit, Redis gone): its charge is given back. What it spent is in the share, as
+        any refusal's is."""
+        if cpu.charged:
+            cpu.charged = False
+            self._budget.refund()
 
     def handshake_accepted(self, cpu: HandshakeCpu) -> None:
         """An accepted call's handshake is over: its CPU is left out of the calls' share, and
@@ -376,8 +393,10 @@ class LoadShedder:
         metrics.WORKER_CALLS_CPU_UTILIZATION.set(self.calls_cpu)
 
     def _room(self, seconds: float) -> float:
-        """CPU seconds left under the bound over `seconds` at the current share."""
-        return max(0.0, self.max_cpu - self.cpu) * self.cpu_capacity * seconds
+        """CPU seconds the calls' share (accepted handshakes left out) leaves under the bound
+        over `seconds`: the handshakes are what it pays for, and counting them in the share
+        too would halve what genuine calls may take."""
+        return max(0.0, self.max_cpu - self.calls_cpu) * self.cpu_capacity * seconds
 
     def refill_headroom(self, seconds: float) -> None:
         """A monitor interval of `seconds` has passed: the room it leaves under the bound, at

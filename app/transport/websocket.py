@@ -32,6 +32,7 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         shedder.handshake_finished()
     if isinstance(admission, Refusal):
         cpu.stop()  # a refused upgrade's CPU is load like any other
+        shedder.handshake_refused(cpu)
         await wait_until(admission.not_before)  # a failed login: the minimum failure delay
         # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
         # on another replica if there is one.
@@ -48,6 +49,8 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         cpu.stop()
         if admission.authenticated:  # a failed login's CPU is load like a refusal's
             shedder.handshake_accepted(cpu)
+        else:  # a replayed nonce answered `disconnect`
+            shedder.handshake_refused(cpu)
         await connection.run()
     finally:
         gateway.release_session(admission.integration)

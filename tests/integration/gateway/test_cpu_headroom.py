@@ -1,23 +1,26 @@
 """Under a CPU limit whose stall is long, the upgrades of one monitor interval may take only the
 CPU headroom it leaves: a burst of simultaneous calls gets what that pays for, the rest 503
-with Retry-After, and failed logins spend none of it. A gateway in the test's own process
-(real uvicorn on 127.0.0.1, real Redis and WebSocket clients) under a limit it is told of,
-its load monitor held still so that the headroom stays the one it started with."""
+with Retry-After; failed logins spend none of it, and an upgrade refused after its charge (a
+replayed nonce) gives it back. A gateway in the test's own process (real uvicorn on
+127.0.0.1, real Redis and WebSocket clients) under a limit it is told of, its load monitor
+held still so that the headroom stays the one it started with."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+import redis.asyncio
 from prometheus_client import REGISTRY
 from websockets.exceptions import InvalidStatus
 
 from app import runtime
 from app.cpu_limit import CpuLimit
+from app.redis import keys
 from app.runtime import Gateway
 from app.transport.load_shedding import FIRST_HANDSHAKE_COST_SECONDS, HEADROOM
 from tests.integration.gateway.helpers import gateway_in_this_process, secret
-from tests.support.raw_client import RawClient
+from tests.support.raw_client import RawClient, fresh_nonce, new_id
 
 # 0.8 of 0.04 core over a 50 ms interval: 1.6 ms, less than one upgrade's first charge.
 CAPACITY = 0.04
@@ -60,3 +63,21 @@ async def test_a_burst_gets_the_headroom_it_finds_and_failed_logins_spend_none(
     assert answers.count((101, None)) == 1
     assert answers.count((503, "1")) == BURST - 1
     assert shed_for_headroom() == shed_before + BURST - 1
+
+
+async def test_an_upgrade_refused_after_its_charge_gives_it_back(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "worker_cpu_limit", lambda: CpuLimit(CAPACITY, long_stall=True))
+    nonce, session_id = fresh_nonce(), new_id()
+    async with redis.asyncio.Redis.from_url(redis_url) as client:  # as if others had them
+        await client.set(keys.nonce_key(nonce), "another-attempt", ex=300)
+        await client.set(keys.session_integration(session_id), "another-integration", ex=300)
+    async with gateway_in_this_process(redis_url, hold_the_monitor) as (_, uri):
+        # Each signed right, so charged more than the headroom holds; then the claim finds its
+        # nonce used (answered `disconnect`) or its session id another integration's (409),
+        # and the charge is given back.
+        replayed = await RawClient.connect(uri, nonce=nonce)
+        await replayed.aclose()
+        assert (await RawClient.rejection(uri, session_id=session_id)).status == 409
+        assert await upgrade(uri) == (101, None)

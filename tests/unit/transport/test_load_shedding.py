@@ -18,6 +18,7 @@ from app.transport.load_shedding import (
     LAG,
     REDIS_ROUND_TRIP,
     THROTTLED,
+    HandshakeBudget,
     HandshakeCpu,
     LoadShedder,
 )
@@ -319,49 +320,73 @@ def test_the_monitor_leaves_accepted_handshakes_out_of_the_calls_share() -> None
 # --- CPU headroom under a limit whose stall is long ------------------------------------------
 
 
+def test_the_budget_pays_a_debt_first_saves_one_intervals_room_and_takes_refunds() -> None:
+    budget = HandshakeBudget(room=12.0)  # whole numbers: exact in floating point
+    budget.cost = 2.0
+    budget.refill(3.0)
+    assert budget.seconds == 3.0  # the idle start's 12 are not saved up
+    budget.spend()
+    budget.spend()
+    assert budget.seconds == -1.0
+    budget.refill(3.0)
+    assert budget.seconds == 2.0  # the debt paid first
+    budget.refund()
+    assert budget.seconds == 4.0
+
+
 def headroom_shedder(cores: float = 0.3, long_stall: bool = True) -> LoadShedder:
-    """At 0.6 of a 0.3-core limit: (0.8 - 0.6) x 0.3 core x 50 ms = 3 ms of room an interval
-    where the stall is long."""
+    """At 0.6 of a 0.3-core limit, all of it the calls' own: (0.8 - 0.6) x 0.3 core x 50 ms =
+    3 ms of room an interval where the stall is long."""
     decider = cpu_shedder(cores, long_stall)
-    decider.cpu = 0.6
+    decider.cpu = decider.calls_cpu = 0.6
     return decider
 
 
-def taken_in_one_interval(decider: LoadShedder, offered: int = 50) -> int:
-    """Authenticated upgrades taken of `offered` arriving within one 50 ms interval."""
+def taken_in_one_interval(decider: LoadShedder, offered: int = 50) -> list[HandshakeCpu]:
+    """The counts of the authenticated upgrades taken of `offered` arriving within one 50 ms
+    interval."""
     decider.refill_headroom(0.05)
-    taken = 0
+    taken = []
     for _ in range(offered):
         if decider.reason(age=None) is None:
-            decider.handshake_authenticated()
-            taken += 1
+            taken.append(HandshakeCpu())
+            decider.handshake_authenticated(taken[-1])
     return taken
 
 
 def test_under_a_long_stall_limit_an_interval_takes_what_its_headroom_pays_for() -> None:
     decider = headroom_shedder()
-    # 3 ms of room, 2 ms charged each: two, the second into debt (no more than one
-    # interval's room is saved up: the 12 ms an idle start left are not).
-    assert taken_in_one_interval(decider) == 2
+    taken = taken_in_one_interval(decider)
+    assert len(taken) == 2  # 3 ms of room, 2 ms charged each: the second into debt
+    assert all(handshake.charged for handshake in taken)
     assert decider.reason(age=None) == HEADROOM
     shed = REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) or 0.0
     assert decider.shed([], connected_at=None)
     assert REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) == shed + 1
-    decider.handshake_authenticated()  # two more charged meanwhile: 5 ms in debt
-    decider.handshake_authenticated()
-    assert taken_in_one_interval(decider) == 0  # a debt is paid first: 2 ms left to pay
-    assert taken_in_one_interval(decider) == 1  # 1 ms of room
-    decider.cpu = 0.8  # at the bound: no room, nothing taken
-    assert taken_in_one_interval(decider) == 0
+    decider.handshake_refused(taken[0])  # refused after all (a replayed nonce): given back
+    decider.handshake_refused(taken[0])  # once
+    assert decider.reason(age=None) is None
+    assert not taken[0].charged
+    decider.calls_cpu = 0.8  # the calls at the bound: no room, nothing taken
+    assert taken_in_one_interval(decider) == []
 
 
-def test_below_half_the_bound_a_burst_passes_and_its_cpu_is_paid_for_later() -> None:
-    """A replica's first calls, arriving together: throttled, maybe, and it passes."""
+def test_the_room_is_what_the_calls_leave_not_the_handshakes_it_paid_for() -> None:
+    decider = headroom_shedder()
+    decider.cpu = 0.78  # the interval's handshakes in the whole share: the room is the same
+    assert len(taken_in_one_interval(decider)) == 2
+
+
+def test_below_half_the_bound_a_burst_passes_uncharged() -> None:
+    """A replica's first calls, arriving together: throttled, maybe, and it passes; the share
+    shows what they left behind."""
     decider = headroom_shedder()
     decider.cpu = 0.39  # under half of the bound (0.8)
-    assert taken_in_one_interval(decider) == 50
-    decider.cpu = 0.6  # the share shows them: their 100 ms are paid off first
-    assert taken_in_one_interval(decider) == 0
+    taken = taken_in_one_interval(decider)
+    assert len(taken) == 50
+    assert not any(handshake.charged for handshake in taken)
+    decider.cpu = 0.6
+    assert len(taken_in_one_interval(decider)) == 2  # no debt from the burst
 
 
 def test_the_charge_follows_what_accepted_handshakes_cost() -> None:
@@ -370,28 +395,39 @@ def test_the_charge_follows_what_accepted_handshakes_cost() -> None:
         handshake = HandshakeCpu()
         handshake.seconds = 0.0005
         decider.handshake_accepted(handshake)
-    assert taken_in_one_interval(decider) == 6  # 3 ms at about 0.5 ms each
+    assert len(taken_in_one_interval(decider)) == 6  # 3 ms at about 0.5 ms each
 
 
 def test_headroom_is_not_asked_for_a_whole_core_a_short_stall_or_with_the_cpu_bound_0() -> None:
     unlimited = headroom_shedder(cores=1.0)
     slower_core = headroom_shedder(long_stall=False)
     for decider in (unlimited, slower_core):
-        assert taken_in_one_interval(decider) == 50
+        assert len(taken_in_one_interval(decider)) == 50
     settings = Settings(overload_max_cpu_utilization=0)
     cpu_off = LoadShedder.from_settings(settings, cpu_capacity=0.3, long_stall=True)
-    assert taken_in_one_interval(cpu_off) == 50
+    assert len(taken_in_one_interval(cpu_off)) == 50
     # Nor charged there: the period made longer in place finds no debt run up meanwhile.
     slower_core.set_cpu_capacity(0.3, long_stall=True)
-    assert taken_in_one_interval(slower_core) == 2
+    assert len(taken_in_one_interval(slower_core)) == 2
+
+
+def test_the_headroom_is_asked_from_half_the_bound_and_spent_at_0() -> None:
+    decider = headroom_shedder()
+    decider.cpu = 0.4  # exactly half the bound
+    assert len(taken_in_one_interval(decider)) == 2
+    budget = HandshakeBudget(room=1.0)
+    budget.cost = 1.0
+    decider._budget = budget
+    decider.handshake_authenticated(HandshakeCpu())  # exactly spent
+    assert decider.reason(age=None) == HEADROOM
 
 
 def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
     decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
                           interval=0.01, max_cpu=0.8, cpu_capacity=0.3)  # fmt: skip
-    decider.cpu = 0.6
+    decider.cpu = decider.calls_cpu = 0.6
     for _ in range(2):  # 4 ms charged against the 2.4 ms an idle start left (0.8 x 0.3 x 10 ms)
-        decider.handshake_authenticated()
+        decider.handshake_authenticated(HandshakeCpu())
     assert decider.reason(age=None) == HEADROOM
 
     async def until_taken() -> None:
@@ -410,7 +446,7 @@ def test_the_monitor_pays_off_a_debt_and_takes_upgrades_again() -> None:
 def test_a_late_wake_up_brings_one_intervals_room() -> None:
     decider = LoadShedder(max_lag_seconds=0.0, max_handshakes=0, max_age_seconds=0.0,
                           interval=0.01, max_cpu=0.8, cpu_capacity=0.3)  # fmt: skip
-    decider.cpu = 0.6  # about 0.7 ms of room an interval
+    decider.cpu = decider.calls_cpu = 0.6  # about 0.7 ms of room an interval
 
     async def taken_after_a_busy_loop() -> int:
         monitor = asyncio.create_task(decider.run())
@@ -419,7 +455,7 @@ def test_a_late_wake_up_brings_one_intervals_room() -> None:
         await asyncio.sleep(0.001)  # the monitor's late wake-up runs first (its timer is older)
         taken = 0
         while decider.reason(age=None) is None:
-            decider.handshake_authenticated()
+            decider.handshake_authenticated(HandshakeCpu())
             taken += 1
         monitor.cancel()
         return taken
