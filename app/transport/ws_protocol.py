@@ -48,7 +48,7 @@ from app.transport.frames import (
 from app.transport.handshake import accept_value, valid_header
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGISendEvent
+    from uvicorn._types import ASGISendEvent, WebSocketAcceptEvent
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
@@ -155,11 +155,23 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         """uvicorn's, but a plain upgrade's accept writes its prepared 101 (every other message,
-        a refusal included, goes uvicorn's way: websockets' protocol is still CONNECTING)."""
+        a refusal included, goes uvicorn's way: websockets' protocol is still CONNECTING). An
+        accept that finds its connection closing (the client gone, or dropped for early data
+        while admission decided) raises ClientDisconnected, as one after the connection's end
+        does: uvicorn would otherwise log the application's return as an error, and the call
+        would start on a dead connection."""
         accept = self._plain_accept
-        if accept is None or message["type"] != "websocket.accept" or self.handshake_complete:
+        if message["type"] != "websocket.accept":
             await super().send(message)
             return
+        if accept is None or self.handshake_complete:
+            await super().send(message)
+        else:
+            await self._send_plain_accept(accept, message)
+        if not self.handshake_complete:
+            raise ClientDisconnected()
+
+    async def _send_plain_accept(self, accept: bytes, message: WebSocketAcceptEvent) -> None:
         await self.writable.wait()
         if self.disconnected:
             raise ClientDisconnected()

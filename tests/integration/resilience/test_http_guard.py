@@ -6,6 +6,7 @@ raw sockets against the real gateway process (docs/http-guard.md).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ from tests.integration.gateway.helpers import wait_for_log
 from tests.integration.resilience.helpers import gateway_process, good_call, readyz, refused
 from tests.integration.resilience.wire import Refused, WireClient
 from tests.support.gateway_process import GatewayProcess
-from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value
+from tests.support.metrics import PROTOCOL_ERRORS, REJECTED, metric_value, wait_for_metric
 
 DEADLINE = 1.0  # OPEN_TIMEOUT_SECONDS: the deadline until the application takes over
 HANG_GUARD = 10.0  # generous bound on anything the server must do
@@ -491,3 +492,21 @@ async def test_a_client_streaming_before_the_answer_is_dropped_past_a_bound(
     log_text = new_log_text(gateway, log_before)
     assert "connection dropped: data before the handshake response" in log_text
     assert "Traceback" not in log_text
+
+
+async def test_a_connection_dropped_for_early_data_before_its_accept_writes_no_error(
+    gateway: GatewayProcess,
+) -> None:
+    """Dropped while admission decides (a failed login, answered `disconnect`), the connection
+    is gone by its accept: the client's doing, counted as early data, not an error of the
+    application's (a line per connection, which a client could multiply)."""
+    before = metric_value(gateway, PROTOCOL_ERRORS, **EARLY_DATA)
+    log_before = gateway.log_path.stat().st_size
+    for _ in range(3):
+        with dial(gateway) as sock:
+            send(sock, failed_login_upgrade() + bytes(MAX_BYTES_BEFORE_RESPONSE + 65536))
+            until_closed(sock)
+    await wait_for_metric(gateway, PROTOCOL_ERRORS, before + 3, **EARLY_DATA)
+    time.sleep(1.0)  # admission's failure delay (0.1 s) is over: each accept finds it gone
+    records = [json.loads(line) for line in new_log_text(gateway, log_before).splitlines()]
+    assert [r["message"] for r in records if r["level"] in {"ERROR", "CRITICAL"}] == []
