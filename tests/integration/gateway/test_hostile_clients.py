@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 
 import redis.asyncio
@@ -186,15 +187,20 @@ async def test_a_burst_of_failed_logins_is_counted_in_full_and_logged_in_part(
         client = await WireClient.connect(gateway.ws_url, api_key="not-a-known-key")
         await client.aclose()
 
-    await asyncio.gather(*(failed_login() for _ in range(attempts)))
+    started = time.monotonic()
+    for _ in range(3):  # three waves over more than a second
+        await asyncio.gather(*(failed_login() for _ in range(attempts // 3)))
+        await asyncio.sleep(0.6)
+    seconds = time.monotonic() - started
     assert refused.delta() == attempts
     records = [
         json.loads(line)
         for line in gateway.log_path.read_bytes()[log_before:].decode().splitlines()
     ]
     failures = [r for r in records if r["message"] == "authentication failed"]
-    # At most 20 a second per cause: the burst, plus what the rate refilled meanwhile.
-    assert 20 <= len(failures) < attempts / 2
+    # A burst of 20 per cause (less if the suite's earlier failures drew on it), then one a
+    # second.
+    assert 1 <= len(failures) <= 20 + seconds + 1
     assert suppressed.delta() >= attempts - len(failures)
     # No per-connection lines from the server library either.
     assert not [r for r in records if r["logger"] == "uvicorn.error"]
