@@ -338,8 +338,10 @@ class Settings(BaseSettings):
         "too_many_connections). Genesys sends its head at once, so its connections barely "
         "count; without this, a client that connects and sends nothing holds a descriptor "
         "until open_timeout_seconds, as many times as it likes. Connections from a trusted "
-        "proxy are not counted. 0 disables. All sources together hold at most what the "
-        "open-file limit leaves beside max_sessions and 1,024 spare descriptors (at least 256).",
+        "proxy are not counted. 0 disables this bound. On the main listener all sources "
+        "together hold at most what the open-file limit leaves beside max_sessions and 1,024 "
+        "spare descriptors (at least four times this bound), sources outside the IP "
+        "allowlist half of that.",
     )
     overload_max_event_loop_lag_seconds: float = Field(
         0.1,

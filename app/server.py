@@ -118,6 +118,11 @@ def uvicorn_config(
     app: object, host: str, port: int, settings: Settings, gateway: Gateway | None = None
 ) -> uvicorn.Config:
     """How uvicorn runs a listener of the gateway (`gateway`: the main one's)."""
+    per_source = settings.max_unfinished_requests_per_source
+    # The main listener's clients are the internet's: a total bound too.
+    unfinished_total = (
+        unfinished_requests_bound(settings.max_sessions, per_source) if gateway is not None else 0
+    )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
@@ -128,12 +133,7 @@ def uvicorn_config(
         http=guarded_http_protocol(
             settings.max_request_head_bytes,
             settings.open_timeout_seconds,
-            SourceConnectionLimit(
-                settings.max_unfinished_requests_per_source,
-                settings.source_ipv6_prefix_length,
-                # The main listener's, whose clients are the internet's.
-                unfinished_requests_bound(settings.max_sessions) if gateway is not None else 0,
-            ),
+            SourceConnectionLimit(per_source, settings.source_ipv6_prefix_length, unfinished_total),
             gateway,
         ),
         ws=AudioHookWebSocketProtocol,

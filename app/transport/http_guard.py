@@ -18,7 +18,8 @@ of the request (see docs/http-guard.md).
   head is not complete; a further one is closed as it connects.
   The deadline bounds how long each is held, this how many (descriptors are the process's,
   so the operational listener is bounded too). On the main listener all sources together
-  hold at most what the open-file limit leaves beside the live calls (``app/open_files.py``).
+  hold at most what the open-file limit leaves beside the live calls (``app/open_files.py``),
+  and sources outside the IP allowlist half of that.
 
 Each refusal is counted (`connections_rejected{cause}`), logged once, and charged to the
 source's upgrade rate limit. uvicorn internals relied on are marked "uvicorn:".
@@ -97,6 +98,7 @@ def guarded_http_protocol(
         _refusal: tuple[int, str, str] | None = None
         _connected_at = 0.0
         _unfinished_source: str | None = None  # its place in `unfinished`
+        _unfinished_allowed = True  # and whether its source is in the IP allowlist
         _cpu: HandshakeCpu  # what this connection has cost so far (from connection_made)
 
         def handle_websocket_upgrade(self) -> None:
@@ -148,27 +150,33 @@ def guarded_http_protocol(
             address = parse_address(self.client[0]) if self.client else None
             if address is None:
                 return True
-            if gateway is not None and contains(gateway.allowlist.trusted_proxies, address):
-                return True  # a trusted proxy speaks for many clients
-            source = unfinished.hold(address)
+            allowed = True
+            if gateway is not None:
+                if contains(gateway.allowlist.trusted_proxies, address):
+                    return True  # a trusted proxy speaks for many clients
+                allowed = gateway.allowlist.allows(address)
+            source = unfinished.hold(address, allowed)
             if source is not None:
-                self._unfinished_source = source
+                self._unfinished_source, self._unfinished_allowed = source, allowed
                 return True
             self._finished = True
-            if unfinished.full:
-                held = f"{unfinished.total_limit} in all"
+            # Only a source past its own bound is charged its upgrade budget: others'
+            # connections filling the total do not cost it.
+            if unfinished.limit and unfinished.held(address) >= unfinished.limit:
+                held, own = f"over {unfinished.limit} from one source", True
+            elif unfinished.full:
+                held, own = f"{unfinished.total_limit} in all", False
             else:
-                held = f"over {unfinished.limit} from one source"
-            self._reject(
-                None, "too_many_connections", f"connections without a whole request head: {held}"
-            )
+                held, own = f"{unfinished.total_limit // 2} from outside the IP allowlist", False
+            detail = f"connections without a whole request head: {held}"
+            self._reject(None, "too_many_connections", detail, charge_source=own)
             self.transport.close()
             return False
 
         def _release_unfinished_place(self) -> None:
             source, self._unfinished_source = self._unfinished_source, None
             if source is not None:
-                unfinished.release(source)
+                unfinished.release(source, self._unfinished_allowed)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._release_unfinished_place()
@@ -324,8 +332,10 @@ def guarded_http_protocol(
             self.transport.write(head + body)
             self.transport.close()
 
-        def _reject(self, status: int | None, cause: str, detail: str) -> None:
-            """Count, log once and charge the source's upgrade budget."""
+        def _reject(
+            self, status: int | None, cause: str, detail: str, charge_source: bool = True
+        ) -> None:
+            """Count, log once and charge the source's upgrade budget (`charge_source`)."""
             metrics.CONNECTIONS_REJECTED.labels(cause).inc()
             peer = self.client[0] if self.client else None
             client = peer
@@ -339,7 +349,8 @@ def guarded_http_protocol(
                 address = allowlist.client_address(peer, forwarded)
                 client = str(address) if address is not None else "unknown"
                 # A trusted proxy that could not name its client is not charged for it.
-                if address is not None and not contains(allowlist.trusted_proxies, address):
+                trusted = address is None or contains(allowlist.trusted_proxies, address)
+                if charge_source and not trusted:
                     gateway.upgrade_limiter.allow(address)
             guard_refusals.log(
                 logging.WARNING,

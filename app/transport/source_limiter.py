@@ -12,7 +12,8 @@ IPv4 client would otherwise share one /64, and one IPv4 address owns a whole 6to
   starts again with a full bucket, which only errs on the side of letting a client in).
 - `SourceConnectionLimit`: connections at a time that have not sent their request head, per
   source and in all (many sources, each under its own bound, must not take the descriptors
-  the live calls and the metrics listener need). Memory is bounded by the open
+  the live calls and the metrics listener need; those outside the IP allowlist, only half
+  of them, so that they cannot keep Genesys out). Memory is bounded by the open
   connections: a source leaves with its last one.
 """
 
@@ -79,17 +80,19 @@ class SourceRateLimiter:
 
 class SourceConnectionLimit:
     """At most `limit` connections at a time per source in one state (the HTTP guard's: the
-    request head not complete yet), and `total_limit` from all sources together (0: either
-    bound off). `hold` takes a place and names the source it was taken for, `release` gives
-    it back; each place held is released exactly once."""
+    request head not complete yet), and `total_limit` from all sources together, of which
+    sources outside the IP allowlist may hold only half (0: either bound off). `hold` takes
+    a place and names the source it was taken for, `release` gives it back; each place held
+    is released exactly once."""
 
-    __slots__ = ("_held", "ipv6_prefix_length", "limit", "total", "total_limit")
+    __slots__ = ("_held", "ipv6_prefix_length", "limit", "outside", "total", "total_limit")
 
     def __init__(self, limit: int, ipv6_prefix_length: int, total_limit: int = 0) -> None:
         self.limit = limit
         self.total_limit = total_limit
         self.ipv6_prefix_length = ipv6_prefix_length
         self.total = 0  # places held
+        self.outside = 0  # of them, by sources outside the allowlist
         self._held: dict[str, int] = {}
 
     @property
@@ -97,25 +100,37 @@ class SourceConnectionLimit:
         """All sources together hold `total_limit` places."""
         return 0 < self.total_limit <= self.total
 
-    def hold(self, address: IPAddress) -> str | None:
-        """Take a place for `address`'s source, and return that source for `release`; None
-        (nothing taken) when the source holds `limit` places already, or all together hold
-        `total_limit`."""
+    @property
+    def outside_full(self) -> bool:
+        """Sources outside the allowlist hold their half of `total_limit`."""
+        return self.total_limit > 0 and self.outside >= self.total_limit // 2
+
+    def hold(self, address: IPAddress, allowed: bool = True) -> str | None:
+        """Take a place for `address`'s source (`allowed`: in the IP allowlist, or no
+        allowlist), and return that source for `release`; None (nothing taken) when the
+        source holds `limit` places already, all together hold `total_limit`, or a source
+        outside the allowlist finds that half taken by such sources."""
         source = source_key(address, self.ipv6_prefix_length)
         count = self._held.get(source, 0)
         if (self.limit and count >= self.limit) or self.full:
             return None
+        if not allowed:
+            if self.outside_full:
+                return None
+            self.outside += 1
         self._held[source] = count + 1
         self.total += 1
         return source
 
-    def release(self, source: str) -> None:
-        self.total -= 1
+    def release(self, source: str, allowed: bool = True) -> None:
         count = self._held[source] - 1
         if count:
             self._held[source] = count
         else:
             del self._held[source]
+        self.total -= 1
+        if not allowed:
+            self.outside -= 1
 
     def held(self, address: IPAddress) -> int:
         return self._held.get(source_key(address, self.ipv6_prefix_length), 0)

@@ -14,7 +14,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 print(raise_open_file_limit(int(sys.argv[3])))
 print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-print(unfinished_requests_bound(int(sys.argv[3])))
+print(unfinished_requests_bound(int(sys.argv[3]), 256))
 """
 
 
@@ -42,4 +42,5 @@ def test_a_hard_limit_below_what_max_sessions_needs_is_a_warning() -> None:
 
 def test_connections_without_a_request_head_get_what_the_calls_and_spare_leave() -> None:
     assert run(256, 8192, 2000)[0][2] == 8192 - 2000 - 1024
-    assert run(256, 1024, 2000)[0][2] == 256  # too low for max_sessions: the floor
+    # Too low for max_sessions: four sources' worth, so that one cannot fill it alone.
+    assert run(256, 1024, 2000)[0][2] == 4 * 256

@@ -35,11 +35,11 @@ LOWER_SOFT_LIMIT = (
 
 # Both limits lowered to this many descriptors: the calls' (MAX_SESSIONS), the spare ones, and
 # the rest for connections without a whole request head.
-DESCRIPTORS = 1400
+DESCRIPTORS = 2400
 MAX_SESSIONS = 50
-UNFINISHED_BOUND = DESCRIPTORS - MAX_SESSIONS - SPARE_DESCRIPTORS
-FLOOD = 1500  # connections that send nothing: more than the gateway could open
-FLOOD_SOURCES = 6  # 250 each, under the per-source bound of 256
+UNFINISHED_BOUND = DESCRIPTORS - MAX_SESSIONS - SPARE_DESCRIPTORS  # 1,326: above the floor
+FLOOD = 2600  # connections that send nothing: more than the gateway could open
+FLOOD_SOURCES = 11  # 237 each, under the per-source bound of 256
 LOWER_BOTH_LIMITS = (
     "import os, resource, sys; "
     f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTORS}, {DESCRIPTORS})); "
@@ -88,24 +88,41 @@ async def test_a_gateway_started_under_a_low_soft_limit_holds_more_connections(
         assert [r["open_file_limit"] for r in records] == [int(gateway_soft)]
 
 
-async def test_many_sources_cannot_take_the_descriptors_live_calls_and_metrics_need(
-    redis_server: EmbeddedRedis, tmp_path: Path
-) -> None:
+def limited_gateway(
+    redis_server: EmbeddedRedis, tmp_path: Path, settings: dict[str, str] | None = None
+) -> GatewayProcess:
+    """A gateway under the lowered limits, its connections without a head held for a minute."""
     raise_own_limit(FLOOD)
-    gateway = GatewayProcess(
+    return GatewayProcess(
         redis_server.url,
         tmp_path / "gateway.log",
-        {**BASE_SETTINGS, "OPEN_TIMEOUT_SECONDS": "60", "MAX_SESSIONS": str(MAX_SESSIONS)},
+        {
+            **BASE_SETTINGS,
+            "OPEN_TIMEOUT_SECONDS": "60",
+            "MAX_SESSIONS": str(MAX_SESSIONS),
+            **(settings or {}),
+        },
         INTEGRATIONS,
         wrapper=(sys.executable, "-c", LOWER_BOTH_LIMITS),
     )
+
+
+def flood(gateway: GatewayProcess, idle: contextlib.ExitStack, sources: int) -> None:
+    """FLOOD connections that send nothing, from `sources` addresses in 127.0.2.0/24."""
+    for index in range(FLOOD):
+        source = (f"127.0.2.{index % sources + 1}", 0)
+        address = ("127.0.0.1", gateway.port)
+        idle.enter_context(socket.create_connection(address, None, source))
+
+
+async def test_many_sources_cannot_take_the_descriptors_live_calls_and_metrics_need(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    gateway = limited_gateway(redis_server, tmp_path)
     async with redis.asyncio.Redis.from_url(redis_server.url) as redis_client:
         with gateway, contextlib.ExitStack() as idle:
             async with alongside_good_call(gateway.ws_url, redis_client) as call:
-                for index in range(FLOOD):
-                    source = (f"127.0.2.{index % FLOOD_SOURCES + 1}", 0)
-                    address = ("127.0.0.1", gateway.port)
-                    idle.enter_context(socket.create_connection(address, None, source))
+                flood(gateway, idle, FLOOD_SOURCES)
                 # Past the bound each is closed as it connects, and the metrics listener
                 # still has descriptors to answer with.
                 await wait_for_metric(
@@ -113,3 +130,24 @@ async def test_many_sources_cannot_take_the_descriptors_live_calls_and_metrics_n
                     cause="too_many_connections",
                 )  # fmt: skip
                 await call.wait_frames(10)  # the live call streams on, every frame kept
+
+
+async def test_sources_outside_the_allowlist_cannot_keep_its_calls_out(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """They may hold only half of the total; with the per-source bound off, one holds it all."""
+    settings = {
+        "IP_ALLOWLIST_ENABLED": "true",
+        "IP_ALLOWLIST_CIDRS": '["127.0.0.1/32"]',
+        "MAX_UNFINISHED_REQUESTS_PER_SOURCE": "0",
+    }
+    with (
+        limited_gateway(redis_server, tmp_path, settings) as gateway,
+        contextlib.ExitStack() as idle,
+    ):
+        flood(gateway, idle, sources=1)
+        await wait_for_metric(
+            gateway, REJECTED, FLOOD - UNFINISHED_BOUND // 2, timeout=20,
+            cause="too_many_connections",
+        )  # fmt: skip
+        await good_call(gateway)  # from 127.0.0.1, in the allowlist

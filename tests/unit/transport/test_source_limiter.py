@@ -120,6 +120,18 @@ def test_many_sources_together_hold_up_to_the_total() -> None:
     assert [per_source_off.hold(V4) for _ in range(3)] == ["192.0.2.1", "192.0.2.1", None]
 
 
+def test_sources_outside_the_allowlist_hold_only_half_the_total() -> None:
+    limit = SourceConnectionLimit(0, ipv6_prefix_length=64, total_limit=4)
+    outside = [limit.hold(V4, allowed=False), limit.hold(OTHER_V4, allowed=False)]
+    assert outside == ["192.0.2.1", "192.0.2.2"]
+    assert limit.outside_full
+    assert limit.hold(v6("2001:db8::1"), allowed=False) is None  # their half is taken
+    assert limit.hold(v6("2001:db8::1")) == "2001:db8::/64"  # an allowed source still fits
+    limit.release("192.0.2.2", allowed=False)
+    assert (limit.total, limit.outside) == (2, 1)
+    assert limit.hold(v6("2001:db8::2"), allowed=False) == "2001:db8::/64"
+
+
 def test_releasing_a_place_never_taken_is_a_bug_that_shows() -> None:
     with pytest.raises(KeyError):
         SourceConnectionLimit(2, ipv6_prefix_length=64).release("192.0.2.1")
