@@ -131,7 +131,7 @@ class HandshakeCpu:
     def __init__(self) -> None:
         self.seconds = 0.0
         self._started: float | None = None
-        self.charged = False  # to the CPU headroom (LoadShedder.handshake_authenticated)
+        self.charged = 0.0  # CPU seconds charged to the headroom (handshake_authenticated)
 
     def start(self) -> None:
         self._started = time.thread_time()
@@ -162,11 +162,13 @@ class HandshakeBudget:
     def refill(self, room: float) -> None:
         self.seconds = min(self.seconds + room, room)
 
-    def spend(self) -> None:
+    def spend(self) -> float:
+        """Charge one upgrade; what it was charged."""
         self.seconds -= self.cost
+        return self.cost
 
-    def refund(self) -> None:
-        self.seconds += self.cost
+    def refund(self, charged: float) -> None:
+        self.seconds += charged
 
     def measured(self, seconds: float) -> None:
         """An accepted handshake's own CPU: what the next ones are charged follows it."""
@@ -351,16 +353,14 @@ class LoadShedder:
         where that is asked for (elsewhere a debt would only wait for a resize, or for the
         share to rise past half the bound long after the burst that ran it up)."""
         if self.long_stall and self._near_cpu_bound():
-            self._budget.spend()
-            cpu.charged = True
+            cpu.charged = self._budget.spend()
 
     def handshake_refused(self, cpu: HandshakeCpu) -> None:
         """A charged upgrade was refused after all (a replayed nonce, a session-id conflict,
         a limit, Redis gone): its charge is given back. What it spent is in the share, as
         any refusal's is."""
-        if cpu.charged:
-            cpu.charged = False
-            self._budget.refund()
+        charged, cpu.charged = cpu.charged, 0.0
+        self._budget.refund(charged)
 
     def handshake_accepted(self, cpu: HandshakeCpu) -> None:
         """An accepted call's handshake is over: its CPU is left out of the calls' share, and

@@ -330,7 +330,7 @@ def test_the_budget_pays_a_debt_first_saves_one_intervals_room_and_takes_refunds
     assert budget.seconds == -1.0
     budget.refill(3.0)
     assert budget.seconds == 2.0  # the debt paid first
-    budget.refund()
+    budget.refund(2.0)
     assert budget.seconds == 4.0
 
 
@@ -358,15 +358,20 @@ def test_under_a_long_stall_limit_an_interval_takes_what_its_headroom_pays_for()
     decider = headroom_shedder()
     taken = taken_in_one_interval(decider)
     assert len(taken) == 2  # 3 ms of room, 2 ms charged each: the second into debt
-    assert all(handshake.charged for handshake in taken)
+    assert [handshake.charged for handshake in taken] == [0.002, 0.002]
     assert decider.reason(age=None) == HEADROOM
     shed = REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) or 0.0
     assert decider.shed([], connected_at=None)
     assert REGISTRY.get_sample_value("audiohook_load_shed_total", {"signal": HEADROOM}) == shed + 1
+    for _ in range(30):  # the charge moves with what accepted handshakes cost
+        decider.handshake_accepted(taken[1])  # (no CPU counted: 0 s)
     decider.handshake_refused(taken[0])  # refused after all (a replayed nonce): given back
-    decider.handshake_refused(taken[0])  # once
+    decider.handshake_refused(taken[0])  # once, and what it was charged
     assert decider.reason(age=None) is None
-    assert not taken[0].charged
+    assert taken[0].charged == 0.0
+    assert decider.shed([], connected_at=None) is False
+    decider.handshake_authenticated(HandshakeCpu())  # charged about 0.1 ms now
+    assert decider.reason(age=None) is None  # the 2 ms given back, not today's 0.1 ms
     decider.calls_cpu = 0.8  # the calls at the bound: no room, nothing taken
     assert taken_in_one_interval(decider) == []
 
@@ -384,7 +389,7 @@ def test_below_half_the_bound_a_burst_passes_uncharged() -> None:
     decider.cpu = 0.39  # under half of the bound (0.8)
     taken = taken_in_one_interval(decider)
     assert len(taken) == 50
-    assert not any(handshake.charged for handshake in taken)
+    assert not any(handshake.charged for handshake in taken)  # 0.0 each
     decider.cpu = 0.6
     assert len(taken_in_one_interval(decider)) == 2  # no debt from the burst
 
