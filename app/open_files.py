@@ -19,10 +19,11 @@ log = logging.getLogger("app.open_files")
 # connections, the embedded Redis's pipes.
 SPARE_DESCRIPTORS = 1024
 _UNLIMITED_TARGET = 1 << 20  # the Linux default of fs.nr_open: no soft limit can exceed it
-# The fewest sources' worth of connections without a whole request head the main listener
-# holds in all, however low the open-file limit (one too low for max_sessions is warned about
-# at start): one source must never fill the total alone.
+# The fewest connections without a whole request head the main listener holds in all, however
+# low the open-file limit (one too low for max_sessions is warned about at start): four
+# sources' worth, so that one never fills the total alone, and never fewer than 1,024.
 MIN_UNFINISHED_SOURCES = 4
+MIN_UNFINISHED_TOTAL = 1024
 
 
 def raise_open_file_limit(max_sessions: int) -> int:
@@ -54,9 +55,10 @@ def unfinished_requests_bound(max_sessions: int, per_source: int) -> int:
     """How many connections that have not sent their whole request head the main listener
     may hold from all sources together: the descriptors the open-file limit leaves beside
     the live calls' and the spare ones, so that many sources, each within its own bound
-    (`per_source`), cannot take those; at least MIN_UNFINISHED_SOURCES sources' worth
-    (0: no bound, as without a limit on open files)."""
+    (`per_source`), cannot take those; at least MIN_UNFINISHED_SOURCES sources' worth and
+    MIN_UNFINISHED_TOTAL (0: no bound, as without a limit on open files)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return 0
-    return max(MIN_UNFINISHED_SOURCES * per_source, soft - max_sessions - SPARE_DESCRIPTORS, 0)
+    floor = max(MIN_UNFINISHED_SOURCES * per_source, MIN_UNFINISHED_TOTAL)
+    return max(floor, soft - max_sessions - SPARE_DESCRIPTORS)

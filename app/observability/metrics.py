@@ -254,6 +254,12 @@ HANDSHAKES_IN_FLIGHT = Gauge(
     "handshakes_in_flight", "WebSocket upgrades being admitted (authentication, nonce claim).",
     namespace=NAMESPACE,
 )  # fmt: skip
+UNFINISHED_REQUESTS = Gauge(
+    "connections_without_request_head",
+    "Connections on the main listener that have not sent their whole request head yet (bounded "
+    "per source and in all; a trusted proxy's are not counted).",
+    namespace=NAMESPACE,
+)
 HANDSHAKE_QUEUE_SECONDS = Histogram(
     "handshake_queue_seconds",
     "Time from an upgrade's TCP connection to the start of its admission.",

@@ -22,7 +22,8 @@ of the request (see docs/http-guard.md).
   and sources outside the IP allowlist half of that.
 
 Each refusal is counted (`connections_rejected{cause}`), logged once, and charged to the
-source's upgrade rate limit. uvicorn internals relied on are marked "uvicorn:".
+source's upgrade rate limit (not one closed because others filled the total). uvicorn
+internals relied on are marked "uvicorn:".
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def guarded_http_protocol(
             source = unfinished.hold(address, allowed)
             if source is not None:
                 self._unfinished_source, self._unfinished_allowed = source, allowed
+                if gateway is not None:
+                    metrics.UNFINISHED_REQUESTS.inc()
                 return True
             self._finished = True
             # Only a source past its own bound is charged its upgrade budget: others'
@@ -177,6 +180,8 @@ def guarded_http_protocol(
             source, self._unfinished_source = self._unfinished_source, None
             if source is not None:
                 unfinished.release(source, self._unfinished_allowed)
+                if gateway is not None:
+                    metrics.UNFINISHED_REQUESTS.dec()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._release_unfinished_place()

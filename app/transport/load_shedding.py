@@ -153,13 +153,14 @@ class HandshakeBudget:
     credentials spends none of it. The smoothed share would show those calls only about a
     second later."""
 
-    __slots__ = ("cost", "seconds")
+    __slots__ = ("cost", "room", "seconds")
 
     def __init__(self, room: float) -> None:
-        self.seconds = room
+        self.seconds = self.room = room
         self.cost = FIRST_HANDSHAKE_COST_SECONDS
 
     def refill(self, room: float) -> None:
+        self.room = room
         self.seconds = min(self.seconds + room, room)
 
     def spend(self) -> float:
@@ -168,7 +169,9 @@ class HandshakeBudget:
         return self.cost
 
     def refund(self, charged: float) -> None:
-        self.seconds += charged
+        """Give a charge back: up to this interval's room, not beyond (a charge made in an
+        earlier interval, whose room has been refilled since, is not saved up twice)."""
+        self.seconds = min(self.seconds + charged, self.room)
 
     def measured(self, seconds: float) -> None:
         """An accepted handshake's own CPU: what the next ones are charged follows it."""

@@ -11,7 +11,7 @@ from starlette.websockets import WebSocket
 
 from app.transport.admission import Refusal, admit
 from app.transport.connection import Connection, wait_until
-from app.transport.load_shedding import RETRY_AFTER_SECONDS
+from app.transport.load_shedding import RETRY_AFTER_SECONDS, HandshakeCpu, LoadShedder
 
 if TYPE_CHECKING:
     from app.transport.host import EndpointHost
@@ -30,9 +30,12 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         admission = await admit(websocket, gateway, connected_at, cpu)
     finally:
         shedder.handshake_finished()
+    if isinstance(admission, Refusal) or not admission.authenticated:
+        # Charged to the CPU headroom, then refused after all (a replayed nonce, a limit, a
+        # session-id conflict): the charge is given back at once.
+        shedder.handshake_refused(cpu)
     if isinstance(admission, Refusal):
         cpu.stop()  # a refused upgrade's CPU is load like any other
-        shedder.handshake_refused(cpu)
         await wait_until(admission.not_before)  # a failed login: the minimum failure delay
         # 503s (overloaded, draining, not ready, session limit) are worth retrying soon,
         # on another replica if there is one.
@@ -42,15 +45,22 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         )
         return
     try:
-        await websocket.accept()
+        await accept(websocket, shedder, cpu)
         # Admission has read the upgrade's headers; a live call need not keep them.
         websocket.scope["headers"] = []
         connection = Connection(websocket, gateway, admission, connected_at)
         cpu.stop()
         if admission.authenticated:  # a failed login's CPU is load like a refusal's
             shedder.handshake_accepted(cpu)
-        else:  # a replayed nonce answered `disconnect`
-            shedder.handshake_refused(cpu)
         await connection.run()
     finally:
         gateway.release_session(admission.integration)
+
+
+async def accept(websocket: WebSocket, shedder: LoadShedder, cpu: HandshakeCpu) -> None:
+    """The upgrade's 101; a connection gone before it gives its headroom charge back."""
+    try:
+        await websocket.accept()
+    except BaseException:
+        shedder.handshake_refused(cpu)
+        raise

@@ -8,6 +8,8 @@ held still so that the headroom stays the one it started with."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 
 import pytest
 import redis.asyncio
@@ -15,6 +17,7 @@ from prometheus_client import REGISTRY
 from websockets.exceptions import InvalidStatus
 
 from app import runtime
+from app.client.upgrade import Endpoint
 from app.cpu_limit import CpuLimit
 from app.redis import keys
 from app.runtime import Gateway
@@ -42,6 +45,38 @@ async def upgrade(uri: str) -> tuple[int, str | None]:
         return refused.response.status_code, refused.response.headers.get("Retry-After")
     await client.aclose()
     return 101, None
+
+
+async def replayed_then_gone(uri: str, nonce: str) -> None:
+    """A signed upgrade with a used nonce whose client leaves before the answer, then waits
+    until admission has refused it."""
+    endpoint = Endpoint.parse(uri)
+    request = RawClient.request(uri, nonce=nonce)
+    key = base64.b64encode(os.urandom(16)).decode()
+    head = (
+        f"GET {endpoint.request_target} HTTP/1.1\r\nHost: {endpoint.authority}\r\n"
+        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
+        + "\r\n"
+    )
+    replays = (
+        REGISTRY.get_sample_value(
+            "audiohook_connections_rejected_total", {"cause": "replayed_nonce"}
+        )
+        or 0.0
+    )
+    _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    writer.write(head.encode())
+    writer.close()  # gone before the answer
+    async with asyncio.timeout(5):
+        while (
+            REGISTRY.get_sample_value(
+                "audiohook_connections_rejected_total", {"cause": "replayed_nonce"}
+            )
+            or 0.0
+        ) == replays:
+            await asyncio.sleep(0.01)
 
 
 def shed_for_headroom() -> float:
@@ -80,4 +115,6 @@ async def test_an_upgrade_refused_after_its_charge_gives_it_back(
         replayed = await RawClient.connect(uri, nonce=nonce)
         await replayed.aclose()
         assert (await RawClient.rejection(uri, session_id=session_id)).status == 409
+        await replayed_then_gone(uri, nonce)  # given back before its accept could fail
         assert await upgrade(uri) == (101, None)
+        assert await upgrade(uri) == (503, "1")  # an accepted call keeps its charge

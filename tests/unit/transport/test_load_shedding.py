@@ -330,8 +330,8 @@ def test_the_budget_pays_a_debt_first_saves_one_intervals_room_and_takes_refunds
     assert budget.seconds == -1.0
     budget.refill(3.0)
     assert budget.seconds == 2.0  # the debt paid first
-    budget.refund(2.0)
-    assert budget.seconds == 4.0
+    budget.refund(2.0)  # charged in the interval before: not saved up past this one's room
+    assert budget.seconds == 3.0
 
 
 def headroom_shedder(cores: float = 0.3, long_stall: bool = True) -> LoadShedder:
