@@ -48,7 +48,7 @@ from app.transport.load_shedding import (
     RETRY_AFTER_SECONDS,
     HandshakeCpu,
 )
-from app.transport.source_limiter import SourceConnectionLimit
+from app.transport.source_limiter import PER_SOURCE, TOTAL, SourceConnectionLimit
 from app.transport.ws_protocol import AudioHookWebSocketProtocol
 
 if TYPE_CHECKING:
@@ -163,16 +163,17 @@ def guarded_http_protocol(
                     metrics.UNFINISHED_REQUESTS.inc()
                 return True
             self._finished = True
+            bound = unfinished.bound_reached(address, allowed)
+            if bound == PER_SOURCE:
+                held = f"over {unfinished.limit} from one source"
+            elif bound == TOTAL:
+                held = f"{unfinished.total_limit} in all"
+            else:
+                held = f"{unfinished.total_limit // 2} from outside the IP allowlist"
+            detail = f"connections without a whole request head: {held}"
             # Only a source past its own bound is charged its upgrade budget: others'
             # connections filling the total do not cost it.
-            if unfinished.limit and unfinished.held(address) >= unfinished.limit:
-                held, own = f"over {unfinished.limit} from one source", True
-            elif unfinished.full:
-                held, own = f"{unfinished.total_limit} in all", False
-            else:
-                held, own = f"{unfinished.total_limit // 2} from outside the IP allowlist", False
-            detail = f"connections without a whole request head: {held}"
-            self._reject(None, "too_many_connections", detail, charge_source=own)
+            self._reject(None, "too_many_connections", detail, charge_source=bound == PER_SOURCE)
             self.transport.close()
             return False
 

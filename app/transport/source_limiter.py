@@ -26,6 +26,8 @@ from app.ratelimit import TokenBucket
 from app.security.ipallow import IPAddress
 
 UNKNOWN_SOURCE = "unknown"  # clients whose address cannot be known share one budget
+# The bound a connection without a whole request head would pass (SourceConnectionLimit).
+PER_SOURCE, TOTAL, OUTSIDE = "per_source", "total", "outside"
 _NAT64_PREFIX = 0x0064_FF9B << 96  # 64:ff9b::/96 (RFC 6052): the IPv4 address in the low 32 bits
 
 
@@ -112,15 +114,27 @@ class SourceConnectionLimit:
         outside the allowlist finds that half taken by such sources."""
         source = source_key(address, self.ipv6_prefix_length)
         count = self._held.get(source, 0)
-        if (self.limit and count >= self.limit) or self.full:
+        if self._bound(count, allowed) is not None:
             return None
         if not allowed:
-            if self.outside_full:
-                return None
             self.outside += 1
         self._held[source] = count + 1
         self.total += 1
         return source
+
+    def bound_reached(self, address: IPAddress, allowed: bool = True) -> str | None:
+        """Which bound a new place for `address`'s source would pass: PER_SOURCE, TOTAL or
+        OUTSIDE, in the order `hold` asks them (None: none)."""
+        return self._bound(self.held(address), allowed)
+
+    def _bound(self, count: int, allowed: bool) -> str | None:
+        if self.limit and count >= self.limit:
+            return PER_SOURCE
+        if self.full:
+            return TOTAL
+        if not allowed and self.outside_full:
+            return OUTSIDE
+        return None
 
     def release(self, source: str, allowed: bool = True) -> None:
         count = self._held[source] - 1

@@ -160,10 +160,10 @@ class AudioHookWebSocketProtocol(WebSocketsSansIOProtocol):
         while admission decided) raises ClientDisconnected, as one after the connection's end
         does: uvicorn would otherwise log the application's return as an error, and the call
         would start on a dead connection."""
-        accept = self._plain_accept
         if message["type"] != "websocket.accept":
             await super().send(message)
             return
+        accept = self._plain_accept
         if accept is None or self.handshake_complete:
             await super().send(message)
         else:
