@@ -22,14 +22,16 @@ import base64
 import re
 from typing import Any
 
-_KEY = r"[a-z*][a-z0-9_\-.*]*"
+# Possessive repeats (`*+`): a near miss fails where it stops, with no backtracking, so a hostile
+# field of the verifier's maximum size costs this path no more than the generic parser.
+_KEY = r"[a-z*][a-z0-9_\-.*]*+"
 # Printable ASCII except `"` and `\`: a string with an escape is left to the generic parser.
-_STRING = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*"'
-_INTEGER = r"(?:0|[1-9][0-9]{0,14})"  # as serialized: no sign (negative ones go generic)
-_BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_STRING = r'"[\x20\x21\x23-\x5b\x5d-\x7e]*+"'
+_INTEGER = r"(?:0|[1-9][0-9]{0,14}+)"  # as serialized: no sign (negative ones go generic)
+_BASE64 = r"(?:[A-Za-z0-9+/]{4})*+(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 
 _INNER_LIST_MEMBER = re.compile(
-    rf"({_KEY})=\(({_STRING}(?: {_STRING})*)\)((?:;{_KEY}=(?:{_STRING}|{_INTEGER}))*)"
+    rf"({_KEY})=\(({_STRING}(?: {_STRING})*+)\)((?:;{_KEY}=(?:{_STRING}|{_INTEGER}))*+)"
 )
 _BYTE_SEQUENCE_MEMBER = re.compile(rf"({_KEY})=:({_BASE64}):")
 _ITEM = re.compile(_STRING)
@@ -38,6 +40,8 @@ _PARAMETER = re.compile(rf";({_KEY})=({_STRING}|{_INTEGER})")
 
 def canonical_dictionary(text: str) -> dict[str, Any] | None:
     """`text` parsed as http_sf parses a one-member dictionary in serialized form, or None."""
+    if text.endswith(":"):
+        return _byte_sequence(text)
     member = _INNER_LIST_MEMBER.fullmatch(text)
     if member is not None:
         label, items, parameters = member.groups()
@@ -48,8 +52,12 @@ def canonical_dictionary(text: str) -> dict[str, Any] | None:
                 return None  # the generic parser refuses it, and says why
             params[key] = value[1:-1] if value[0] == '"' else int(value)
         return {label: ([(item[1:-1], {}) for item in _ITEM.findall(items)], params)}
-    member = _BYTE_SEQUENCE_MEMBER.fullmatch(text)
-    if member is not None:
-        label, encoded = member.groups()
-        return {label: (base64.b64decode(encoded, validate=True), {})}
     return None
+
+
+def _byte_sequence(text: str) -> dict[str, Any] | None:
+    member = _BYTE_SEQUENCE_MEMBER.fullmatch(text)
+    if member is None:
+        return None
+    label, encoded = member.groups()
+    return {label: (base64.b64decode(encoded, validate=True), {})}
