@@ -486,8 +486,10 @@ class ControlPlane:
             wait = max(0.0, next_refresh - time.monotonic())
             if not (self._to_register or self._to_remove):
                 self._registry_wakeup.clear()
+                # asyncio.timeout, not wait_for: no task of its own for every wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._registry_wakeup.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._registry_wakeup.wait()
             refresh = time.monotonic() >= next_refresh
             register = set(self._targets) if refresh else set(self._to_register)
             remove = set(self._to_remove)
