@@ -1,11 +1,11 @@
-"""A fast path for the signature fields as Genesys sends them (docs/protocol.md §2.3).
+"""A fast path for the signature fields as Genesys sends them (docs/protocol.md §2.2).
 
 Each of `Signature-Input` and `Signature` holds one member, written the way an RFC 8941
 serializer writes it: `sig1=("@request-target" ... "x-api-key");keyid="...";nonce="...";
 alg="hmac-sha256";created=1641013200;expires=1641013230` and `sig1=:<base64>:`. The generic
-structured-field parser (http_sf) spent about half of a signature check's instructions on
-them, one small function call per character class; one regular expression per field does the
-same work.
+structured-field parser (http_sf) spent about a quarter of a signature check's instructions on
+them, a few small function calls per character; one regular expression per field does the same
+work.
 
 `canonical_dictionary` returns exactly what `http_sf.parse(..., tltype="dictionary")` does for
 a field of that form, and None for anything else: several members, optional whitespace,
