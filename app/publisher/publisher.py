@@ -277,9 +277,8 @@ class Publisher:
                     # go idle between most round trips; the gateway also reports every second).
                     self._update_metrics()
                 if checks_health and not self._pending:
-                    try:  # asyncio.timeout, not wait_for: no task of its own for every wait
-                        async with asyncio.timeout(self._health_interval):
-                            await self._wakeup.wait()
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), self._health_interval)
                     except TimeoutError:
                         self._set_ready(await ping(self._redis))
                 else:
