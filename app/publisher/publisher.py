@@ -277,9 +277,15 @@ class Publisher:
                     # go idle between most round trips; the gateway also reports every second).
                     self._update_metrics()
                 if checks_health and not self._pending:
+                    # asyncio.timeout: no task of its own for every wait (wait_for makes one).
+                    # The ping is awaited outside the `except` block (docs/architecture.md).
+                    idle = False
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), self._health_interval)
+                        async with asyncio.timeout(self._health_interval):
+                            await self._wakeup.wait()
                     except TimeoutError:
+                        idle = True
+                    if idle:
                         self._set_ready(await ping(self._redis))
                 else:
                     await self._wakeup.wait()

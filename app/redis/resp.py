@@ -100,13 +100,15 @@ class PipelineConnection:
 
 
 async def _round_trip(connection: Any, commands: list[Any], read_timeout: float) -> list[Any]:
+    # Nothing awaits inside an `except` block of a compiled module (docs/architecture.md).
     try:
         async with asyncio.timeout(read_timeout):
             await connection.send_packed_command(pack_commands(commands))
             return await _read_replies(connection, len(commands))
     except TimeoutError as exc:
-        await connection.disconnect()  # replies still in flight: the socket is out of step
-        raise RedisTimeoutError("timeout in a pipelined round trip") from exc
+        timed_out = exc
+    await connection.disconnect()  # replies still in flight: the socket is out of step
+    raise RedisTimeoutError("timeout in a pipelined round trip") from timed_out
 
 
 async def _read_replies(connection: Any, count: int) -> list[Any]:
@@ -140,10 +142,12 @@ async def _read_replies(connection: Any, count: int) -> list[Any]:
                 raise reply
             else:
                 replies.append(reply)
-    except RedisConnectionError:
-        await connection.disconnect()
-        raise
+    except RedisConnectionError as exc:
+        failure: RedisConnectionError = exc
     except OSError as exc:
-        await connection.disconnect()
-        raise RedisConnectionError(f"error reading from redis: {exc}") from exc
-    return replies
+        failure = RedisConnectionError(f"error reading from redis: {exc}")
+        failure.__cause__ = exc
+    else:
+        return replies
+    await connection.disconnect()  # outside the `except` blocks, as in _round_trip
+    raise failure
