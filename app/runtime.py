@@ -57,6 +57,7 @@ class Gateway:
             self.redis,
             self.authenticator.nonces,
             SessionOwners(self.redis, settings.stream_ttl_seconds),
+            self.control,
         )
         self.upgrade_limiter = SourceRateLimiter(
             settings.upgrades_per_second_per_source,

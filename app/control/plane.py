@@ -34,7 +34,10 @@ Consumer side:
 
 Gateway side: the transport registers each live session with a `ControlTarget` and
 unregisters it when the session ends; `ControlPlane.client_retry_after()` forwards a client
-`error` 429 `retryAfter` to the session's `event` rate limit.
+`error` 429 `retryAfter` to the session's `event` rate limit. On a single Redis server the
+upgrade's claim writes the registry entry (if the session id has none), in the round trip it
+makes anyway: `routed_at_claim()` notes it, so that `register()` need not write it again, and
+`release()` deletes it when the connection ends without registering the session.
 """
 
 from __future__ import annotations
@@ -326,6 +329,8 @@ class ControlPlane:
         self._buckets: dict[str, TokenBucket] = {}
         self._to_register: set[str] = set()
         self._to_remove: set[str] = set()
+        # Sessions whose upgrade claim wrote their registry entry, not yet registered: when.
+        self._claimed_at: dict[str, float] = {}
         self._registry_wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -363,19 +368,43 @@ class ControlPlane:
         self._tasks = []
         # A write cancelled with its task may have left replies unread: a new connection.
         await self._registry_writes.close()
-        # Best effort: sessions still registered stop being routed here.
+        # Best effort: sessions still registered (or routed here by a claim) stop being routed.
         with contextlib.suppress(RedisError, OSError):
-            await self._write_registry(set(), set(self._targets))
+            await self._write_registry(set(), set(self._targets) | set(self._claimed_at))
         await self._registry_writes.close()
 
+    @property
+    def entry_ttl_ms(self) -> int:
+        """How long a registry entry lives unless refreshed (each third of it)."""
+        return self._ttl_ms
+
     def register(self, session_id: str, target: ControlTarget) -> None:
-        """Route commands for `session_id` here (registry write happens in the background)."""
+        """Route commands for `session_id` here (registry write happens in the background;
+        none while the entry its upgrade claim wrote is fresh)."""
         self._targets[session_id] = target
         self._buckets[session_id] = TokenBucket(
             self._event_rate, self._event_burst, clock=self._clock
         )
         self._to_remove.discard(session_id)
-        self._to_register.add(session_id)
+        claimed_at = self._claimed_at.pop(session_id, None)
+        # The claim's entry outlives the next refresh (within a third of its TTL from now)
+        # if it was written within the last third; an older one is written again.
+        if claimed_at is None or self._clock() - claimed_at > self._session_ttl / 3:
+            self._to_register.add(session_id)
+            self._registry_wakeup.set()
+
+    def routed_at_claim(self, session_id: str) -> None:
+        """The upgrade's claim wrote `session_id`'s registry entry, naming this replica
+        (app/security/upgrade_claims.py): register() need not write it again, and release()
+        deletes it if the session never registers."""
+        self._claimed_at[session_id] = self._clock()
+
+    def release(self, session_id: str) -> None:
+        """The connection of an upgrade that claimed `session_id` ended, or was refused after
+        its claim: an entry its claim wrote stops routing here unless the session registered."""
+        if self._claimed_at.pop(session_id, None) is None or session_id in self._targets:
+            return
+        self._to_remove.add(session_id)
         self._registry_wakeup.set()
 
     def unregister(self, session_id: str) -> None:

@@ -8,6 +8,15 @@ attempt is a replay and leaves the session's owner untouched; otherwise the nonc
 integration may already own. On Redis Cluster the two keys live in different slots, so the
 claims stay two commands, nonce first.
 
+The script also writes the session's control registry entry (app/control/plane.py), naming
+this replica, when the session id has none: the control plane would otherwise write it in a
+round trip of its own when the session opens. An entry already there (the same session id live
+on another replica, or an earlier connection's) is left for the plane to overwrite at `open`,
+as before. The plane deletes the entry if the connection ends without registering the
+session (`release`). One it never learnt of (the claim's answer lost to a timeout or a
+cancelled upgrade) or a gateway that dies leaves the entry to expire; a command routed by it
+meanwhile is answered `unknown_session`, as for a session that ended.
+
 The script goes out on a connection of its own (app/redis/resp.py, as the publisher's writes
 do): a command through redis-py's client (a pool checkout that probes the socket, a task for
 its timed write) cost more than the round trip itself. A claim made while every such
@@ -23,7 +32,7 @@ import asyncio
 import contextlib
 import enum
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio
 import redis.exceptions
@@ -36,10 +45,12 @@ from app.security.nonces import NonceCache, NonceStoreUnavailable
 from app.security.session_owners import SessionOwners
 from app.tasks import stop_task
 
-# KEYS[1] nonce key, KEYS[2] session owner key; ARGV[1] this attempt's token, ARGV[2] the
-# nonce's TTL, ARGV[3] integration name, ARGV[4] the owner's TTL.
-# 1: both claimed; 0: the nonce belongs to another attempt (a replay), nothing written;
-# 2: the nonce is claimed but another integration owns the session id.
+# KEYS[1] nonce key, KEYS[2] session owner key, KEYS[3] the session's control registry entry;
+# ARGV[1] this attempt's token, ARGV[2] the nonce's TTL, ARGV[3] integration name, ARGV[4] the
+# owner's TTL, ARGV[5] this replica's id, ARGV[6] the registry entry's TTL in ms.
+# 1: both claimed; 3: both claimed, and the registry entry (absent until now) names this
+# replica; 0: the nonce belongs to another attempt (a replay), nothing written; 2: the nonce is
+# claimed but another integration owns the session id.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
@@ -53,8 +64,26 @@ if owner and owner ~= ARGV[3] then
   return 2
 end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
+if redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6], 'NX') then
+  return 3
+end
 return 1
 """
+
+
+class ControlRegistry(Protocol):
+    """The control plane's registry of live sessions (app/control/plane.py), as the claims
+    see it: an entry the claim wrote is noted, and released if its session never registers."""
+
+    @property
+    def replica_id(self) -> str: ...
+
+    @property
+    def entry_ttl_ms(self) -> int: ...
+
+    def routed_at_claim(self, session_id: str) -> None: ...
+
+    def release(self, session_id: str) -> None: ...
 
 
 # Connections of the claims' own: round trips out at once.
@@ -74,9 +103,16 @@ class Claim(enum.Enum):
 
 
 class UpgradeClaims:
-    def __init__(self, client: RedisClient, nonces: NonceCache, owners: SessionOwners) -> None:
+    def __init__(
+        self,
+        client: RedisClient,
+        nonces: NonceCache,
+        owners: SessionOwners,
+        registry: ControlRegistry,
+    ) -> None:
         self._nonces = nonces
         self._owners = owners
+        self._registry = registry
         # Cross-slot scripts are refused by Redis Cluster: there the claims are two commands.
         self._script = (
             None if isinstance(client, RedisCluster) else client.register_script(CLAIM_SCRIPT)
@@ -115,7 +151,8 @@ class UpgradeClaims:
         `session_id` for `integration`. `token` identifies the attempt (default: a new random
         one); claiming again with the same token finds the attempt's own claims.
 
-        Raises NonceStoreUnavailable when Redis cannot be asked."""
+        Raises NonceStoreUnavailable when Redis cannot be asked. After a claim, call
+        `release(session_id)` when the connection ends (or is refused after all)."""
         if nonce is not None and nonce_expires_at is not None:
             token = token or NonceCache.new_token()
             if self._script is not None:
@@ -127,6 +164,10 @@ class UpgradeClaims:
         owned = await self._owners.claim(session_id, integration)
         return Claim.CLAIMED if owned else Claim.SESSION_ID_CONFLICT
 
+    def release(self, session_id: str) -> None:
+        """The connection that claimed `session_id` ended, or was refused after its claim."""
+        self._registry.release(session_id)
+
     async def _claim_both(
         self,
         token: str,
@@ -136,17 +177,27 @@ class UpgradeClaims:
         session_id: str,
         integration: str,
     ) -> Claim:
-        script_keys = (keys.nonce_key(nonce), keys.session_integration(session_id))
+        registry = self._registry
+        script_keys = (
+            keys.nonce_key(nonce),
+            keys.session_integration(session_id),
+            keys.session_owner(session_id),
+        )
         args = (
             token,
             self._nonces.ttl_seconds(nonce_expires_at, now),
             integration,
             self._owners.ttl_seconds,
+            registry.replica_id,
+            registry.entry_ttl_ms,
         )
         try:  # a single server (the only one with the script): on the claims' own connections
             answer = await self._run_on_own_connection(script_keys, args)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise NonceStoreUnavailable("nonce and session owner store unavailable") from exc
+        if answer == 3:
+            registry.routed_at_claim(session_id)
+            return Claim.CLAIMED
         if answer == 1:
             return Claim.CLAIMED
         if answer == 0:
@@ -156,7 +207,7 @@ class UpgradeClaims:
         raise NonceStoreUnavailable(f"unexpected answer from the claim script: {answer!r}")
 
     async def _run_on_own_connection(
-        self, script_keys: tuple[str, str], args: tuple[Any, ...]
+        self, script_keys: tuple[str, ...], args: tuple[Any, ...]
     ) -> Any:
         """The script's answer, by EVALSHA on a connection of the claims' own: on an idle one
         at once, else with the claims that wait for one to come back. Raises as redis-py

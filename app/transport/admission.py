@@ -213,8 +213,10 @@ async def admit(
 
     assert integration is not None
     # Checked and counted with no await in between, so simultaneous upgrades cannot all slip
-    # under a limit; the endpoint releases the slot when the connection ends.
+    # under a limit; the endpoint releases the slot (and the claim) when the connection ends.
     limit_reached = gateway.admit_session(integration)
+    if limit_reached is not None:
+        gateway.upgrade_claims.release(session_id)
     if limit_reached == "session_limit":
         return refuse(503, limit_reached, "Session limit reached")
     if limit_reached == "integration_limit":

@@ -55,6 +55,8 @@ async def audiohook_endpoint(websocket: WebSocket) -> None:
         await connection.run()
     finally:
         gateway.release_session(admission.integration)
+        if admission.authenticated:
+            gateway.upgrade_claims.release(admission.session_id)
 
 
 async def accept(websocket: WebSocket, shedder: LoadShedder, cpu: HandshakeCpu) -> None:

@@ -1,6 +1,6 @@
-"""Waiting for a live session's registry entry, which the control plane writes in the
-background once the session is open: before it lands, a command for the session is answered
-`unknown_session`."""
+"""Waiting for a live session's registry entry, which the upgrade's claim writes (on a single
+Redis server) or the control plane in the background once the session is open: before it
+lands, a command for the session is answered `unknown_session`."""
 
 from __future__ import annotations
 

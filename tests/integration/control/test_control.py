@@ -28,6 +28,7 @@ from app.redis.embedded import EmbeddedRedis
 from tests.support.clock import ManualClock
 from tests.support.registry import wait_registered
 from tests.support.streams import RecordingTarget, metric, read_stream
+from tests.support.waiting import wait_until
 
 Redis = redis.asyncio.Redis
 TRANSCRIPT = {"type": "transcript", "data": {"id": "u1", "channelId": 0, "isFinal": True}}
@@ -384,3 +385,59 @@ async def test_a_registry_write_redis_refuses_is_counted_and_retried(redis_url: 
     finally:
         await plane.stop()
         await client.aclose()
+
+
+async def test_an_entry_written_by_the_upgrade_claim_is_trusted_while_fresh_and_released(
+    planes: tuple[ControlPlane, ControlPlane], redis_client: Redis, clock: ManualClock
+) -> None:
+    """The claim writes a new session's entry (app/security/upgrade_claims.py). Here a stand-in
+    value marks it, so a write by the plane would show."""
+    plane, _ = planes
+    claimed = "written-by-the-claim"
+
+    async def claim(session_id: str, value: str = claimed) -> None:
+        await redis_client.set(keys.session_owner(session_id), value, ex=30)
+        plane.routed_at_claim(session_id)
+
+    await claim("fresh")
+    clock.advance(plane_ttl_third(plane) - 0.1)
+    plane.register("fresh", RecordingTarget())  # no write: the claim's entry stays
+    await claim("stale")
+    clock.advance(plane_ttl_third(plane) + 0.1)
+    plane.register("stale", RecordingTarget())  # past a third of the TTL: written again
+    await claim("never-opened", "replica-a")  # deleted only while it names this replica
+    await claim("opened-then-ended", "replica-a")
+    plane.register("opened-then-ended", RecordingTarget())
+    plane.release("opened-then-ended")  # registered: its entry is the session's own now
+    plane.release("never-opened")  # a connection that never registered: deleted
+    plane.release("unknown")  # nothing claimed: nothing to do
+
+    # Registry rounds take all that is pending at once: once "stale" is rewritten and
+    # "never-opened" deleted, every decision above has been carried out.
+    await wait_registered(redis_client, "stale", "replica-a")
+    await wait_until(
+        lambda: _gone(redis_client, "never-opened"), "the unregistered claim's entry deleted"
+    )
+    assert await redis_client.get(keys.session_owner("fresh")) == claimed.encode()
+    assert await redis_client.get(keys.session_owner("opened-then-ended")) == b"replica-a"
+    reply = await ControlClient(redis_client).request("stale", "pause")
+    assert (reply.result, reply.replica) == (APPLIED, "replica-a")
+
+
+async def test_stopping_deletes_the_entries_of_claims_never_registered(redis_url: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    plane = ControlPlane(client, "replica-s", block_seconds=0.2)
+    await plane.start()
+    await client.set(keys.session_owner("claimed"), "replica-s", ex=30)
+    plane.routed_at_claim("claimed")
+    await plane.stop()
+    assert not await client.exists(keys.session_owner("claimed"))
+    await client.aclose()
+
+
+def plane_ttl_third(plane: ControlPlane) -> float:
+    return plane.entry_ttl_ms / 3000
+
+
+async def _gone(client: Redis, session_id: str) -> bool:
+    return await client.exists(keys.session_owner(session_id)) == 0

@@ -12,6 +12,7 @@ import contextlib
 import random
 import socket
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import psutil
 import redis.asyncio
 
 from app.control.plane import APPLIED, ControlClient
+from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.resilience.helpers import (
     LIMITED_KEY,
@@ -39,6 +41,7 @@ from tests.support.metrics import (
     wait_for_metric,
 )
 from tests.support.session_streams import closed_session_stream
+from tests.support.waiting import wait_until
 
 FRAME_BYTES = 3200  # 200 ms of stereo PCMU
 HANG_GUARD = 10.0
@@ -75,6 +78,10 @@ async def open_sessions(uri: str, count: int, **kwargs: object) -> list[WireClie
         await client.open()
         clients.append(client)
     return clients
+
+
+async def _key_absent(client: redis.asyncio.Redis, key: str) -> bool:
+    return await client.exists(key) == 0
 
 
 async def close_all(clients: list[WireClient]) -> None:
@@ -140,9 +147,15 @@ async def test_max_sessions_per_integration(
         clients = await open_sessions(gateway.ws_url, 2, **limited)
         try:
             before = metric_value(gateway, REJECTED, cause="integration_limit")
-            answer = await refused(gateway.ws_url, **limited)
+            session_id = str(uuid.uuid4())
+            answer = await refused(gateway.ws_url, session_id=session_id, **limited)
             assert answer.status == 429
             assert metric_value(gateway, REJECTED, cause="integration_limit") == before + 1
+            # Refused after its claim wrote the session's control registry entry: deleted.
+            owner_key = keys.session_owner(session_id)
+            await wait_until(
+                lambda: _key_absent(redis_client, owner_key), "the refused session's entry"
+            )
             await assert_healthy(gateway, redis_client)  # other integrations are not affected
             await close_all(clients[:1])
             await wait_for_metric(gateway, SESSIONS_ACTIVE, 1, integration="limited")

@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from app.control.plane import ControlPlane
 from app.redis import keys
 from app.redis.client import RedisClient, create_redis
 from app.redis.embedded import EmbeddedRedis
@@ -29,11 +30,13 @@ from app.security.upgrade_claims import (
 )
 from tests.support.redis_servers import RedisCluster, redis_stopped
 from tests.support.streams import streams_settings
+from tests.support.waiting import wait_until
 
 STREAM_TTL = 3600
 NONCE = "claims-test-nonce-0123456789abcdef"
 OTHER_NONCE = "claims-test-nonce-fedcba9876543210"
 SESSION = "6c6fd3a8-4b9a-4d8c-9a64-3c1bd8a1b7a5"
+REPLICA = "replica-claims"
 OTHER_SESSION = "0f3e1c52-7f0e-4b86-a0a4-8b5c6f43c0d1"
 
 
@@ -59,8 +62,10 @@ async def client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterato
     await clustered.aclose()
 
 
-def claims_for(client: RedisClient) -> UpgradeClaims:
-    return UpgradeClaims(client, NonceCache(client), SessionOwners(client, STREAM_TTL))
+def claims_for(client: RedisClient, plane: ControlPlane | None = None) -> UpgradeClaims:
+    """Claims whose registry is `plane` (default: a plane of REPLICA, never started)."""
+    registry = plane or ControlPlane(client, REPLICA)
+    return UpgradeClaims(client, NonceCache(client), SessionOwners(client, STREAM_TTL), registry)
 
 
 async def test_a_replayed_nonce_is_refused_and_claims_no_session_id(client: RedisClient) -> None:
@@ -128,8 +133,48 @@ async def test_on_a_single_server_both_claims_are_one_command(
     stats = await redis_client.info("commandstats")
     ignored = {"cmdstat_config", "cmdstat_info"}
     counted = {name: value["calls"] for name, value in stats.items() if name not in ignored}
-    # One EVALSHA; the GETs and SETs are the script's own (each key read, then written).
-    assert counted == {"cmdstat_evalsha": 1, "cmdstat_get": 2, "cmdstat_set": 2}, counted
+    # One EVALSHA; the GETs and SETs are the script's own (the nonce and the owner read, then
+    # written; the registry entry written if absent).
+    assert counted == {"cmdstat_evalsha": 1, "cmdstat_get": 2, "cmdstat_set": 3}, counted
+
+
+async def test_on_a_single_server_the_claim_routes_a_new_session_here(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    plane = ControlPlane(redis_client, REPLICA, session_ttl=30.0)
+    claims, now = claims_for(redis_client, plane), time.time()
+    assert await claims.claim(SESSION, "a", NONCE, now + 10, now) is Claim.CLAIMED
+    assert await redis_client.get(keys.session_owner(SESSION)) == REPLICA.encode()
+    assert 29_000 < await redis_client.pttl(keys.session_owner(SESSION)) <= 30_000
+    # An entry already there (the id live on another replica) is left to the plane: untouched.
+    await redis_client.set(keys.session_owner(OTHER_SESSION), "replica-other", px=5_000)
+    assert await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now) is Claim.CLAIMED
+    assert await redis_client.get(keys.session_owner(OTHER_SESSION)) == b"replica-other"
+    assert await redis_client.pttl(keys.session_owner(OTHER_SESSION)) <= 5_000
+    # A replay and a session id of another integration route nothing here.
+    third, fourth = f"{SESSION[:-2]}03", f"{SESSION[:-2]}04"
+    assert await claims.claim(third, "a", NONCE, now + 10, now) is Claim.REPLAYED_NONCE
+    await redis_client.set(keys.session_integration(fourth), "b")
+    assert await claims.claim(fourth, "a", NONCE + "-4", now + 10, now) is (
+        Claim.SESSION_ID_CONFLICT
+    )
+    assert await redis_client.exists(keys.session_owner(third), keys.session_owner(fourth)) == 0
+    # The plane learnt which entry the claim wrote: its release deletes that one only.
+    await plane.start()
+    try:
+        claims.release(OTHER_SESSION)
+        claims.release(SESSION)
+        await wait_until(
+            lambda: _absent(redis_client, keys.session_owner(SESSION)), "the entry released"
+        )
+        assert await redis_client.get(keys.session_owner(OTHER_SESSION)) == b"replica-other"
+    finally:
+        await plane.stop()
+        await claims.close()
+
+
+async def _absent(client: redis.asyncio.Redis, key: str) -> bool:
+    return await client.exists(key) == 0
 
 
 async def test_redis_unavailable_raises(tmp_path: Path) -> None:
