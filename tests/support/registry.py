@@ -21,3 +21,13 @@ async def wait_registered(
 
     where = f" to {replica}" if replica else ""
     await wait_until(registered, f"{session_id} registered{where}", timeout, interval=0.01)
+
+
+async def wait_unregistered(client: RedisClient, session_id: str, timeout: float = 10.0) -> None:
+    """Until `session_id` has no owner key (deleted in the background, as it is written)."""
+    owner_key = keys.session_owner(session_id)
+
+    async def gone() -> bool:
+        return await client.exists(owner_key) == 0
+
+    await wait_until(gone, f"{session_id}'s registry entry deleted", timeout, interval=0.01)

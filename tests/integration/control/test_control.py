@@ -26,9 +26,8 @@ from app.redis import keys
 from app.redis.client import create_redis
 from app.redis.embedded import EmbeddedRedis
 from tests.support.clock import ManualClock
-from tests.support.registry import wait_registered
+from tests.support.registry import wait_registered, wait_unregistered
 from tests.support.streams import RecordingTarget, metric, read_stream
-from tests.support.waiting import wait_until
 
 Redis = redis.asyncio.Redis
 TRANSCRIPT = {"type": "transcript", "data": {"id": "u1", "channelId": 0, "isFinal": True}}
@@ -106,10 +105,7 @@ async def test_unknown_and_closed_sessions_get_a_recorded_error_reply(
     recorded = await read_stream(redis_client, keys.CONTROL_REPLIES_STREAM)
     results = [(f[b"session_id"], f[b"result"]) for _, f in recorded]
     assert results == [(b"nobody", b"unknown_session"), (b"short-lived", b"unknown_session")]
-    deadline = time.monotonic() + 5
-    while await redis_client.exists(keys.session_owner("short-lived")):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+    await wait_unregistered(redis_client, "short-lived")
 
 
 async def test_a_replica_answers_for_a_session_it_no_longer_holds(
@@ -277,10 +273,7 @@ async def test_ending_a_session_keeps_another_replicas_registry_entry(redis_url:
         plane_a.register("marker", RecordingTarget())
         await wait_registered(observer, "marker", "replica-a")
         plane_a.unregister("marker")
-        deadline = time.monotonic() + 5
-        while await observer.exists(keys.session_owner("marker")):
-            assert time.monotonic() < deadline, "own registry entry not deleted"
-            await asyncio.sleep(0.01)
+        await wait_unregistered(observer, "marker")
         assert await observer.get(keys.session_owner("dup")) == b"replica-b"
         reply = await ControlClient(observer).request("dup", "pause")
         assert (reply.result, reply.replica) == (APPLIED, "replica-b")
@@ -415,9 +408,7 @@ async def test_an_entry_written_by_the_upgrade_claim_is_trusted_while_fresh_and_
     # Registry rounds take all that is pending at once: once "stale" is rewritten and
     # "never-opened" deleted, every decision above has been carried out.
     await wait_registered(redis_client, "stale", "replica-a")
-    await wait_until(
-        lambda: _gone(redis_client, "never-opened"), "the unregistered claim's entry deleted"
-    )
+    await wait_unregistered(redis_client, "never-opened")
     assert await redis_client.get(keys.session_owner("fresh")) == claimed.encode()
     assert await redis_client.get(keys.session_owner("opened-then-ended")) == b"replica-a"
     reply = await ControlClient(redis_client).request("stale", "pause")
@@ -437,7 +428,3 @@ async def test_stopping_deletes_the_entries_of_claims_never_registered(redis_url
 
 def plane_ttl_third(plane: ControlPlane) -> float:
     return plane.entry_ttl_ms / 3000
-
-
-async def _gone(client: Redis, session_id: str) -> bool:
-    return await client.exists(keys.session_owner(session_id)) == 0

@@ -11,11 +11,7 @@ from app.control.plane import APPLIED, UNKNOWN_SESSION, ControlClient
 from app.redis import keys
 from tests.support.gateway_process import GatewayProcess
 from tests.support.raw_client import RawClient
-from tests.support.waiting import wait_until
-
-
-async def _gone(client: redis.asyncio.Redis, session_id: str) -> bool:
-    return await client.exists(keys.session_owner(session_id)) == 0
+from tests.support.registry import wait_unregistered
 
 
 async def test_the_entry_names_the_gateway_from_the_upgrade_on(
@@ -32,7 +28,7 @@ async def test_the_entry_names_the_gateway_from_the_upgrade_on(
         assert (reply.result, reply.replica) == (APPLIED, replica.decode())
         assert (await client.receive()).type == "pause"  # the server asks the client
         await client.close()
-    await wait_until(lambda: _gone(gateway_redis, session_id), "the ended session's entry deleted")
+    await wait_unregistered(gateway_redis, session_id)  # the session ended
 
 
 async def test_a_connection_that_never_opens_leaves_no_entry(
@@ -41,4 +37,4 @@ async def test_a_connection_that_never_opens_leaves_no_entry(
     async with await RawClient.connect(gateway.ws_url) as client:
         session_id = client.session_id
         assert await gateway_redis.exists(keys.session_owner(session_id)) == 1
-    await wait_until(lambda: _gone(gateway_redis, session_id), "the unopened session's entry")
+    await wait_unregistered(gateway_redis, session_id)

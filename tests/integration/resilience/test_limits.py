@@ -21,7 +21,6 @@ import psutil
 import redis.asyncio
 
 from app.control.plane import APPLIED, ControlClient
-from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
 from tests.integration.resilience.helpers import (
     LIMITED_KEY,
@@ -40,8 +39,8 @@ from tests.support.metrics import (
     metric_value,
     wait_for_metric,
 )
+from tests.support.registry import wait_unregistered
 from tests.support.session_streams import closed_session_stream
-from tests.support.waiting import wait_until
 
 FRAME_BYTES = 3200  # 200 ms of stereo PCMU
 HANG_GUARD = 10.0
@@ -78,10 +77,6 @@ async def open_sessions(uri: str, count: int, **kwargs: object) -> list[WireClie
         await client.open()
         clients.append(client)
     return clients
-
-
-async def _key_absent(client: redis.asyncio.Redis, key: str) -> bool:
-    return await client.exists(key) == 0
 
 
 async def close_all(clients: list[WireClient]) -> None:
@@ -152,10 +147,7 @@ async def test_max_sessions_per_integration(
             assert answer.status == 429
             assert metric_value(gateway, REJECTED, cause="integration_limit") == before + 1
             # Refused after its claim wrote the session's control registry entry: deleted.
-            owner_key = keys.session_owner(session_id)
-            await wait_until(
-                lambda: _key_absent(redis_client, owner_key), "the refused session's entry"
-            )
+            await wait_unregistered(redis_client, session_id)
             await assert_healthy(gateway, redis_client)  # other integrations are not affected
             await close_all(clients[:1])
             await wait_for_metric(gateway, SESSIONS_ACTIVE, 1, integration="limited")

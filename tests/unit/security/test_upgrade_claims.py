@@ -29,8 +29,8 @@ from app.security.upgrade_claims import (
     UpgradeClaims,
 )
 from tests.support.redis_servers import RedisCluster, redis_stopped
+from tests.support.registry import wait_unregistered
 from tests.support.streams import streams_settings
-from tests.support.waiting import wait_until
 
 STREAM_TTL = 3600
 NONCE = "claims-test-nonce-0123456789abcdef"
@@ -164,17 +164,11 @@ async def test_on_a_single_server_the_claim_routes_a_new_session_here(
     try:
         claims.release(OTHER_SESSION)
         claims.release(SESSION)
-        await wait_until(
-            lambda: _absent(redis_client, keys.session_owner(SESSION)), "the entry released"
-        )
+        await wait_unregistered(redis_client, SESSION)
         assert await redis_client.get(keys.session_owner(OTHER_SESSION)) == b"replica-other"
     finally:
         await plane.stop()
         await claims.close()
-
-
-async def _absent(client: redis.asyncio.Redis, key: str) -> bool:
-    return await client.exists(key) == 0
 
 
 async def test_redis_unavailable_raises(tmp_path: Path) -> None:
