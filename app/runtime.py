@@ -151,9 +151,10 @@ class Gateway:
             task.cancel()
         for task in self._tasks:  # cancelled again if one swallowed it (app/tasks.py)
             await stop_task(task)
+        # Claims first: one finishing later would note an entry the stopped plane never deletes.
+        await self.upgrade_claims.close()
         await self.control.stop()
         await self.publisher.stop(flush_timeout=self.settings.drain_close_wait_seconds)
-        await self.upgrade_claims.close()
         await close_redis(self.redis)
         log.info("gateway stopped", extra={"replica_id": self.replica_id})
 

@@ -394,14 +394,17 @@ class ControlPlane:
             self._registry_wakeup.set()
 
     def routed_at_claim(self, session_id: str) -> None:
-        """The upgrade's claim wrote `session_id`'s registry entry, naming this replica
+        """An upgrade's claim wrote `session_id`'s registry entry, naming this replica
         (app/security/upgrade_claims.py): register() need not write it again, and release()
         deletes it if the session never registers."""
         self._claimed_at[session_id] = self._clock()
+        self._to_remove.discard(session_id)  # an earlier connection's pending delete
 
     def release(self, session_id: str) -> None:
-        """The connection of an upgrade that claimed `session_id` ended, or was refused after
-        its claim: an entry its claim wrote stops routing here unless the session registered."""
+        """A connection with `session_id` that was claimed ended, or was refused after its
+        claim: the entry a claim wrote stops routing here unless a session with that id has
+        registered. Kept by session id: of two connections with one id on this replica, the
+        first to end unopened releases it, and the other's register() writes it again."""
         if self._claimed_at.pop(session_id, None) is None or session_id in self._targets:
             return
         self._to_remove.add(session_id)

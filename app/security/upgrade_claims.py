@@ -15,7 +15,10 @@ on another replica, or an earlier connection's) is left for the plane to overwri
 as before. The plane deletes the entry if the connection ends without registering the
 session (`release`). One it never learnt of (the claim's answer lost to a timeout or a
 cancelled upgrade) or a gateway that dies leaves the entry to expire; a command routed by it
-meanwhile is answered `unknown_session`, as for a session that ended.
+meanwhile is answered `unknown_session`, as for a session that ended. The plane trusts the
+entry at `open` without reading it back, so one lost in between (Redis flushed or failed over
+without persistence, or a duplicate of the session id on another replica that ended and
+deleted it) is written again by the next refresh, within a third of its TTL.
 
 The script goes out on a connection of its own (app/redis/resp.py, as the publisher's writes
 do): a command through redis-py's client (a pool checkout that probes the socket, a task for
@@ -48,9 +51,10 @@ from app.tasks import stop_task
 # KEYS[1] nonce key, KEYS[2] session owner key, KEYS[3] the session's control registry entry;
 # ARGV[1] this attempt's token, ARGV[2] the nonce's TTL, ARGV[3] integration name, ARGV[4] the
 # owner's TTL, ARGV[5] this replica's id, ARGV[6] the registry entry's TTL in ms.
-# 1: both claimed; 3: both claimed, and the registry entry (absent until now) names this
-# replica; 0: the nonce belongs to another attempt (a replay), nothing written; 2: the nonce is
-# claimed but another integration owns the session id.
+# 1: both claimed; 3: both claimed, and the registry entry names this replica: written now, or
+# found by this attempt's retry (its first run may have written it); 0: the nonce belongs to
+# another attempt (a replay), nothing written; 2: the nonce is claimed but another integration
+# owns the session id.
 CLAIM_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
@@ -65,6 +69,9 @@ if owner and owner ~= ARGV[3] then
 end
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 if redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6], 'NX') then
+  return 3
+end
+if holder and redis.call('GET', KEYS[3]) == ARGV[5] then
   return 3
 end
 return 1

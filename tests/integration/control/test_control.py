@@ -404,6 +404,11 @@ async def test_an_entry_written_by_the_upgrade_claim_is_trusted_while_fresh_and_
     plane.release("opened-then-ended")  # registered: its entry is the session's own now
     plane.release("never-opened")  # a connection that never registered: deleted
     plane.release("unknown")  # nothing claimed: nothing to do
+    await claim("reconnected", "replica-a")
+    # A first connection ends unopened and, before its delete goes out, a new connection's
+    # claim finds the entry: it stays.
+    plane.release("reconnected")
+    plane.routed_at_claim("reconnected")
 
     # Registry rounds take all that is pending at once: once "stale" is rewritten and
     # "never-opened" deleted, every decision above has been carried out.
@@ -411,6 +416,7 @@ async def test_an_entry_written_by_the_upgrade_claim_is_trusted_while_fresh_and_
     await wait_unregistered(redis_client, "never-opened")
     assert await redis_client.get(keys.session_owner("fresh")) == claimed.encode()
     assert await redis_client.get(keys.session_owner("opened-then-ended")) == b"replica-a"
+    assert await redis_client.get(keys.session_owner("reconnected")) == b"replica-a"
     reply = await ControlClient(redis_client).request("stale", "pause")
     assert (reply.result, reply.replica) == (APPLIED, "replica-a")
 

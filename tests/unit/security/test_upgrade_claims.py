@@ -151,6 +151,10 @@ async def test_on_a_single_server_the_claim_routes_a_new_session_here(
     assert await claims.claim(OTHER_SESSION, "a", OTHER_NONCE, now + 10, now) is Claim.CLAIMED
     assert await redis_client.get(keys.session_owner(OTHER_SESSION)) == b"replica-other"
     assert await redis_client.pttl(keys.session_owner(OTHER_SESSION)) <= 5_000
+    # So is one naming this replica (an earlier connection's): not this claim's to release.
+    earlier = f"{SESSION[:-2]}02"
+    await redis_client.set(keys.session_owner(earlier), REPLICA, px=5_000)
+    assert await claims.claim(earlier, "a", NONCE + "-2", now + 10, now) is Claim.CLAIMED
     # A replay and a session id of another integration route nothing here.
     third, fourth = f"{SESSION[:-2]}03", f"{SESSION[:-2]}04"
     assert await claims.claim(third, "a", NONCE, now + 10, now) is Claim.REPLAYED_NONCE
@@ -159,13 +163,38 @@ async def test_on_a_single_server_the_claim_routes_a_new_session_here(
         Claim.SESSION_ID_CONFLICT
     )
     assert await redis_client.exists(keys.session_owner(third), keys.session_owner(fourth)) == 0
-    # The plane learnt which entry the claim wrote: its release deletes that one only.
+    # The plane learnt which entry the claim wrote: its release deletes that one only (the
+    # registry deletes in one round, so `earlier` would be gone with SESSION).
     await plane.start()
     try:
-        claims.release(OTHER_SESSION)
+        claims.release(earlier)
         claims.release(SESSION)
         await wait_unregistered(redis_client, SESSION)
-        assert await redis_client.get(keys.session_owner(OTHER_SESSION)) == b"replica-other"
+        assert await redis_client.get(keys.session_owner(earlier)) == REPLICA.encode()
+    finally:
+        await plane.stop()
+        await claims.close()
+
+
+async def test_a_retried_claim_finds_the_entry_its_first_run_wrote(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """The first run's answer was lost (a connection dropped after Redis ran it, or a batch
+    sent again after a script flush): the retry is told the entry is this attempt's."""
+    first_plane = ControlPlane(redis_client, REPLICA)
+    now = time.time()
+    first = await claims_for(redis_client, first_plane).claim(
+        SESSION, "a", NONCE, now + 10, now, token="attempt-1"
+    )
+    assert first is Claim.CLAIMED
+    plane = ControlPlane(redis_client, REPLICA)  # knows nothing of the first run
+    claims = claims_for(redis_client, plane)
+    await plane.start()
+    try:
+        again = await claims.claim(SESSION, "a", NONCE, now + 10, now, token="attempt-1")
+        assert again is Claim.CLAIMED
+        claims.release(SESSION)  # deletes the entry only if the retry was told it wrote it
+        await wait_unregistered(redis_client, SESSION)
     finally:
         await plane.stop()
         await claims.close()
