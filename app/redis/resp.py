@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio
@@ -59,14 +58,16 @@ class PipelineConnection:
     Standalone Redis: the connection is made from the client pool's settings but kept out
     of the pool, and without a socket timeout: one asyncio timeout covers each round trip.
     A pool checkout per round trip (redis-py probes the socket on every checkout) and
-    redis-py's timed write (a task per write) cost more than a batch's own work. Redis
-    Cluster: a pipeline of the client per round trip."""
+    redis-py's timed write (a task per write) cost more than a batch's own work. Once
+    redis-py has connected (and authenticated), the replies are read by `_Replies` instead of
+    its stream reader. Redis Cluster: a pipeline of the client per round trip."""
 
-    __slots__ = ("_client", "_connection")
+    __slots__ = ("_client", "_connection", "_replies")
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._connection: Any = None
+        self._replies: _Replies | None = None
 
     async def execute(self, commands: list[Any], read_timeout: float) -> list[Any]:
         """Send `commands` (argument tuples; standalone Redis also takes packed pieces) in one
@@ -89,9 +90,47 @@ class PipelineConnection:
             }
             connection = self._connection = pool.connection_class(**settings)
         return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
-            lambda: _round_trip(connection, commands, read_timeout),
+            lambda: self._round_trip(connection, commands, read_timeout),
             lambda error: connection.disconnect(),
         )
+
+    async def _round_trip(
+        self, connection: Any, commands: list[Any], read_timeout: float
+    ) -> list[Any]:
+        # Nothing awaits inside an `except` block of a compiled module (docs/architecture.md).
+        try:
+            async with asyncio.timeout(read_timeout):
+                replies = await self._connected(connection)
+                if replies is None:  # no hiredis: redis-py's own reads
+                    await connection.send_packed_command(pack_commands(commands))
+                    return await _read_replies(connection, len(commands))
+                answered = replies.expect(len(commands))
+                replies.send(pack_commands(commands))
+                return await answered
+        except TimeoutError as exc:
+            timed_out = exc
+        await connection.disconnect()  # replies still in flight: the socket is out of step
+        raise RedisTimeoutError("timeout in a pipelined round trip") from timed_out
+
+    async def _connected(self, connection: Any) -> _Replies | None:
+        """The reply reader of the connection's socket, (re)connected if need be and the
+        reader installed on its first round trip; None without hiredis."""
+        if self._replies is not None and self._replies.lost and connection.is_connected:
+            await connection.disconnect()  # Redis closed it between round trips
+        if not connection.is_connected:  # as redis-py's send does: the caller retries
+            await connection.connect_check_health(check_health=False)
+        transport = connection._writer.transport
+        replies = self._replies
+        if replies is not None and replies.transport is transport:
+            return replies
+        parser = connection._parser
+        if not isinstance(parser, _AsyncHiredisParser):
+            return None
+        # Untyped on purpose: redis-py declares `_reader` as None, and a compiled build checks
+        # the declared type of what it reads.
+        hiredis_parser: Any = parser
+        replies = self._replies = _Replies(hiredis_parser._reader, transport)
+        return replies
 
     async def close(self) -> None:
         if self._connection is not None:
@@ -99,55 +138,102 @@ class PipelineConnection:
             self._connection = None
 
 
-async def _round_trip(connection: Any, commands: list[Any], read_timeout: float) -> list[Any]:
-    # Nothing awaits inside an `except` block of a compiled module (docs/architecture.md).
-    try:
-        async with asyncio.timeout(read_timeout):
-            await connection.send_packed_command(pack_commands(commands))
-            return await _read_replies(connection, len(commands))
-    except TimeoutError as exc:
-        timed_out = exc
-    await connection.disconnect()  # replies still in flight: the socket is out of step
-    raise RedisTimeoutError("timeout in a pipelined round trip") from timed_out
+class _Replies:
+    """The protocol of a pipelined connection's socket once redis-py has connected it: the
+    replies are parsed as they arrive, by redis-py's hiredis reader of that connection, and
+    the round trip waiting for them is woken once, when the last one is in. Through redis-py's
+    stream reader it was woken for every piece of the answer (Redis answers a large pipeline
+    in several), each time through interpreted code.
+
+    Whatever the socket reports besides data is passed on to redis-py's own protocol, so that
+    its disconnect() closes and waits as before. Data that no round trip waits for (a round
+    trip given up) means the socket is out of step: it is closed."""
+
+    def __init__(self, reader: Any, transport: Any) -> None:
+        self._reader = reader
+        self.transport = transport
+        self._redis_py_protocol: Any = transport.get_protocol()
+        self._loop = asyncio.get_running_loop()
+        self._expected = 0
+        self._replies: list[Any] = []
+        self._answered: asyncio.Future[list[Any]] | None = None
+        self.lost = False  # end of stream or connection lost: the next round trip reconnects
+        transport.set_protocol(self)
+
+    def expect(self, count: int) -> asyncio.Future[list[Any]]:
+        """A future for the next `count` replies."""
+        self._expected = count
+        self._replies = []
+        answered: asyncio.Future[list[Any]] = self._loop.create_future()
+        self._answered = answered
+        return answered
+
+    def send(self, packed: list[bytes]) -> None:
+        self.transport.writelines(packed)
+
+    def data_received(self, data: bytes) -> None:
+        answered = self._answered
+        if answered is None or answered.done():
+            self._close()
+            return
+        reader = self._reader
+        reader.feed(data)
+        replies = self._replies
+        try:
+            while len(replies) < self._expected:
+                reply = reader.gets()
+                if reply is NOT_ENOUGH_DATA:
+                    return
+                if isinstance(reply, RedisConnectionError):
+                    raise reply
+                replies.append(reply)
+        except Exception as exc:  # a protocol error: nothing after it can be trusted
+            answered.set_exception(_as_connection_error(exc))
+            self._close()
+            return
+        self._answered = None
+        answered.set_result(replies)
+
+    def eof_received(self) -> bool | None:
+        self._fail("redis closed the connection")
+        return self._redis_py_protocol.eof_received()  # type: ignore[no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail("connection to redis lost")
+        self._redis_py_protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._redis_py_protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._redis_py_protocol.resume_writing()
+
+    def _close(self) -> None:
+        self.lost = True
+        self.transport.close()
+
+    def _fail(self, message: str) -> None:
+        self.lost = True
+        answered = self._answered
+        if answered is not None and not answered.done():
+            answered.set_exception(RedisConnectionError(message))
+
+
+def _as_connection_error(exc: Exception) -> RedisConnectionError:
+    if isinstance(exc, RedisConnectionError):
+        return exc
+    error = RedisConnectionError(f"error reading from redis: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 async def _read_replies(connection: Any, count: int) -> list[Any]:
-    """`count` replies, Redis error replies as ResponseError objects.
-
-    With hiredis (a dependency), the replies are taken from redis-py's hiredis reader in one
-    loop: an awaited `read_response()` per reply (a coroutine and its checks for each audio
-    frame) cost more than writing the frame. Without it, one `read_response()` per reply."""
-    parser = connection._parser
-    if not isinstance(parser, _AsyncHiredisParser):
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(await connection.read_response(timeout=math.inf))
-            except ResponseError as exc:
-                replies.append(exc)
-        return replies
-    # Made by redis-py on connect: the hiredis reader (with redis-py's error classes) and the
-    # stream it reads from. Untyped on purpose: redis-py declares `_reader` as None, and a
-    # compiled build checks the declared type of what it reads.
-    hiredis_parser: Any = parser
-    reader: Any = hiredis_parser._reader
-    read_more: Callable[[], Awaitable[bool]] = hiredis_parser.read_from_socket
-    replies = []
-    try:
-        while len(replies) < count:
-            reply = reader.gets()
-            if reply is NOT_ENOUGH_DATA:
-                await read_more()
-            elif isinstance(reply, RedisConnectionError):
-                raise reply
-            else:
-                replies.append(reply)
-    except RedisConnectionError as exc:
-        failure: RedisConnectionError = exc
-    except OSError as exc:
-        failure = RedisConnectionError(f"error reading from redis: {exc}")
-        failure.__cause__ = exc
-    else:
-        return replies
-    await connection.disconnect()  # outside the `except` blocks, as in _round_trip
-    raise failure
+    """`count` replies through redis-py (no hiredis): one read_response() per reply, Redis
+    error replies as ResponseError objects."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await connection.read_response(timeout=math.inf))
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies

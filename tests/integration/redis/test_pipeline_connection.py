@@ -100,3 +100,26 @@ async def test_a_stalled_server_times_the_round_trip_out_and_a_new_connection_fo
     finally:
         await connection.close()
         await close_redis(client)
+
+
+async def test_a_reply_nobody_waits_for_closes_the_socket_and_the_next_round_trip_reconnects(
+    redis_client: Redis, redis_url: str
+) -> None:
+    """A caller gave up on a round trip (cancelled it) while Redis was still working on it:
+    its reply arrives later, and must not be read as the next round trip's."""
+    client = create_redis(streams_settings(), redis_url)
+    connection = PipelineConnection(client)
+    try:
+        (first_id,) = await connection.execute([("CLIENT", "ID")], 5.0)
+        slow = asyncio.create_task(connection.execute([("DEBUG", "SLEEP", "0.3")], 5.0))
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        await asyncio.sleep(0.5)  # the DEBUG SLEEP's "OK" has arrived by now
+        replies = await connection.execute([("CLIENT", "ID"), ("ECHO", "mine")], 5.0)
+        assert replies[1] == b"mine"
+        assert replies[0] != first_id  # a new connection
+    finally:
+        await connection.close()
+        await close_redis(client)
