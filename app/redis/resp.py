@@ -109,14 +109,18 @@ class PipelineConnection:
                 return await answered
         except TimeoutError as exc:
             timed_out = exc
+        if self._replies is not None:
+            # A batch still unsent (Redis stalled) would hold the close for as long again.
+            self._replies.transport.abort()
         await connection.disconnect()  # replies still in flight: the socket is out of step
         raise RedisTimeoutError("timeout in a pipelined round trip") from timed_out
 
     async def _connected(self, connection: Any) -> _Replies | None:
         """The reply reader of the connection's socket, (re)connected if need be and the
         reader installed on its first round trip; None without hiredis."""
-        if self._replies is not None and self._replies.lost and connection.is_connected:
-            await connection.disconnect()  # Redis closed it between round trips
+        previous = self._replies
+        if previous is not None and not previous.in_step and connection.is_connected:
+            await connection.disconnect()  # Redis closed it, or a round trip was given up
         if not connection.is_connected:  # as redis-py's send does: the caller retries
             await connection.connect_check_health(check_health=False)
         transport = connection._writer.transport
@@ -146,8 +150,9 @@ class _Replies:
     in several), each time through interpreted code.
 
     Whatever the socket reports besides data is passed on to redis-py's own protocol, so that
-    its disconnect() closes and waits as before. Data that no round trip waits for (a round
-    trip given up) means the socket is out of step: it is closed."""
+    its disconnect() closes and waits as before. A round trip given up (cancelled) leaves the
+    socket out of step: the next round trip connects afresh, and data that arrives meanwhile
+    closes it."""
 
     def __init__(self, reader: Any, transport: Any) -> None:
         self._reader = reader
@@ -170,6 +175,11 @@ class _Replies:
 
     def send(self, packed: list[bytes]) -> None:
         self.transport.writelines(packed)
+
+    @property
+    def in_step(self) -> bool:
+        """Open, and every round trip on it answered: the next reply is the next one's."""
+        return not self.lost and self._answered is None
 
     def data_received(self, data: bytes) -> None:
         answered = self._answered
