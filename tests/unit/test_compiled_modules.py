@@ -5,16 +5,8 @@ exception being handled reach other coroutines while the await was suspended."""
 from __future__ import annotations
 
 import ast
-import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def compiled_modules() -> list[str]:
-    with (ROOT / "pyproject.toml").open("rb") as file:
-        modules: list[str] = tomllib.load(file)["tool"]["audiohook-gateway"]["compiled-modules"]
-    return modules
+from tests.support.build import REPO_ROOT, compiled_module_paths
 
 
 def awaits_in_except_blocks(source: str) -> list[int]:
@@ -32,12 +24,12 @@ def awaits_in_except_blocks(source: str) -> list[int]:
 
 
 def test_no_compiled_module_awaits_in_an_except_block() -> None:
-    modules = compiled_modules()
+    modules = compiled_module_paths()
     assert modules
     found = {
         module: lines
         for module in modules
-        if (lines := awaits_in_except_blocks((ROOT / module).read_text()))
+        if (lines := awaits_in_except_blocks((REPO_ROOT / module).read_text()))
     }
     assert found == {}, "await after the except block instead (set a flag in it)"
 

@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
+from tests.support.build import REPO_ROOT, compiled_module_paths
 from tests.support.gateway_process import COMPILED_GATEWAY_PYTHON
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _compiled_modules() -> list[str]:
-    with (REPO_ROOT / "pyproject.toml").open("rb") as file:
-        paths = tomllib.load(file)["tool"]["audiohook-gateway"]["compiled-modules"]
-    return [path.removesuffix(".py").replace("/", ".") for path in paths]
+    return [path.removesuffix(".py").replace("/", ".") for path in compiled_module_paths()]
 
 
 def _loaded_from(python: str, modules: list[str]) -> dict[str, str]:
