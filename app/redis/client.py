@@ -22,10 +22,18 @@ if TYPE_CHECKING:
 RedisClient: TypeAlias = "redis.asyncio.Redis | RedisCluster"
 
 
+# One quick retry covers a pooled connection that died with a restarted server; longer
+# outages are the callers' business (the publisher keeps a backlog, control loops back off).
+# The pipelined round trips (app/redis/resp.py) retry by the same policy.
+RETRIES = 1
+
+
+def retry_backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=0.2, base=0.02)
+
+
 def _retry() -> Retry:
-    # One quick retry covers a pooled connection that died with a restarted server; longer
-    # outages are the callers' business (the publisher keeps a backlog, control loops back off).
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=1)
+    return Retry(retry_backoff(), retries=RETRIES)
 
 
 def create_redis(settings: Settings, url: str | None = None) -> RedisClient:

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.redis.client import RedisClient
+from app.redis.client import RETRIES, RedisClient, retry_backoff
 
 _RESP_FORMATS: dict[int, bytes] = {}
 
@@ -56,18 +56,21 @@ class PipelineConnection:
     """Pipelined round trips for one batch writer, on a Redis connection of its own.
 
     Standalone Redis: the connection is made from the client pool's settings but kept out
-    of the pool, and without a socket timeout: one asyncio timeout covers each round trip.
+    of the pool, and without a socket timeout: each round trip has a deadline of its own.
     A pool checkout per round trip (redis-py probes the socket on every checkout) and
     redis-py's timed write (a task per write) cost more than a batch's own work. Once
     redis-py has connected (and authenticated), the replies are read by `_Replies` instead of
-    its stream reader. Redis Cluster: a pipeline of the client per round trip."""
+    its stream reader, which also keeps the deadlines. A failed round trip is retried by the
+    clients' policy (app/redis/client.py). Redis Cluster: a pipeline of the client per round
+    trip."""
 
-    __slots__ = ("_client", "_connection", "_replies")
+    __slots__ = ("_backoff", "_client", "_connection", "_replies")
 
     def __init__(self, client: RedisClient) -> None:
         self._client = client
         self._connection: Any = None
         self._replies: _Replies | None = None
+        self._backoff = retry_backoff()
 
     async def execute(self, commands: list[Any], read_timeout: float) -> list[Any]:
         """Send `commands` (argument tuples; standalone Redis also takes packed pieces) in one
@@ -89,22 +92,43 @@ class PipelineConnection:
                 "health_check_interval": 0,
             }
             connection = self._connection = pool.connection_class(**settings)
-        return await connection.retry.call_with_retry(  # type: ignore[no-any-return]
-            lambda: self._round_trip(connection, commands, read_timeout),
-            lambda error: connection.disconnect(),
-        )
+        # redis-py's Retry.call_with_retry, as it would run with the clients' policy: it is
+        # interpreted code around every round trip. Nothing awaits inside an `except` block of
+        # a compiled module (docs/architecture.md).
+        failures = 0
+        while True:
+            try:
+                return await self._round_trip(connection, commands, read_timeout)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                failed = exc
+            failures += 1
+            await connection.disconnect()
+            if failures > RETRIES:
+                raise failed
+            await asyncio.sleep(self._backoff.compute(failures))
 
     async def _round_trip(
         self, connection: Any, commands: list[Any], read_timeout: float
     ) -> list[Any]:
-        # Nothing awaits inside an `except` block of a compiled module (docs/architecture.md).
+        replies = self._replies
         try:
-            async with asyncio.timeout(read_timeout):
+            if (
+                replies is not None
+                and replies.in_step
+                and connection.is_connected
+                and replies.transport is connection._writer.transport
+            ):
+                # The common case: no asyncio.timeout (interpreted code, and a timer of its
+                # own, per round trip); the reply reader keeps the deadline.
+                answered = replies.expect(len(commands), read_timeout)
+                replies.send(pack_commands(commands))
+                return await answered
+            async with asyncio.timeout(read_timeout):  # connecting first
                 replies = await self._connected(connection)
                 if replies is None:  # no hiredis: redis-py's own reads
                     await connection.send_packed_command(pack_commands(commands))
                     return await _read_replies(connection, len(commands))
-                answered = replies.expect(len(commands))
+                answered = replies.expect(len(commands), read_timeout)
                 replies.send(pack_commands(commands))
                 return await answered
         except TimeoutError as exc:
@@ -151,7 +175,12 @@ class _Replies:
     Whatever the socket reports besides data is passed on to redis-py's own protocol, so that
     its disconnect() closes and waits as before. A round trip given up (cancelled) leaves the
     socket out of step: the next round trip connects afresh, and data that arrives meanwhile
-    closes it."""
+    closes it.
+
+    A round trip not answered by its deadline fails with TimeoutError. One timer serves many
+    round trips: set for the first one's deadline, it finds a later round trip waiting when it
+    fires and is set again for that one's, and when nothing waits it stops until the next
+    round trip. (A round trip whose deadline comes before the timer's sets it anew.)"""
 
     def __init__(self, reader: Any, transport: Any) -> None:
         self._reader = reader
@@ -161,16 +190,40 @@ class _Replies:
         self._expected = 0
         self._replies: list[Any] = []
         self._answered: asyncio.Future[list[Any]] | None = None
+        self._deadline = 0.0  # the waiting round trip's, on the loop's clock
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0  # the deadline the timer is set for
         self.lost = False  # end of stream or connection lost: the next round trip reconnects
         transport.set_protocol(self)
 
-    def expect(self, count: int) -> asyncio.Future[list[Any]]:
-        """A future for the next `count` replies."""
+    def expect(self, count: int, timeout: float) -> asyncio.Future[list[Any]]:
+        """A future for the next `count` replies, failed with TimeoutError after `timeout`."""
         self._expected = count
         self._replies = []
-        answered: asyncio.Future[list[Any]] = self._loop.create_future()
+        loop = self._loop
+        answered: asyncio.Future[list[Any]] = loop.create_future()
         self._answered = answered
+        deadline = self._deadline = loop.time() + timeout
+        timer = self._deadline_timer
+        if timer is None or deadline < self._timer_deadline:
+            if timer is not None:
+                timer.cancel()
+            self._set_timer(deadline)
         return answered
+
+    def _set_timer(self, deadline: float) -> None:
+        self._timer_deadline = deadline
+        self._deadline_timer = self._loop.call_at(deadline, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self._deadline_timer = None
+        answered = self._answered
+        if answered is None or answered.done():
+            return  # answered (or given up) in time: no timer until the next round trip
+        if self._deadline > self._timer_deadline:  # a later round trip's: wait for its own
+            self._set_timer(self._deadline)
+            return
+        answered.set_exception(TimeoutError("no reply from redis by the round trip's deadline"))
 
     def send(self, packed: list[bytes]) -> None:
         self.transport.writelines(packed)
@@ -209,6 +262,9 @@ class _Replies:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail("connection to redis lost")
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         self._redis_py_protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -64,20 +65,41 @@ async def test_an_id_already_in_the_stream_is_answered_as_an_error_object(
 async def test_a_killed_connection_is_dropped_and_the_round_trip_redone_on_a_new_one(
     redis_client: Redis, redis_url: str
 ) -> None:
-    # The gateway's own client: its retry policy redoes a round trip once on a new connection.
     client = create_redis(streams_settings(), redis_url)
     connection = PipelineConnection(client)
     try:
         first = await connection.execute([("CLIENT", "ID")], 60.0)
         killed = await redis_client.execute_command("CLIENT", "KILL", "ID", first[0])
         assert killed == 1
-        # The server closed the connection between round trips: the next one fails at once
-        # as a connection error (not after its 60 s read timeout), the socket is dropped and
-        # the batch is sent again on a new one.
+        # The server closed the connection between round trips: the next one does not wait
+        # out its 60 s read timeout, it goes on a new connection (made first if the close has
+        # been read, or by the retry after the failure if not).
         async with asyncio.timeout(10):
             second = await connection.execute([("CLIENT", "ID"), ("PING",)], 60.0)
         assert second[1] == b"PONG"
         assert second[0] != first[0]
+    finally:
+        await connection.close()
+        await close_redis(client)
+
+
+async def test_a_round_trip_cut_off_midway_is_redone_once_then_the_error_is_the_callers(
+    own_redis: EmbeddedRedis,
+) -> None:
+    # Redis answers the first command of the batch, then closes the connection (a client that
+    # kills itself is closed after that reply; the rest of its batch is not run).
+    client = create_redis(streams_settings(), own_redis.url)
+    connection = PipelineConnection(client)
+    try:
+        own = (await connection.execute([("CLIENT", "ID")], 5.0))[0]
+        kill_own = ("CLIENT", "KILL", "ID", own, "SKIPME", "no")
+        replies = await connection.execute([kill_own, ("ECHO", "redone")], 5.0)
+        assert replies == [0, b"redone"]  # the run that was cut off killed its own connection
+        # Cut off on the new connection as well: the clients' policy retries once, no more.
+        kill_all = ("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no")
+        with pytest.raises(RedisConnectionError):
+            async with asyncio.timeout(10):
+                await connection.execute([kill_all, ("PING",)], 5.0)
     finally:
         await connection.close()
         await close_redis(client)
@@ -99,6 +121,35 @@ async def test_a_stalled_server_times_the_round_trip_out_and_a_new_connection_fo
                 await connection.execute(batch, 0.5)
         replies = await connection.execute([("CLIENT", "ID"), ("XLEN", "pipeline:stall")], 5.0)
         assert replies[0] != first[0]  # the stalled connection was dropped
+    finally:
+        await connection.close()
+        await close_redis(client)
+
+
+async def test_each_round_trip_is_held_to_its_own_deadline(
+    redis_client: Redis, redis_url: str
+) -> None:
+    """One timer keeps the deadlines of a connection's round trips (app/redis/resp.py)."""
+    client = create_redis(streams_settings(), redis_url)
+    connection = PipelineConnection(client)
+    try:
+        first = await connection.execute([("CLIENT", "ID")], 0.6)
+        await asyncio.sleep(0.4)
+        # Answered after the first round trip's deadline, within its own: not timed out (and
+        # redone on a new connection).
+        replies = await connection.execute([("DEBUG", "SLEEP", "0.4"), ("CLIENT", "ID")], 0.6)
+        assert replies == [b"OK", first[0]]
+        await asyncio.sleep(0.3)  # past that deadline: nothing waits, the timer is gone
+        await connection.execute([("PING",)], 60.0)  # the timer set a minute ahead
+        # A deadline sooner than the one the timer is set for (the round trip before's): the
+        # round trip fails at its own, not a minute later.
+        with pytest.raises(RedisTimeoutError):
+            async with asyncio.timeout(10):
+                await connection.execute([("DEBUG", "SLEEP", "1")], 0.3)
+        await asyncio.sleep(1.5)  # the server done sleeping: the round trips after go on
+        replies = await connection.execute([("CLIENT", "ID"), ("ECHO", "after")], 5.0)
+        assert replies[1] == b"after"
+        assert replies[0] != first[0]  # the timed-out connection was dropped
     finally:
         await connection.close()
         await close_redis(client)
