@@ -51,6 +51,8 @@ _TRANSIENT_PREFIXES = ("OOM", "LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MAS
 
 
 def classify(result: object) -> Outcome:
+    if type(result) is bytes:  # an entry id: the usual answer, told apart at once
+        return OK
     if not isinstance(result, Exception):
         return OK
     if isinstance(result, (RedisConnectionError, RedisTimeoutError, BusyLoadingError)):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -362,7 +362,7 @@ class Publisher:
             except (RedisError, OSError) as exc:
                 self._write_failed(exc)
                 return False
-            return await self._settle(plan, iter(results))
+            return await self._settle(plan, results)
         finally:
             self._round_trips_sent_at.remove(sent_at)
             if self._ready:  # one that failed, or was refused, is readiness's business too
@@ -399,22 +399,25 @@ class Publisher:
     async def _settle(
         self,
         plan: list[tuple[SessionPublisher, list[tuple[QueuedItem, int]], int]],
-        results: Iterator[Any],
+        results: list[Any],
     ) -> bool:
         outcomes: list[tuple[SessionPublisher, list[tuple[QueuedItem, Outcome]]]] = []
         duplicates: list[tuple[SessionPublisher, QueuedItem]] = []
+        # The replies by position: next() on an iterator is, in compiled code, a lookup in
+        # builtins and a call for every reply.
+        position = 0
         for session, taken, extra in plan:
             per_item: list[tuple[QueuedItem, Outcome]] = []
             for item, count in taken:
                 if count == 1:
-                    status = classify(next(results))
+                    status = classify(results[position])
                 else:
-                    status = max(classify(next(results)) for _ in range(count))
+                    status = max(classify(results[position + i]) for i in range(count))
+                position += count
                 if status == DUPLICATE:
                     duplicates.append((session, item))
                 per_item.append((item, status))
-            for _ in range(extra):
-                next(results)
+            position += extra
             outcomes.append((session, per_item))
         try:
             confirmed = await confirm_duplicates(self._redis, duplicates)

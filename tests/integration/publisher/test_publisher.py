@@ -265,3 +265,34 @@ async def test_foreign_stream_with_same_session_id_fails_the_session(redis_clien
     assert failures == [1]
     assert session.frames_lost == 1
     assert await redis_client.xlen(key) == 1
+
+
+async def test_each_reply_of_a_batch_goes_to_its_own_entry(redis_client: Redis) -> None:
+    """One round trip for three sessions: an event (two XADDs) and each stream's first EXPIRE
+    come before the audio of a session whose stream is foreign. Its refusal must fail that
+    session, and no other."""
+    media = MediaFormat("PCMU", MONO)
+    infos = [session_info(media) for _ in range(3)]
+    foreign = keys.audio_stream(infos[1].session_id)
+    await redis_client.xadd(foreign, {"offset": "0", "samples": "1", "audio": b"x"}, id="5-0")
+    failed: list[int] = []
+    publisher = Publisher(redis_client, streams_settings())
+    await publisher.start()
+    sessions = [
+        publisher.open_session(info, lambda number=number: failed.append(number))
+        for number, info in enumerate(infos)
+    ]
+    # Queued with no await in between: the writer takes all of it in one batch.
+    sessions[0].event("opened", {"language": "en-US"})
+    for session in sessions[1:]:
+        for offset in range(0, 480, 160):
+            assert session.audio(bytes(160), offset, 160, time.monotonic())
+    await publisher.flush(10)
+    await publisher.stop(flush_timeout=1)
+
+    assert failed == [1]
+    assert [session.frames_published for session in sessions] == [0, 0, 3]
+    assert sessions[1].frames_lost == 3
+    opened = await read_stream(redis_client, keys.audio_stream(infos[0].session_id))
+    assert len(opened) == 1
+    assert await redis_client.xlen(keys.audio_stream(infos[2].session_id)) == 3
