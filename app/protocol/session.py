@@ -284,6 +284,7 @@ _S = SessionState
 # States in which a violation is answered with `disconnect`; elsewhere it is only reported.
 _CAN_DISCONNECT: Final = frozenset({_S.PREPARING, _S.OPENING, _S.ACTIVE, _S.PAUSED})
 _STREAMING: Final = frozenset({_S.ACTIVE, _S.PAUSED})
+_BEFORE_OPEN: Final = frozenset({_S.PREPARING, _S.OPENING})
 _EVENT_STATES: Final = frozenset({_S.ACTIVE, _S.PAUSED, _S.CLOSING})
 _GONE: Final = frozenset({_S.FINALIZING, _S.DISCONNECTED})
 # The server has ended the session (or `closed` it): messages are only counted, within a budget.
@@ -434,10 +435,12 @@ class ServerSession:
             return self._close_window_deadline
         if self._unauthorized_at is not None:
             return self._unauthorized_at
-        if self._state in (_S.PREPARING, _S.OPENING):
-            return self._connected_at + self._config.open_timeout
+        # Sets of states, not `_S.X` (a lookup on the enum class, in compiled code too): every
+        # live session is asked this several times a second.
         if self._state in _STREAMING:
             return self._last_received_at + self._config.idle_timeout
+        if self._state in _BEFORE_OPEN:
+            return self._connected_at + self._config.open_timeout
         return None
 
     # --- inputs from the socket ----------------------------------------------------------
