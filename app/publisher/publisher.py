@@ -109,13 +109,14 @@ class Publisher:
         self._sessions: dict[str, SessionPublisher] = {}
         self._pending: dict[SessionPublisher, None] = {}  # sessions with queued items, in order
         self._backlog_frames = 0
-        self._wakeup = asyncio.Event()
-        # Mirrors `_wakeup` while the writer waits: Event.set() is interpreted code, and
-        # `enqueued` runs for every frame (the writer clears both together).
-        self._wakeup_set = False
+        # Entries queued since a writer last found nothing to write; idle writers wait in
+        # `_idle_writers` (a future each: asyncio.Event is interpreted code, and `enqueued`
+        # runs for every frame).
+        self._woken = False
+        self._idle_writers: list[asyncio.Future[bool]] = []
         self._linger_seconds = linger_seconds
         self._arrived_since_batch = 0  # entries queued since a writer last looked for a batch
-        self._lingering: list[asyncio.Future[None]] = []  # writers waiting for a fuller batch
+        self._lingering: list[asyncio.Future[bool]] = []  # writers waiting for a fuller batch
         # When each round trip now out was sent (their count: batches in flight). For the load
         # shedder (take_round_trip_seconds), also the slowest one that came back since it last
         # asked, and when Redis was last found up: a round trip's wait counts from then, since
@@ -181,7 +182,7 @@ class Publisher:
         while self._pending:
             if time.monotonic() >= deadline:
                 return False
-            self._wakeup.set()
+            self._wake()
             await asyncio.sleep(0.005)
         return True
 
@@ -241,9 +242,8 @@ class Publisher:
             self._backlog_frames += 1
         if session not in self._pending:
             self._pending[session] = None
-        if not self._wakeup_set:
-            self._wakeup_set = True
-            self._wakeup.set()
+        if not self._woken:
+            self._wake()
         self._arrived_since_batch += 1
         if self._lingering and self._arrived_since_batch >= _FULL_BATCH_ENTRIES:
             _release_all(self._lingering)
@@ -270,25 +270,16 @@ class Publisher:
                 await asyncio.sleep(pause)
             written = await self._write_batch(connection)
             if written is None:  # nothing to write, or only what the other writer has out
-                self._wakeup.clear()
-                self._wakeup_set = False
+                self._woken = False
                 if not self._pending:
                     # All written: the metrics catch up, at most a few times a second (writers
                     # go idle between most round trips; the gateway also reports every second).
                     self._update_metrics()
                 if checks_health and not self._pending:
-                    # asyncio.timeout: no task of its own for every wait (wait_for makes one).
-                    # The ping is awaited outside the `except` block (docs/architecture.md).
-                    idle = False
-                    try:
-                        async with asyncio.timeout(self._health_interval):
-                            await self._wakeup.wait()
-                    except TimeoutError:
-                        idle = True
-                    if idle:
-                        self._set_ready(await ping(self._redis))
+                    if not await _wait_in(self._idle_writers, self._health_interval):
+                        self._set_ready(await ping(self._redis))  # idle that long: checked
                 else:
-                    await self._wakeup.wait()
+                    await _wait_in(self._idle_writers, None)
                 # Only overlap a round trip that is slow: a quick one takes these frames
                 # itself, and many small batches would cost more CPU than one large one.
                 await self._linger(
@@ -305,15 +296,11 @@ class Publisher:
         is full (`_FULL_BATCH_ENTRIES`)."""
         if self._arrived_since_batch >= _FULL_BATCH_ENTRIES:
             return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(seconds, _release_all, [waiter])
-        self._lingering.append(waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._lingering.remove(waiter)
+        await _wait_in(self._lingering, seconds)
+
+    def _wake(self) -> None:
+        self._woken = True
+        _release_all(self._idle_writers)
 
     async def _write_batch(self, connection: PipelineConnection) -> bool | None:
         """One pipelined round trip; True unless something must be retried, None when there
@@ -515,7 +502,27 @@ class Publisher:
         PUBLISH_BACKLOG_FILL_RATIO.set(fill)
 
 
-def _release_all(waiters: list[asyncio.Future[None]]) -> None:
+async def _wait_in(waiters: list[asyncio.Future[bool]], seconds: float | None) -> bool:
+    """Wait, listed in `waiters`, until `_release_all(waiters)` (True) or for `seconds`
+    (False; None: no limit). A timer of the event loop's own: asyncio.timeout is interpreted
+    code."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+    timer = None if seconds is None else loop.call_later(seconds, _answer, waiter, False)
+    waiters.append(waiter)
+    try:
+        return await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        waiters.remove(waiter)
+
+
+def _answer(waiter: asyncio.Future[bool], released: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(released)
+
+
+def _release_all(waiters: list[asyncio.Future[bool]]) -> None:
     for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
+        _answer(waiter, True)

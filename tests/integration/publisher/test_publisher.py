@@ -296,3 +296,21 @@ async def test_each_reply_of_a_batch_goes_to_its_own_entry(redis_client: Redis) 
     opened = await read_stream(redis_client, keys.audio_stream(infos[0].session_id))
     assert len(opened) == 1
     assert await redis_client.xlen(keys.audio_stream(infos[2].session_id)) == 3
+
+
+async def test_an_entry_queued_while_the_writers_are_idle_wakes_them(redis_client: Redis) -> None:
+    """Idle writers wait for entries, not for their next health check (a minute off here)."""
+    info = session_info(MediaFormat("PCMU", MONO))
+    publisher = Publisher(redis_client, streams_settings(), health_interval=60.0)
+    await publisher.start()
+    session = publisher.open_session(info, lambda: pytest.fail("overflow"))
+    key = keys.audio_stream(info.session_id)
+    try:
+        for number in range(3):
+            await asyncio.sleep(0.2)  # both writers idle again
+            assert session.audio(bytes(160), number * 160, 160, time.monotonic())
+            async with asyncio.timeout(5):  # no flush(): it would wake them itself
+                while await redis_client.xlen(key) < number + 1:
+                    await asyncio.sleep(0.01)
+    finally:
+        await publisher.stop(flush_timeout=1)
