@@ -29,6 +29,7 @@ RETRIES = 1
 
 
 def retry_backoff() -> ExponentialBackoff:
+    # Stateless (the pause depends on the failure count only): nothing to reset between calls.
     return ExponentialBackoff(cap=0.2, base=0.02)
 
 

@@ -119,17 +119,20 @@ class PipelineConnection:
                 and replies.transport is connection._writer.transport
             ):
                 # The common case: no asyncio.timeout (interpreted code, and a timer of its
-                # own, per round trip); the reply reader keeps the deadline.
+                # own, per round trip); the reply reader keeps the deadline. Packed first: a
+                # command that cannot be packed leaves no round trip waiting.
+                packed = pack_commands(commands)
                 answered = replies.expect(len(commands), read_timeout)
-                replies.send(pack_commands(commands))
+                replies.send(packed)
                 return await answered
             async with asyncio.timeout(read_timeout):  # connecting first
                 replies = await self._connected(connection)
                 if replies is None:  # no hiredis: redis-py's own reads
                     await connection.send_packed_command(pack_commands(commands))
                     return await _read_replies(connection, len(commands))
+                packed = pack_commands(commands)
                 answered = replies.expect(len(commands), read_timeout)
-                replies.send(pack_commands(commands))
+                replies.send(packed)
                 return await answered
         except TimeoutError as exc:
             timed_out = exc

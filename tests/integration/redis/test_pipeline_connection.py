@@ -5,6 +5,7 @@ a stalled server answered with a timeout."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 import redis.asyncio
@@ -150,6 +151,25 @@ async def test_each_round_trip_is_held_to_its_own_deadline(
         replies = await connection.execute([("CLIENT", "ID"), ("ECHO", "after")], 5.0)
         assert replies[1] == b"after"
         assert replies[0] != first[0]  # the timed-out connection was dropped
+    finally:
+        await connection.close()
+        await close_redis(client)
+
+
+async def test_a_batch_that_cannot_be_packed_leaves_no_round_trip_behind(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = create_redis(streams_settings(), redis_url)
+    connection = PipelineConnection(client)
+    try:
+        first = await connection.execute([("CLIENT", "ID")], 5.0)
+        with pytest.raises(TypeError):
+            await connection.execute([("ECHO", 1.5)], 0.2)  # a float: not a Redis argument
+        await asyncio.sleep(0.4)  # past that call's deadline
+        gc.collect()
+        assert "never retrieved" not in caplog.text  # no future failed with nobody waiting
+        replies = await connection.execute([("CLIENT", "ID")], 5.0)
+        assert replies == first  # nothing was sent: the connection is still in step
     finally:
         await connection.close()
         await close_redis(client)
