@@ -139,16 +139,29 @@ def _is_seq(value: object) -> TypeGuard[int]:
 # --- client messages ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class ClientEnvelope:
-    """The checked envelope of a client message; `position` is in samples."""
+    """The checked envelope of a client message; `position` is in samples. Read only.
 
-    id: str
-    type: str
-    seq: int
-    serverseq: int
-    position: int
-    parameters: dict[str, Any]
+    A plain class: a frozen dataclass's __init__ is interpreted code even in the compiled
+    build (it sets each field through object.__setattr__), and every message builds one."""
+
+    __slots__ = ("id", "parameters", "position", "seq", "serverseq", "type")
+
+    def __init__(
+        self,
+        msg_id: str,
+        msg_type: str,
+        seq: int,
+        serverseq: int,
+        position: int,
+        parameters: dict[str, Any],
+    ) -> None:
+        self.id = msg_id
+        self.type = msg_type
+        self.seq = seq
+        self.serverseq = serverseq
+        self.position = position
+        self.parameters = parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,14 +266,7 @@ def parse_envelope(text: str) -> ClientEnvelope:
         position_samples = parse_duration(position)
     except ValueError:
         raise ProtocolError("malformed_message", _MALFORMED) from None
-    return ClientEnvelope(
-        id=msg_id,
-        type=msg_type,
-        seq=seq,
-        serverseq=serverseq,
-        position=position_samples,
-        parameters=parameters,
-    )
+    return ClientEnvelope(msg_id, msg_type, seq, serverseq, position_samples, parameters)
 
 
 def _type_label(msg_type: str) -> str:
