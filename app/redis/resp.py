@@ -119,21 +119,14 @@ class PipelineConnection:
                 and replies.transport is connection._writer.transport
             ):
                 # The common case: no asyncio.timeout (interpreted code, and a timer of its
-                # own, per round trip); the reply reader keeps the deadline. Packed first: a
-                # command that cannot be packed leaves no round trip waiting.
-                packed = pack_commands(commands)
-                answered = replies.expect(len(commands), read_timeout)
-                replies.send(packed)
-                return await answered
+                # own, per round trip); the reply reader keeps the deadline.
+                return await replies.request(commands, read_timeout)
             async with asyncio.timeout(read_timeout):  # connecting first
                 replies = await self._connected(connection)
                 if replies is None:  # no hiredis: redis-py's own reads
                     await connection.send_packed_command(pack_commands(commands))
                     return await _read_replies(connection, len(commands))
-                packed = pack_commands(commands)
-                answered = replies.expect(len(commands), read_timeout)
-                replies.send(packed)
-                return await answered
+                return await replies.request(commands, read_timeout)
         except TimeoutError as exc:
             timed_out = exc
         if self._replies is not None:
@@ -199,8 +192,15 @@ class _Replies:
         self.lost = False  # end of stream or connection lost: the next round trip reconnects
         transport.set_protocol(self)
 
-    def expect(self, count: int, timeout: float) -> asyncio.Future[list[Any]]:
-        """A future for the next `count` replies, failed with TimeoutError after `timeout`."""
+    def request(self, commands: list[Any], timeout: float) -> asyncio.Future[list[Any]]:
+        """Send `commands`; a future for their replies, failed with TimeoutError after
+        `timeout`. Packed first: commands that cannot be packed leave nothing waiting."""
+        packed = pack_commands(commands)
+        answered = self._expect(len(commands), timeout)
+        self.transport.writelines(packed)
+        return answered
+
+    def _expect(self, count: int, timeout: float) -> asyncio.Future[list[Any]]:
         self._expected = count
         self._replies = []
         loop = self._loop
@@ -227,9 +227,6 @@ class _Replies:
             self._set_timer(self._deadline)
             return
         answered.set_exception(TimeoutError("no reply from redis by the round trip's deadline"))
-
-    def send(self, packed: list[bytes]) -> None:
-        self.transport.writelines(packed)
 
     @property
     def in_step(self) -> bool:
