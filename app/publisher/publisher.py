@@ -275,8 +275,11 @@ class Publisher:
                     # All written: the metrics catch up, at most a few times a second (writers
                     # go idle between most round trips; the gateway also reports every second).
                     self._update_metrics()
-                if checks_health and not self._pending:
-                    if not await _wait_in(self._idle_writers, self._health_interval):
+                if checks_health:
+                    # Timed even while the other writer has entries out: it may be the last
+                    # round trip before a quiet spell, and nothing would wake this one then.
+                    released = await _wait_in(self._idle_writers, self._health_interval)
+                    if not released and not self._pending:
                         self._set_ready(await ping(self._redis))  # idle that long: checked
                 else:
                     await _wait_in(self._idle_writers, None)

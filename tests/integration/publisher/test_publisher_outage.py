@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import pytest
 import redis.asyncio
 
 from app.protocol.media import MediaFormat
 from app.publisher.publisher import Publisher
 from app.redis import keys
 from app.redis.embedded import EmbeddedRedis
+from app.redis.resp import PipelineConnection
 from app.tools.consume import reassemble
 from tests.support.redis_servers import redis_outage, redis_stalled
 from tests.support.streams import (
@@ -184,3 +187,38 @@ async def test_a_write_that_waited_out_a_stall_does_not_count_as_slow_redis(
     session.close("end", {})
     await publisher.stop(flush_timeout=5)
     await client.aclose()
+
+
+async def test_a_stall_after_the_second_writers_batch_is_still_noticed(
+    own_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The health-checking writer finds the last entries out with the other writer and waits;
+    once both are idle and Redis stalls, its check must still come round."""
+    # The first round trip (the health-checking writer's, which wakes first) is back before
+    # the second: Redis itself would answer two connections in no fixed order.
+    execute = PipelineConnection.execute
+    delays = [0.3, 0.6]
+
+    async def held_back(self: PipelineConnection, commands: list[Any], timeout: float) -> Any:
+        if delays:
+            await asyncio.sleep(delays.pop(0))
+        return await execute(self, commands, timeout)
+
+    monkeypatch.setattr(PipelineConnection, "execute", held_back)
+    client = redis.asyncio.Redis.from_url(own_redis.url)
+    publisher = Publisher(client, streams_settings(), health_interval=0.2)
+    await publisher.start()
+    media = MediaFormat("PCMU", MONO)
+    sessions = [publisher.open_session(session_info(media), lambda: None) for _ in range(2)]
+    try:
+        assert sessions[0].audio(bytes(160), 0, 160, time.monotonic())
+        await asyncio.sleep(0.05)  # the second entry goes with the other writer
+        assert sessions[1].audio(bytes(160), 0, 160, time.monotonic())
+        await _wait_for(lambda: all(session.frames_published == 1 for session in sessions))
+        await asyncio.sleep(0.3)  # both writers idle
+        assert publisher.ready
+        with redis_stalled(own_redis):
+            await _wait_for(lambda: not publisher.ready, timeout=5)
+    finally:
+        await publisher.stop(flush_timeout=1)
+        await client.aclose()
