@@ -140,7 +140,7 @@ def _is_seq(value: object) -> TypeGuard[int]:
 
 
 class ClientEnvelope:
-    """The checked envelope of a client message; `position` is in samples. Read only.
+    """The checked envelope of a client message; `position` is in samples.
 
     A plain class: a frozen dataclass's __init__ is interpreted code even in the compiled
     build (it sets each field through object.__setattr__), and every message builds one."""
@@ -156,12 +156,12 @@ class ClientEnvelope:
         position: int,
         parameters: dict[str, Any],
     ) -> None:
-        self.id = msg_id
-        self.type = msg_type
-        self.seq = seq
-        self.serverseq = serverseq
-        self.position = position
-        self.parameters = parameters
+        self.id: Final = msg_id
+        self.type: Final = msg_type
+        self.seq: Final = seq
+        self.serverseq: Final = serverseq
+        self.position: Final = position
+        self.parameters: Final = parameters
 
 
 @dataclass(frozen=True, slots=True)
