@@ -136,16 +136,15 @@ class PipelineConnection:
         raise RedisTimeoutError("timeout in a pipelined round trip") from timed_out
 
     async def _connected(self, connection: Any) -> _Replies | None:
-        """The reply reader of the connection's socket, (re)connected if need be and the
-        reader installed on its first round trip; None without hiredis."""
+        """A reply reader installed on the connection's socket, (re)connected first; None
+        without hiredis. (A socket still in step keeps its reader: `_round_trip` does not
+        come here for it.)"""
         replies = self._replies
         if replies is not None and not replies.in_step and connection.is_connected:
             await connection.disconnect()  # Redis closed it, or a round trip was given up
         if not connection.is_connected:  # as redis-py's send does: the caller retries
             await connection.connect_check_health(check_health=False)
         transport = connection._writer.transport
-        if replies is not None and replies.transport is transport:
-            return replies  # still in step: a reconnect above gave a new transport
         parser = connection._parser
         if not isinstance(parser, _AsyncHiredisParser):
             return None
